@@ -1,0 +1,46 @@
+"""Run Python code in another interpreter and use its objects through proxies.
+
+Example:
+    >>> import spawnproxy
+    >>> mod = spawnproxy.run_script("foo = 'hello world'")
+    >>> mod.foo == "hello world"
+    True
+    >>> mod.terminate_daemon()
+"""
+
+from ._api import run_module, run_object, run_script
+from ._daemon import DaemonProxy, daemon_of
+from ._definitions import InstanceDefinition, ModuleDefinition, ScriptDefinition
+from ._errors import (
+    CallTimeoutError,
+    DaemonDiedError,
+    DaemonStartError,
+    DaemonTerminatedError,
+    RemoteError,
+    SerializationError,
+    SpawnProxyError,
+)
+from ._options import call_timeout
+from ._proxy import ObjectProxy
+from ._version import __version__
+
+__all__ = [
+    "CallTimeoutError",
+    "DaemonDiedError",
+    "DaemonProxy",
+    "DaemonStartError",
+    "DaemonTerminatedError",
+    "InstanceDefinition",
+    "ModuleDefinition",
+    "ObjectProxy",
+    "RemoteError",
+    "ScriptDefinition",
+    "SerializationError",
+    "SpawnProxyError",
+    "__version__",
+    "call_timeout",
+    "daemon_of",
+    "run_module",
+    "run_object",
+    "run_script",
+]

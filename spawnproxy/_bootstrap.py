@@ -1,0 +1,67 @@
+"""What the parent hands a new child: a tiny `-c` program and the child-side sources.
+
+The child needs nothing installed: `python -c BOOTSTRAP <fd> <lifeline fd>`
+reads one frame holding the sources of the child-side modules, loads them as
+the package `_spawnproxy_child` and runs its serve loop.  The program is
+written so that even Python 2 can parse it and report a clear error.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+from typing import Any
+
+# Child-side modules, in the order they must be loaded.
+CHILD_MODULES = ("_wire", "_table", "_loader", "_childcodec", "_child")
+CHILD_PACKAGE = "_spawnproxy_child"
+MIN_CHILD_VERSION = (3, 8)
+TOO_OLD_EXIT = 78
+
+BOOTSTRAP = """\
+import sys
+if sys.version_info < %(min)r:
+    sys.stderr.write("spawnproxy: the child needs CPython %(min_text)s or newer, but %%s is Python %%s\\n"
+                     %% (sys.executable, sys.version.split()[0]))
+    sys.exit(%(too_old)d)
+import os, pickle, struct, types
+fd = int(sys.argv[1])
+def _read(n):
+    data = b""
+    while len(data) < n:
+        chunk = os.read(fd, n - len(data))
+        if not chunk:
+            sys.exit(0)
+        data += chunk
+    return data
+bundle = pickle.loads(_read(struct.unpack("!i", _read(4))[0])[1:])
+package = types.ModuleType(%(pkg)r)
+package.__path__ = []
+sys.modules[%(pkg)r] = package
+for name, source in bundle["modules"]:
+    module = types.ModuleType(%(pkg)r + "." + name)
+    module.__package__ = %(pkg)r
+    module.__file__ = "<spawnproxy-child:%%s.py>" %% name
+    sys.modules[module.__name__] = module
+    setattr(package, name, module)
+    exec(compile(source, module.__file__, "exec", dont_inherit=True), module.__dict__)
+del bundle["modules"]
+package._child.main(fd, int(sys.argv[2]), bundle)
+""" % {
+    "min": MIN_CHILD_VERSION,
+    "min_text": "%d.%d" % MIN_CHILD_VERSION,
+    "too_old": TOO_OLD_EXIT,
+    "pkg": CHILD_PACKAGE,
+}
+
+
+@functools.lru_cache(maxsize=1)
+def child_sources() -> tuple[tuple[str, str], ...]:
+    """The sources of the child-side modules, read once from the package."""
+    files = importlib.resources.files(__package__)
+    return tuple((name, (files / f"{name}.py").read_text(encoding="utf-8")) for name in CHILD_MODULES)
+
+
+def bundle(sys_path: list[str] | None) -> dict[str, Any]:
+    """The first frame a child receives."""
+    return {"modules": child_sources(), "sys_path": sys_path}

@@ -1,0 +1,149 @@
+"""`DaemonProxy`, the handle on one child, and `daemon_of`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+from typing import Any
+
+from . import _wire
+from ._definitions import as_definition
+from ._errors import DaemonStartError, RemoteError
+from ._options import Options, check_logger
+from ._process import ChildProcess, reap_later
+from ._proxy import ObjectProxy, _Remote, handle_of, make_proxy
+from ._serialize import rebuild_exception
+from ._session import Session
+
+__all__ = ["DaemonProxy", "daemon_of"]
+
+
+class DaemonProxy:
+    """The handle on one child interpreter running a definition or an object.
+
+    `definition_or_object` is a `ScriptDefinition`, `ModuleDefinition`,
+    `InstanceDefinition`, or any picklable instance to send over.
+    `python_exe` is the child's interpreter (a CPython 3.8+ executable or a
+    virtual environment; default: the parent's own).  `logger`, when given,
+    receives the child's stdout at INFO and stderr at WARNING instead of the
+    parent's streams.  Options: `call_timeout` (seconds, None = no limit),
+    `start_timeout` (seconds, default 60), `env` (the child's environment),
+    `cwd` (its working directory), `logs_maxlen` (lines kept in `.logs`).
+
+    Used as a context manager, it terminates the child on exit.
+
+    Example:
+        >>> import spawnproxy
+        >>> with spawnproxy.DaemonProxy(spawnproxy.ScriptDefinition("print('hi')")) as daemon:
+        ...     daemon.proxy.print("from the child") is None
+        True
+        >>> daemon.is_alive()
+        False
+    """
+
+    def __init__(
+        self,
+        definition_or_object: Any,
+        python_exe: str | os.PathLike[str] | None = None,
+        logger: logging.Logger | None = None,
+        **options: Any,
+    ) -> None:
+        opts = Options.from_kwargs(options)
+        definition = as_definition(definition_or_object)
+        logger = check_logger(logger)
+        process = ChildProcess(python_exe, env=opts.env, cwd=opts.cwd, logger=logger,
+                               logs_maxlen=opts.logs_maxlen, start_timeout=opts.start_timeout)
+        self._process = process
+        self._session = session = Session(process, opts.call_timeout)
+        self._finalizer = weakref.finalize(self, reap_later, process)
+        self._finalizer.atexit = False  # the process registry ends children at exit
+        label = definition.label()
+        try:
+            from ._options import call_timeout
+
+            with call_timeout(opts.start_timeout):
+                reply = session.request("load", (definition.wire(),), f"loading the {label}",
+                                        lambda: [(f"the {label}", definition.wire()[-1])])
+        except BaseException:
+            self.terminate()
+            raise
+        if reply[2] == _wire.ERROR:
+            self.terminate()
+            error = rebuild_exception(reply[3])
+            remote_tb = error.remote_traceback if isinstance(error, RemoteError) else reply[3][5]
+            raise DaemonStartError(
+                f"the {label} failed in child {process.pid}:\n{remote_tb.rstrip()}", remote_tb
+            ) from error
+        oid, key, info, names = reply[3]
+        session.types[key] = info
+        self._root = (oid, info, names, label)
+        self._proxy_ref: weakref.ref[ObjectProxy] | None = None
+
+    @property
+    def proxy(self) -> ObjectProxy:
+        """The root proxy: the module, or the object, the child runs."""
+        proxy = None if self._proxy_ref is None else self._proxy_ref()
+        if proxy is None:
+            oid, info, names, label = self._root
+            handle = _Remote(self, self._session, oid, None, info, names, None, label, bool(info[3]))
+            proxy = make_proxy(handle)
+            self._proxy_ref = weakref.ref(proxy)
+        return proxy
+
+    @property
+    def pid(self) -> int:
+        """The child's process id."""
+        return self._process.pid
+
+    @property
+    def python_version(self) -> tuple[int, int, int]:
+        """The child interpreter's version, as `sys.version_info[:3]`."""
+        return tuple(self._process.hello["version"])  # type: ignore[return-value]
+
+    @property
+    def exitcode(self) -> int | None:
+        """The child's exit code (negative: the signal that ended it), or None while it runs."""
+        return self._process.poll()
+
+    @property
+    def logs(self) -> list[str]:
+        """The last lines the child wrote to stdout and stderr, most recent last (bounded)."""
+        return list(self._process.output.lines)
+
+    def is_alive(self) -> bool:
+        """Whether the child process is still running."""
+        return self._process.poll() is None
+
+    def terminate(self, timeout: float = 5.0) -> int | None:
+        """End the child: ask, wait up to `timeout`, then escalate; idempotent.
+
+        Returns its exit code.  Proxies of it then raise `DaemonTerminatedError`.
+        """
+        self._finalizer.detach()
+        return self._session.terminate(timeout)
+
+    def __enter__(self) -> DaemonProxy:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.terminate()
+
+    def __repr__(self) -> str:
+        state = "alive" if self.is_alive() else f"ended, exit code {self.exitcode}"
+        return f"<DaemonProxy pid={self.pid} {self._root[3]} python={self._process.executable} {state}>"
+
+
+def daemon_of(proxy: ObjectProxy) -> DaemonProxy:
+    """Return the `DaemonProxy` behind a proxy (root or nested).
+
+    Example:
+        >>> import spawnproxy
+        >>> mod = spawnproxy.run_script("x = 1")
+        >>> daemon = spawnproxy.daemon_of(mod.x)
+        >>> daemon.is_alive()
+        True
+        >>> daemon.terminate()
+        0
+    """
+    return handle_of(proxy)._sp_daemon  # type: ignore[no-any-return]

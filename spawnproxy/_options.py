@@ -1,0 +1,94 @@
+"""The options every way of starting a child accepts, checked before anything starts."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+_UNSET: Any = object()
+_local = threading.local()
+
+
+@dataclass(frozen=True)
+class Options:
+    """Validated `**options` of run_script / run_module / run_object / DaemonProxy."""
+
+    call_timeout: float | None = None
+    start_timeout: float | None = 60.0
+    env: Mapping[str, str] | None = None
+    cwd: str | os.PathLike[str] | None = None
+    logs_maxlen: int = 1000
+
+    @classmethod
+    def from_kwargs(cls, options: dict[str, Any]) -> Options:
+        unknown = sorted(set(options) - set(cls.__dataclass_fields__))
+        if unknown:
+            known = ", ".join(sorted(cls.__dataclass_fields__))
+            raise TypeError(f"unknown option(s) {', '.join(map(repr, unknown))}; the options are: {known}")
+        made = cls(**options)
+        for name in ("call_timeout", "start_timeout"):
+            check_timeout(getattr(made, name), name)
+        if made.env is not None:
+            if not isinstance(made.env, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in made.env.items()
+            ):
+                raise TypeError("env must be a mapping of str to str")
+        if made.cwd is not None:
+            if not isinstance(made.cwd, (str, os.PathLike)):
+                raise TypeError(f"cwd must be a path, not {type(made.cwd).__name__}")
+            if not os.path.isdir(made.cwd):
+                raise ValueError(f"cwd {os.fspath(made.cwd)!r} is not a directory")
+        if not isinstance(made.logs_maxlen, int) or made.logs_maxlen < 1:
+            raise ValueError(f"logs_maxlen must be a positive int, not {made.logs_maxlen!r}")
+        return made
+
+
+def check_timeout(value: object, name: str) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name} must be a positive number of seconds or None, not {value!r}")
+
+
+def check_logger(logger: object) -> logging.Logger | None:
+    if logger is not None and not isinstance(logger, (logging.Logger, logging.LoggerAdapter)):
+        raise TypeError(f"logger must be a logging.Logger, not {type(logger).__name__}")
+    return logger  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def call_timeout(seconds: float | None) -> Iterator[None]:
+    """Set the timeout of the remote calls this thread makes inside the block.
+
+    It overrides the child's own `call_timeout` option; `None` means no limit.
+    A call that runs past it raises `CallTimeoutError`; the proxy stays usable.
+
+    Example:
+        >>> import spawnproxy
+        >>> mod = spawnproxy.run_script("import time")
+        >>> with spawnproxy.call_timeout(0.1):
+        ...     try:
+        ...         mod.time.sleep(2)
+        ...     except spawnproxy.CallTimeoutError:
+        ...         print("too slow")
+        too slow
+        >>> mod.terminate_daemon()
+    """
+    check_timeout(seconds, "call_timeout")
+    previous = getattr(_local, "timeout", _UNSET)
+    _local.timeout = seconds
+    try:
+        yield
+    finally:
+        _local.timeout = previous
+
+
+def current_timeout(default: float | None) -> float | None:
+    """The timeout that applies to a call made now by this thread."""
+    value = getattr(_local, "timeout", _UNSET)
+    return default if value is _UNSET else value

@@ -1,0 +1,306 @@
+"""Start a child interpreter and end it: the parent side of a child's lifetime.
+
+The child is `python -c BOOTSTRAP` started with `subprocess`, never with
+`multiprocessing`: its spawn method rewrites the child's `sys.path` and
+re-imports the parent's `__main__`, and its fork method ignores the
+executable.  The child gets one end of a socket pair (the channel) and the
+read end of a "lifeline" pipe whose write end only the parent holds: when the
+parent dies, however it dies, the child sees the pipe close and exits.
+
+Shutdown is bounded and escalating: close the channel (the child's serve loop
+ends) -> wait -> close the lifeline (the child's watchdog exits) -> wait ->
+SIGTERM -> wait -> SIGKILL -> reap.  It is idempotent.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Mapping
+from typing import Any
+
+from . import _bootstrap, _wire
+from ._errors import DaemonStartError
+from ._output import OutputLog, StreamPump
+
+log = logging.getLogger("spawnproxy")
+
+# Bounds of each shutdown step, in seconds.
+GRACE = 1.0
+STEP = 0.5
+
+
+def resolve_executable(python_exe: str | os.PathLike[str] | None) -> tuple[str, bool]:
+    """Return (path of the interpreter, whether it is the parent's own one)."""
+    if python_exe is None:
+        return sys.executable, True
+    if not isinstance(python_exe, (str, os.PathLike)):
+        raise TypeError(f"python_exe must be a path (str or os.PathLike), not {type(python_exe).__name__}")
+    path = os.fspath(python_exe)
+    if os.path.isdir(path):
+        for candidate in ("bin/python3", "bin/python", "Scripts/python.exe"):
+            if os.path.isfile(os.path.join(path, candidate)):
+                path = os.path.join(path, candidate)
+                break
+        else:
+            raise DaemonStartError(f"python_exe {path!r} is a directory without bin/python in it")
+    if not os.path.exists(path):
+        raise DaemonStartError(f"python_exe {path!r} does not exist")
+    if not os.access(path, os.X_OK):
+        raise DaemonStartError(f"python_exe {path!r} is not executable")
+    own = os.path.abspath(path) == os.path.abspath(sys.executable)
+    return path, own
+
+
+class ChildProcess:
+    """A running child interpreter: its process, channel, lifeline and output."""
+
+    def __init__(
+        self,
+        python_exe: str | os.PathLike[str] | None,
+        *,
+        env: Mapping[str, str] | None,
+        cwd: str | os.PathLike[str] | None,
+        logger: logging.Logger | None,
+        logs_maxlen: int,
+        start_timeout: float | None,
+    ) -> None:
+        exe, own = resolve_executable(python_exe)
+        self.executable = exe
+        self.output = OutputLog(logs_maxlen)
+        self._lock = threading.Lock()
+        self._closed = False
+        parent_sock, child_sock = socket.socketpair()
+        life_read, life_write = os.pipe()
+        try:
+            child_env = dict(os.environ if env is None else env)
+            self.popen = subprocess.Popen(
+                [exe, "-c", _bootstrap.BOOTSTRAP, str(child_sock.fileno()), str(life_read)],
+                pass_fds=(child_sock.fileno(), life_read),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                # Own session: a Ctrl-C meant for the parent's terminal never reaches the child.
+                start_new_session=True,
+                env=child_env,
+                cwd=cwd,
+            )
+        except OSError as exc:
+            parent_sock.close()
+            os.close(life_write)
+            raise DaemonStartError(f"could not start python_exe {exe!r}: {exc}") from exc
+        finally:
+            child_sock.close()
+            os.close(life_read)
+        self.pid = self.popen.pid
+        self._lifeline: int | None = life_write
+        try:
+            self._pidfd: int | None = os.pidfd_open(self.pid)
+        except (AttributeError, OSError):
+            self._pidfd = None
+        assert self.popen.stdout is not None and self.popen.stderr is not None
+        self._pumps = [
+            StreamPump(os.dup(self.popen.stdout.fileno()), "stdout", self.output, logger, self.pid),
+            StreamPump(os.dup(self.popen.stderr.fileno()), "stderr", self.output, logger, self.pid),
+        ]
+        self.popen.stdout.close()
+        self.popen.stderr.close()
+        watch = () if self._pidfd is None else (self._pidfd,)
+        self._sock = parent_sock
+        self.channel = _wire.Channel(parent_sock.fileno(), watch_fds=watch)
+        _register(self)
+        try:
+            self.hello = self._handshake(own, start_timeout)
+        except BaseException:
+            self.shutdown()
+            raise
+        log.debug("child %d started with %s (Python %s)", self.pid, exe,
+                  ".".join(map(str, self.hello["version"])))
+
+    def _handshake(self, own: bool, timeout: float | None) -> dict[str, Any]:
+        import pickle
+
+        bundle = _bootstrap.bundle(list(sys.path) if own else None)
+        try:
+            self.channel.send(_wire.TAG_PICKLE, pickle.dumps(bundle, 5))
+        except OSError:
+            pass  # the child is already gone: the wait below says why
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready = self.channel.wait(remaining)
+            if ready is None:
+                raise DaemonStartError(
+                    f"child {self.pid} ({self.executable}) did not answer within {timeout} s{self.stderr_text()}"
+                )
+            if ready[0] == self.channel.fd:
+                try:
+                    tag, payload = self.channel.recv()
+                except (EOFError, OSError):
+                    pass
+                else:
+                    message = pickle.loads(payload)
+                    if message[0] == "hello":
+                        return message[1]
+            self.wait_exit(STEP)
+            code = self.popen.returncode
+            reason = "is older than CPython 3.8" if code == _bootstrap.TOO_OLD_EXIT else "is not a usable Python"
+            raise DaemonStartError(
+                f"python_exe {self.executable!r} {reason}: the child exited with {describe_exit(code)} "
+                f"before answering{self.stderr_text()}"
+            )
+
+    # -- state -----------------------------------------------------------------
+
+    def poll(self) -> int | None:
+        return self.popen.poll()
+
+    def wait_exit(self, timeout: float) -> int | None:
+        """Wait up to `timeout` for the child to exit; reap it; return its code."""
+        try:
+            code = self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        self.join_output(STEP)
+        return code
+
+    def join_output(self, timeout: float) -> None:
+        """Let the output threads forward what the child wrote before it ended."""
+        deadline = time.monotonic() + timeout
+        for pump in self._pumps:
+            pump.join(max(0.0, deadline - time.monotonic()))
+
+    def stderr_text(self) -> str:
+        tail = list(self.output.stderr_tail)
+        if not tail:
+            return ""
+        return "; last lines on its stderr:\n    " + "\n    ".join(tail[-10:])
+
+    def interrupt(self) -> None:
+        """Send SIGINT: the call running in the child raises KeyboardInterrupt there."""
+        if self.popen.returncode is None:
+            try:
+                os.kill(self.pid, signal.SIGINT)
+            except ProcessLookupError:
+                pass
+
+    # -- ending ----------------------------------------------------------------
+
+    def close_channel(self) -> None:
+        """The first, non-blocking step of every shutdown: the child's loop ends.
+
+        Shutting the socket down first wakes any thread polling it in the parent.
+        """
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.channel.fd = -1
+        self._sock.close()
+
+    def shutdown(self, timeout: float = GRACE) -> int | None:
+        """End the child within a bounded time, escalating; idempotent; returns the exit code."""
+        with self._lock:
+            if self._closed:
+                return self.popen.returncode
+            self.close_channel()
+            code = self.wait_exit(timeout)
+            if code is None and self._lifeline is not None:
+                os.close(self._lifeline)
+                self._lifeline = None
+                code = self.wait_exit(STEP)
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                if code is not None:
+                    break
+                log.warning("child %d did not exit; sending %s", self.pid, sig.name)
+                try:
+                    os.kill(self.pid, sig)
+                except ProcessLookupError:
+                    pass
+                code = self.wait_exit(STEP if sig == signal.SIGTERM else 5.0)
+            if self._lifeline is not None:
+                os.close(self._lifeline)
+                self._lifeline = None
+            if self._pidfd is not None:
+                os.close(self._pidfd)
+                self._pidfd = None
+            self.join_output(STEP)
+            self._closed = True
+            _unregister(self)
+            log.debug("child %d ended with %s", self.pid, describe_exit(code))
+            return code
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "no exit status yet"
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
+
+
+# -- children that outlive their handles: reaped in the background, and at exit ---------
+
+_live: weakref.WeakSet[ChildProcess] = weakref.WeakSet()
+_to_reap: list[ChildProcess] = []
+_reaper_lock = threading.Lock()
+_reaper: threading.Thread | None = None
+_atexit_registered = False
+
+
+def _register(child: ChildProcess) -> None:
+    global _atexit_registered
+    with _reaper_lock:
+        _live.add(child)
+        if not _atexit_registered:
+            atexit.register(_end_all)
+            _atexit_registered = True
+
+
+def _unregister(child: ChildProcess) -> None:
+    with _reaper_lock:
+        _live.discard(child)
+
+
+def reap_later(child: ChildProcess) -> None:
+    """End a child without blocking the caller (a finalizer): a thread finishes the job."""
+    global _reaper
+    child.close_channel()
+    with _reaper_lock:
+        _to_reap.append(child)
+        if _reaper is None or not _reaper.is_alive():
+            _reaper = threading.Thread(target=_reap, name="spawnproxy-reaper", daemon=True)
+            _reaper.start()
+
+
+def _reap() -> None:
+    global _reaper
+    while True:
+        with _reaper_lock:
+            if not _to_reap:
+                _reaper = None
+                return
+            child = _to_reap.pop(0)
+        child.shutdown()
+
+
+def _end_all() -> None:
+    """At interpreter exit: end every child still running."""
+    with _reaper_lock:
+        children = list(_live) + _to_reap
+        _to_reap.clear()
+    for child in children:
+        child.close_channel()
+    for child in children:
+        child.shutdown()

@@ -1,0 +1,315 @@
+"""Proxies: local stand-ins for objects that live in a child.
+
+The only module that knows wrapt.  An `ObjectProxy` is a `wrapt.BaseObjectProxy`
+whose wrapped object is a `_Remote` handle: wrapt forwards every special
+method to the handle (in C), and the handle's class holds the one explicit
+table that turns each of them into a request to the child.  `ObjectProxy`
+itself only overrides what wrapt must not do for a remote object (its own
+repr, pickling, in-place operators that would replace the wrapped object).
+
+A proxy's target is an object id in the child's table, or a path from one
+(`(id, "name", ...)`): the first-level attributes of the root and the methods
+read through a proxy are reached by path, so `p.method(x)` is one round trip.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import TYPE_CHECKING, Any
+
+import wrapt
+
+from . import _serialize, _wire
+
+if TYPE_CHECKING:
+    from ._daemon import DaemonProxy
+    from ._session import Session
+
+Target = Any  # int | tuple[int | str, ...]
+
+
+class _Ref:
+    """One reference the parent holds on a child object; released when collected."""
+
+    __slots__ = ("oid", "_releases")
+
+    def __init__(self, oid: int, releases: collections.deque[int]) -> None:
+        self.oid = oid
+        self._releases = releases
+
+    def __del__(self) -> None:
+        # Never blocks, never sends: the release rides along the next request.
+        self._releases.append(self.oid)
+
+
+def _operands(args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> list[tuple[str, Any]]:
+    named = [(f"argument {i}", a) for i, a in enumerate(args)]
+    if kwargs:
+        named += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
+    return named
+
+
+class _Remote:
+    # The handle a proxy wraps: where the object is and how to reach it.  No
+    # docstring on purpose: wrapt copies the wrapped object's __doc__ when it
+    # makes a proxy, and that must stay a local, free read.
+
+    __slots__ = ("_sp_daemon", "_sp_session", "_sp_target", "_sp_ref", "_sp_info", "_sp_names",
+                 "_sp_base", "_sp_label", "_sp_cache", "_sp_callable", "__weakref__")
+
+    def __init__(self, daemon: DaemonProxy, session: Session, target: Target, ref: _Ref | None,
+                 info: Any, names: dict[str, bool] | None, base: _Remote | None, label: str,
+                 is_callable: bool) -> None:
+        setter = object.__setattr__
+        setter(self, "_sp_daemon", daemon)
+        setter(self, "_sp_session", session)
+        setter(self, "_sp_target", target)
+        setter(self, "_sp_ref", ref)
+        setter(self, "_sp_info", info)
+        setter(self, "_sp_names", names)  # the root's attributes: name -> callable
+        setter(self, "_sp_base", base)  # what a path starts from
+        setter(self, "_sp_label", label)
+        setter(self, "_sp_cache", {})
+        setter(self, "_sp_callable", is_callable)
+
+    @staticmethod
+    def _spawnproxy_ref_(handle: _Remote) -> tuple[Session, Target]:
+        return handle._sp_session, handle._sp_target
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise _serialize.NeedsReferences(f"a proxy of {self._sp_label} cannot be pickled")
+
+    # -- requests ------------------------------------------------------------------
+
+    def _sp_request(self, op: str, operands: tuple[Any, ...], what: str, named: Any = None) -> Any:
+        session = self._sp_session
+        reply = session.request(op, (self._sp_target,) + operands, what,
+                                (lambda: named) if named is not None else _no_operands)
+        how = reply[2]
+        if how == _wire.VALUE:
+            return reply[3]
+        return self._sp_result(how, reply[3], what)
+
+    def _sp_result(self, how: int, payload: Any, what: str) -> Any:
+        if how == _wire.ERROR:
+            raise _serialize.rebuild_exception(payload)
+        if how == _wire.REF:
+            oid, key, info = payload
+            session = self._sp_session
+            if info is not None:
+                session.types[key] = info
+            else:
+                info = session.types.get(key)
+            handle = _Remote(self._sp_daemon, session, oid, _Ref(oid, session.releases), info, None,
+                             None, f"the result of {what}", bool(info and info[3]))
+            return make_proxy(handle)
+        if how == _wire.SAME:
+            return make_proxy(self)
+        if how == _wire.BASE:
+            return make_proxy(self._sp_base or self)
+        raise _serialize.SerializationError(f"unexpected reply kind {how!r} to {what}")
+
+    def _sp_path(self, name: str, is_callable: bool) -> Any:
+        target = self._sp_target
+        path = (target, name) if type(target) is int else target + (name,)
+        handle = _Remote(self._sp_daemon, self._sp_session, path, self._sp_ref, None, None,
+                         self._sp_base or self, f"{self._sp_label}.{name}", is_callable)
+        return make_proxy(handle)
+
+    # -- attributes ---------------------------------------------------------------
+
+    def __getattr__(self, name: str) -> Any:
+        cached = self._sp_cache.get(name)
+        if cached is not None:
+            return cached
+        what = f"{self._sp_label}.{name}"
+        names = self._sp_names
+        if names is not None:
+            # The root: its first-level attributes are proxies, reached by path.
+            if name in names:
+                is_callable = names[name]
+            else:
+                is_callable = self._sp_request("attrinfo", (name,), f"reading {what}")
+                names[name] = is_callable
+            proxy = self._sp_cache[name] = self._sp_path(name, is_callable)
+            return proxy
+        info = self._sp_info
+        if info is not None and name in info[2]:
+            proxy = self._sp_cache[name] = self._sp_path(name, True)
+            return proxy
+        reply = self._sp_session.request("getattr", (self._sp_target, name), f"reading {what}")
+        if reply[2] == _wire.PATH:
+            return self._sp_path(name, reply[3])
+        if reply[2] == _wire.VALUE:
+            return reply[3]
+        return self._sp_result(reply[2], reply[3], f"reading {what}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self._sp_cache.pop(name, None)
+        if self._sp_names is not None:
+            self._sp_names[name] = callable(value)
+        self._sp_request("setattr", (name, value), f"setting {self._sp_label}.{name}",
+                         [("the value", value)])
+
+    def __delattr__(self, name: str) -> None:
+        self._sp_cache.pop(name, None)
+        if self._sp_names is not None:
+            self._sp_names.pop(name, None)
+        self._sp_request("delattr", (name,), f"deleting {self._sp_label}.{name}")
+
+    def __dir__(self) -> list[str]:
+        return self._sp_request("dir", (), f"dir({self._sp_label})")  # type: ignore[no-any-return]
+
+    def _sp_doc(self) -> Any:
+        return self.__getattr__("__doc__")
+
+    @property
+    def __signature__(self) -> Any:
+        encoded = self._sp_request("signature", (), f"inspect.signature({self._sp_label})")
+        return _serialize.rebuild_signature(encoded)
+
+    # -- calls and operators --------------------------------------------------------
+
+    def _sp_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return self._sp_request("call", (args, kwargs), f"{self._sp_label}()", _operands(args, kwargs))
+
+    def _sp_op(self, name: str, *args: Any) -> Any:
+        return self._sp_request("op", (name, args), f"{name}({self._sp_label})",
+                                _operands(args) if args else None)
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Any:
+        try:
+            return self._sp_op("exit", exc_type, exc, None)
+        except _serialize.SerializationError:
+            # The exception cannot travel: tell the context manager what it was.
+            return self._sp_op("exit", RuntimeError, RuntimeError(repr(exc)), None)
+
+    def __pow__(self, other: Any, modulo: Any = None) -> Any:
+        if modulo is None:
+            return self._sp_op("pow", other)
+        return self._sp_op("pow", other, modulo)
+
+
+def _no_operands() -> list[tuple[str, Any]]:
+    return []
+
+
+def _forward(op: str) -> Any:
+    def forward(self: _Remote, *args: Any) -> Any:
+        return self._sp_op(op, *args)
+
+    forward.__name__ = f"__{op}__"
+    return forward
+
+
+# The one table of forwarded special methods: dunder -> the child's operator name.
+FORWARDED = {
+    "__str__": "str", "__repr__": "repr", "__format__": "format", "__len__": "len",
+    "__hash__": "hash", "__bool__": "bool", "__contains__": "contains",
+    "__getitem__": "getitem", "__setitem__": "setitem", "__delitem__": "delitem",
+    "__iter__": "iter", "__next__": "next", "__reversed__": "reversed",
+    "__lt__": "lt", "__le__": "le", "__eq__": "eq", "__ne__": "ne", "__gt__": "gt", "__ge__": "ge",
+    "__neg__": "neg", "__pos__": "pos", "__abs__": "abs", "__invert__": "invert",
+    "__int__": "int", "__float__": "float", "__complex__": "complex", "__index__": "index",
+    "__bytes__": "bytes", "__round__": "round", "__trunc__": "trunc", "__floor__": "floor",
+    "__ceil__": "ceil", "__enter__": "enter", "__divmod__": "divmod", "__rdivmod__": "rdivmod",
+    "__rpow__": "rpow", "__ipow__": "ipow",
+}
+for _op in ("add", "sub", "mul", "matmul", "truediv", "floordiv", "mod", "lshift", "rshift",
+            "and", "or", "xor"):
+    FORWARDED[f"__{_op}__"] = _op
+    FORWARDED[f"__r{_op}__"] = f"r{_op}"
+    FORWARDED[f"__i{_op}__"] = f"i{_op}"
+for _dunder, _op in FORWARDED.items():
+    setattr(_Remote, _dunder, _forward(_op))
+INPLACE = [d for d in FORWARDED if d.startswith("__i") and FORWARDED[d].startswith("i")
+           and d not in ("__int__", "__index__", "__iter__", "__invert__")]
+
+
+class ObjectProxy(wrapt.BaseObjectProxy):  # type: ignore[misc]
+    """The type of every proxy: a local stand-in for an object living in a child.
+
+    Attribute access, calls and operators are forwarded to the child; results
+    come back as values or as proxies of their own (see the guide "Values and
+    proxies").  Its only own attribute is `terminate_daemon()`.
+
+    Example:
+        >>> import spawnproxy
+        >>> mod = spawnproxy.run_script("greeting = 'hello'")
+        >>> isinstance(mod.greeting, spawnproxy.ObjectProxy)
+        True
+        >>> mod.greeting.upper()
+        'HELLO'
+        >>> mod.terminate_daemon()
+    """
+
+    _spawnproxy_ref_ = staticmethod(lambda proxy: _Remote._spawnproxy_ref_(proxy.__wrapped__))
+
+    def terminate_daemon(self, timeout: float = 5.0) -> None:
+        """End the child this proxy belongs to; idempotent.
+
+        Example:
+            >>> import spawnproxy
+            >>> mod = spawnproxy.run_script("x = 1")
+            >>> mod.x.terminate_daemon()
+            >>> spawnproxy.daemon_of(mod).is_alive()
+            False
+        """
+        self.__wrapped__._sp_daemon.terminate(timeout)
+
+    def __repr__(self) -> str:
+        return repr(self.__wrapped__)
+
+    @property  # type: ignore[misc]
+    def __doc__(self) -> Any:  # noqa: D105 - the remote object's docstring
+        return self.__wrapped__._sp_doc()
+
+    def __iter__(self) -> Any:
+        return self.__wrapped__._sp_op("iter")
+
+    def __next__(self) -> Any:
+        return self.__wrapped__._sp_op("next")
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        return self.__wrapped__.__reduce_ex__(protocol)
+
+    def __reduce__(self) -> Any:
+        return self.__wrapped__.__reduce_ex__(2)
+
+    def __pow__(self, other: Any, *modulo: Any) -> Any:
+        return self.__wrapped__.__pow__(other, *modulo)
+
+
+def _inplace(dunder: str) -> Any:
+    op = FORWARDED[dunder]
+
+    def inplace(self: ObjectProxy, other: Any) -> Any:
+        # A mutable object is changed in place (the answer is SAME: this proxy);
+        # an immutable one gives a new value, to which the local name is rebound.
+        return self.__wrapped__._sp_op(op, other)
+
+    inplace.__name__ = dunder
+    return inplace
+
+
+for _dunder in INPLACE:
+    setattr(ObjectProxy, _dunder, _inplace(_dunder))
+
+
+class CallableObjectProxy(ObjectProxy):
+    """A proxy of a callable remote object (a function, a method, a class, ...)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.__wrapped__._sp_call(args, kwargs)
+
+
+def make_proxy(handle: _Remote) -> ObjectProxy:
+    if handle._sp_callable:
+        return CallableObjectProxy(handle)
+    return ObjectProxy(handle)
+
+
+def handle_of(proxy: ObjectProxy) -> _Remote:
+    if not isinstance(proxy, ObjectProxy):
+        raise TypeError(f"expected a spawnproxy proxy, not {type(proxy).__name__}")
+    return proxy.__wrapped__  # type: ignore[no-any-return]

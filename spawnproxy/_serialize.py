@@ -1,0 +1,224 @@
+"""Parent-side serialization: the one place that knows pickle, dill and tblib.
+
+Requests are pickled with the standard library (protocol 5).  A proxy among
+the operands travels as a reference to the object it stands for (its type
+carries the marker `_spawnproxy_ref_`); what pickle refuses goes through dill,
+but only to a child of the parent's own Python version, because dill's code
+objects do not carry over to another one.  Remote exceptions are rebuilt with
+their own type when the parent can import it, with the remote frames attached
+by tblib; otherwise they become `RemoteError`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import io
+import pickle
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import tblib
+
+from . import _wire
+from ._errors import RemoteError, SerializationError
+
+PROTOCOL = 5
+
+
+class NeedsReferences(Exception):
+    """Raised by a proxy's __reduce_ex__: pickle again with reference support."""
+
+
+def _ref_id(obj: Any, owner: object) -> tuple[str, Any] | None:
+    marker = getattr(type(obj), "_spawnproxy_ref_", None)
+    if marker is None:
+        return None
+    obj_owner, target = marker(obj)
+    if obj_owner is not owner:
+        raise SerializationError(
+            "a proxy of another child cannot be sent to this one; pass a value instead"
+        )
+    return ("ref", target)
+
+
+class _RefPickler(pickle.Pickler):
+    def __init__(self, file: io.BytesIO, owner: object) -> None:
+        super().__init__(file, PROTOCOL)
+        self._owner = owner
+
+    def persistent_id(self, obj: Any) -> tuple[str, Any] | None:  # type: ignore[override]
+        return _ref_id(obj, self._owner)
+
+
+class Encoder:
+    """Encode the requests sent to one child."""
+
+    def __init__(self, owner: object, child_version: tuple[int, ...]) -> None:
+        self._owner = owner
+        self._child_version = tuple(child_version[:2])
+
+    def encode(self, message: tuple[Any, ...], operands: Callable[[], Sequence[tuple[str, Any]]]) -> tuple[bytes, bytes]:
+        """Return (tag, payload); `operands` names the parts for error messages."""
+        try:
+            return _wire.TAG_PICKLE, pickle.dumps(message, PROTOCOL)
+        except NeedsReferences:
+            pass
+        except Exception:
+            return self._encode_slow(message, operands)
+        try:
+            buf = io.BytesIO()
+            _RefPickler(buf, self._owner).dump(message)
+            return b"R", buf.getvalue()
+        except SerializationError:
+            raise
+        except Exception:
+            return self._encode_slow(message, operands)
+
+    def _encode_slow(self, message: tuple[Any, ...], operands: Callable[[], Sequence[tuple[str, Any]]]) -> tuple[bytes, bytes]:
+        culprit, error = self._find_culprit(operands())
+        if self._child_version != tuple(sys.version_info[:2]):
+            raise SerializationError(
+                f"{culprit} cannot be sent to a child running Python "
+                f"{'.'.join(map(str, self._child_version))}: pickle refuses it ({error}), and dill's "
+                f"code objects do not carry over from Python {sys.version_info[0]}.{sys.version_info[1]}; "
+                "define it in a module the child can import instead"
+            )
+        import dill  # only when pickle is not enough
+
+        owner = self._owner
+
+        class _DillRefPickler(dill.Pickler):  # type: ignore[misc,name-defined]
+            def persistent_id(self, obj: Any) -> tuple[str, Any] | None:
+                return _ref_id(obj, owner)
+
+        try:
+            buf = io.BytesIO()
+            _DillRefPickler(buf, protocol=PROTOCOL, recurse=True).dump(message)
+            return _wire.TAG_DILL, buf.getvalue()
+        except SerializationError:
+            raise
+        except Exception as exc:
+            raise SerializationError(f"{culprit} cannot be serialized, not even by dill: {_describe(exc)}") from exc
+
+    def _find_culprit(self, operands: Sequence[tuple[str, Any]]) -> tuple[str, str]:
+        for name, value in operands:
+            try:
+                _RefPickler(io.BytesIO(), self._owner).dump(value)
+            except SerializationError:
+                raise
+            except Exception as exc:
+                return f"{name} ({_short_repr(value)})", _describe(exc)
+        return "the request", "unknown reason"
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _short_repr(value: Any) -> str:
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__} object>"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def decode(tag: bytes, payload: Any) -> Any:
+    """Load a frame the child sent."""
+    if tag == _wire.TAG_PICKLE:
+        return pickle.loads(payload)
+    raise SerializationError(f"the child sent a frame with an unknown tag {tag!r}")
+
+
+def can_import(modules: Sequence[str]) -> list[bool]:
+    """Whether each module could be imported here (to rebuild values sent by the child)."""
+    answers = []
+    for name in modules:
+        if name in sys.modules:
+            answers.append(True)
+            continue
+        try:
+            answers.append(importlib.util.find_spec(name) is not None)
+        except (ImportError, ValueError, AttributeError):
+            answers.append(False)
+    return answers
+
+
+# -- exceptions ---------------------------------------------------------------------
+
+
+def rebuild_exception(encoded: tuple[Any, ...]) -> BaseException:
+    """Turn an exception encoded by the child into a local one with remote frames."""
+    module, qualname, message, data, frames, text, cause, context = encoded
+    exc: BaseException | None = None
+    if data is not None:
+        try:
+            exc = pickle.loads(data)
+        except Exception:
+            exc = None
+    if not isinstance(exc, BaseException):
+        type_name = qualname if module == "builtins" else f"{module}.{qualname}"
+        exc = RemoteError(type_name, message, text)
+    tb = _rebuild_traceback(frames)
+    if tb is not None:
+        exc = exc.with_traceback(tb)
+    if cause is not None:
+        exc.__cause__ = rebuild_exception(cause)
+    elif context is not None:
+        exc.__context__ = rebuild_exception(context)
+    return exc
+
+
+def _rebuild_traceback(frames: Sequence[tuple[str, str, int, str]]) -> Any:
+    tb_dict = None
+    for filename, name, lineno, module in reversed(frames):
+        tb_dict = {
+            "tb_frame": {
+                "f_code": {"co_filename": filename, "co_name": name},
+                "f_globals": {"__name__": module, "__file__": filename},
+                "f_locals": {},
+                "f_lineno": lineno,
+            },
+            "tb_lineno": lineno,
+            "tb_next": tb_dict,
+        }
+    if tb_dict is None:
+        return None
+    try:
+        return tblib.Traceback.from_dict(tb_dict).as_traceback()
+    except Exception:  # a traceback is a courtesy: never lose the error for it
+        return None
+
+
+# -- signatures ----------------------------------------------------------------------
+
+
+class _RemoteDefault:
+    """Stands for a default value that only the child has; shows its repr."""
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+
+    def __repr__(self) -> str:
+        return self._text
+
+
+def rebuild_signature(encoded: Any) -> inspect.Signature | None:
+    if encoded is None:
+        return None
+    params, ret = encoded
+    parameters = []
+    for name, kind, default, annotation in params:
+        if default is None:
+            value: Any = inspect.Parameter.empty
+        elif default[0] == "value":
+            value = default[1]
+        else:
+            value = _RemoteDefault(default[1])
+        parameters.append(inspect.Parameter(
+            name, inspect._ParameterKind(kind), default=value,
+            annotation=inspect.Parameter.empty if annotation is None else annotation,
+        ))
+    return inspect.Signature(parameters, return_annotation=inspect.Signature.empty if ret is None else ret)

@@ -1,0 +1,156 @@
+"""Frames and message kinds shared by both sides of a spawnproxy connection.
+
+This module is shipped to the child interpreter as source and must keep to the
+standard library and to syntax that CPython 3.8 accepts.
+
+Framing is the one `multiprocessing.connection.Connection` uses, so either end
+could be a plain `Connection`: a 4-byte signed big-endian length, then that
+many payload bytes; a length of -1 announces an 8-byte unsigned length.
+
+The first payload byte says how the rest was encoded:
+
+    b"P"  a pickle (protocol 5) that the standard library can load;
+    b"D"  a pickle made by dill: the receiver needs dill to load it.
+
+Every message is a tuple whose first item is its kind.  The protocol is
+symmetric: either side may send a REQUEST while it waits for a REPLY, so the
+receive loop of each side also serves requests (callbacks, streaming and the
+child asking its parent for module sources all ride on this).
+
+    (REQUEST, request_id, op, *operands)
+    (REPLY, request_id, how, payload)     how: VALUE, REF, PATH, SAME, BASE, ERROR
+    (RELEASE, [object ids])              one-way, never answered
+"""
+
+import os
+import select
+import struct
+
+REQUEST = 0
+REPLY = 1
+RELEASE = 2
+
+# How a reply carries its result.
+VALUE = 0  # payload is the value itself
+REF = 1  # payload is a reference: (object id, type key, type info or None)
+PATH = 2  # payload is (callable,): the result is the target itself, to be reached by path
+SAME = 3  # the result is the very object the request targeted
+BASE = 4  # the result is the object the request's path starts from (a method returned self)
+ERROR = 5  # payload is an encoded exception
+
+TAG_PICKLE = b"P"
+TAG_DILL = b"D"
+
+_HEADER = struct.Struct("!i")
+_LONG_HEADER = struct.Struct("!iQ")
+_READ_CHUNK = 256 * 1024
+
+
+class ChannelClosed(EOFError):
+    """The other end of the channel has gone."""
+
+
+class Channel:
+    """Send and receive whole frames over one file descriptor (a socket).
+
+    Receiving reads ahead in large chunks, so a small message costs a single
+    system call; a large one is read straight into its own buffer.
+    """
+
+    def __init__(self, fd, watch_fds=()):
+        self.fd = fd
+        self._buf = bytearray()
+        self._poller = select.poll()
+        self._poller.register(fd, select.POLLIN)
+        for extra in watch_fds:
+            self._poller.register(extra, select.POLLIN)
+
+    def fileno(self):
+        return self.fd
+
+    def send(self, tag, payload):
+        size = len(payload) + 1
+        if size < 0x7FFFFFFF:
+            header = _HEADER.pack(size) + tag
+        else:
+            header = _LONG_HEADER.pack(-1, size) + tag
+        parts = [header, memoryview(payload).cast("B")]
+        while parts:
+            written = os.writev(self.fd, parts)
+            # The kernel may take only part of a large frame: resume after it.
+            while parts and written >= len(parts[0]):
+                written -= len(parts[0])
+                del parts[0]
+            if written:
+                parts[0] = parts[0][written:]
+
+    def has_frame(self):
+        """True when a whole frame is already buffered."""
+        buf = self._buf
+        if len(buf) < 4:
+            return False
+        (size,) = _HEADER.unpack_from(buf)
+        if size == -1:
+            if len(buf) < 12:
+                return False
+            size = _LONG_HEADER.unpack_from(buf)[1] + 8
+        return len(buf) >= 4 + size
+
+    def wait(self, timeout=None):
+        """Wait until a frame may be read or a watched fd is ready.
+
+        `timeout` is in seconds (None waits for ever).  Returns None on
+        timeout, else the list of ready fds (the channel's own fd first when
+        data is there to read).
+        """
+        if self.has_frame():
+            return [self.fd]
+        ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
+        events = self._poller.poll(ms)
+        if not events:
+            return None
+        return sorted((fd for fd, _ in events), key=lambda fd: fd != self.fd)
+
+    def recv(self):
+        """Return (tag, payload) of the next frame; raise ChannelClosed at end of stream."""
+        buf = self._buf
+        while len(buf) < 4:
+            self._fill()
+        (size,) = _HEADER.unpack_from(buf)
+        start = 4
+        if size == -1:
+            while len(buf) < 12:
+                self._fill()
+            size = _LONG_HEADER.unpack_from(buf)[1]
+            start = 12
+        end = start + size
+        if len(buf) >= end:
+            frame = bytes(buf[start:end])
+            del buf[:end]
+        else:
+            frame = bytearray(size)
+            have = len(buf) - start
+            frame[:have] = buf[start:]
+            del buf[:]
+            view = memoryview(frame)
+            while have < size:
+                n = os.readv(self.fd, [view[have:]])
+                if n == 0:
+                    raise ChannelClosed("the other end closed the channel mid-frame")
+                have += n
+            view.release()
+        return bytes(frame[:1]), memoryview(frame)[1:]
+
+    def _fill(self):
+        chunk = os.read(self.fd, _READ_CHUNK)
+        if not chunk:
+            raise ChannelClosed("the other end closed the channel")
+        self._buf += chunk
+
+    def close(self):
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
