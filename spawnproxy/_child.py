@@ -7,6 +7,7 @@ forwarded Ctrl-C (SIGINT) interrupts the call in progress.
 
 import importlib.abc
 import importlib.util
+import math
 import operator
 import os
 import sys
@@ -24,8 +25,7 @@ _OPERATORS = {
     "iter": iter, "next": next, "reversed": reversed,
     "neg": operator.neg, "pos": operator.pos, "abs": abs, "invert": operator.invert,
     "int": int, "float": float, "complex": complex, "index": operator.index, "bytes": bytes,
-    "round": round, "trunc": lambda x: x.__trunc__(), "floor": lambda x: x.__floor__(),
-    "ceil": lambda x: x.__ceil__(),
+    "round": round, "trunc": math.trunc, "floor": math.floor, "ceil": math.ceil,
     "enter": lambda x: x.__enter__(), "exit": lambda x, *a: x.__exit__(*a),
     "divmod": divmod, "rdivmod": lambda x, y: divmod(y, x),
     "pow": pow, "rpow": lambda x, y: pow(y, x),
@@ -39,7 +39,7 @@ for _name in ("lt", "le", "eq", "ne", "gt", "ge", "add", "sub", "mul", "matmul",
         _OPERATORS["r" + _name] = (lambda f: lambda x, y: f(y, x))(_func)
         _OPERATORS["i" + _name] = getattr(operator, "i" + _name)
 _OPERATORS["ipow"] = operator.ipow
-_SCALARS = frozenset([str, int, bool, float, type(None)])
+_SCALARS = frozenset([str, int, bool, float, complex, bytes, type(None)])
 
 
 class ParentFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
@@ -252,10 +252,14 @@ def op_ping(child, value=None):
     return _wire.VALUE, value
 
 
+def op_stats(child):
+    return _wire.VALUE, {"objects": len(child.table), "threads": threading.active_count()}
+
+
 OPS = {
     "getattr": op_getattr, "attrinfo": op_attrinfo, "setattr": op_setattr,
     "delattr": op_delattr, "call": op_call, "op": op_operator, "dir": op_dir,
-    "signature": op_signature, "load": op_load, "ping": op_ping,
+    "signature": op_signature, "load": op_load, "ping": op_ping, "stats": op_stats,
 }
 
 

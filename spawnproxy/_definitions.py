@@ -158,6 +158,4 @@ def as_definition(definition_or_object: Any) -> Definition:
             f"got the class {definition_or_object.__qualname__}, not an instance: pass an instance, "
             "or an InstanceDefinition to build one in the child"
         )
-    if isinstance(definition_or_object, str):
-        raise TypeError("got a str: use run_script() for a code string, or ScriptDefinition(script)")
     return ObjectDefinition(definition_or_object)

@@ -136,10 +136,10 @@ class SerializationError(SpawnProxyError):
     Nothing was sent: the child is untouched and stays usable.
 
     Example:
-        >>> import threading, spawnproxy
+        >>> import spawnproxy
         >>> mod = spawnproxy.run_script("def f(x): return x")
         >>> try:
-        ...     mod.f(threading.Lock())
+        ...     mod.f(i for i in range(3))
         ... except spawnproxy.SerializationError as err:
         ...     print("argument 0" in str(err))
         True

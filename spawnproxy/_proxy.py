@@ -261,8 +261,10 @@ class ObjectProxy(wrapt.BaseObjectProxy):  # type: ignore[misc]
         return repr(self.__wrapped__)
 
     @property  # type: ignore[misc]
-    def __doc__(self) -> Any:  # noqa: D105 - the remote object's docstring
-        return self.__wrapped__._sp_doc()
+    def __class__(self) -> type:  # noqa: D105
+        # Local on purpose: isinstance() consults __class__, and a remote
+        # round trip there would make every failed isinstance() check a call.
+        return type(self)
 
     def __iter__(self) -> Any:
         return self.__wrapped__._sp_op("iter")
@@ -301,6 +303,30 @@ class CallableObjectProxy(ObjectProxy):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.__wrapped__._sp_call(args, kwargs)
+
+
+class _Doc:
+    """`__doc__` of proxies: the class docstring on the class, the remote one on an instance.
+
+    A data descriptor, so that it wins over the `__doc__` wrapt copies into
+    each proxy, and so that pydoc (which reads it with object.__getattribute__)
+    shows the remote docstring.
+    """
+
+    def __init__(self, class_doc: str | None) -> None:
+        self._class_doc = class_doc
+
+    def __get__(self, proxy: ObjectProxy | None, owner: type | None = None) -> Any:
+        if proxy is None:
+            return self._class_doc
+        return proxy.__wrapped__._sp_doc()
+
+    def __set__(self, proxy: ObjectProxy, value: Any) -> None:
+        setattr(proxy.__wrapped__, "__doc__", value)
+
+
+for _cls in (ObjectProxy, CallableObjectProxy):
+    type.__setattr__(_cls, "__doc__", _Doc(_cls.__doc__))
 
 
 def make_proxy(handle: _Remote) -> ObjectProxy:

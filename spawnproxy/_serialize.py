@@ -195,8 +195,8 @@ def _rebuild_traceback(frames: Sequence[tuple[str, str, int, str]]) -> Any:
 # -- signatures ----------------------------------------------------------------------
 
 
-class _RemoteDefault:
-    """Stands for a default value that only the child has; shows its repr."""
+class _RemoteText:
+    """Stands for a default value or an annotation that only the child has; shows its text."""
 
     def __init__(self, text: str) -> None:
         self._text = text
@@ -216,9 +216,10 @@ def rebuild_signature(encoded: Any) -> inspect.Signature | None:
         elif default[0] == "value":
             value = default[1]
         else:
-            value = _RemoteDefault(default[1])
+            value = _RemoteText(default[1])
         parameters.append(inspect.Parameter(
             name, inspect._ParameterKind(kind), default=value,
-            annotation=inspect.Parameter.empty if annotation is None else annotation,
+            annotation=inspect.Parameter.empty if annotation is None else _RemoteText(annotation),
         ))
-    return inspect.Signature(parameters, return_annotation=inspect.Signature.empty if ret is None else ret)
+    return inspect.Signature(
+        parameters, return_annotation=inspect.Signature.empty if ret is None else _RemoteText(ret))

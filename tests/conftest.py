@@ -1,0 +1,100 @@
+"""Shared fixtures: child interpreters found at run time, and no child outliving its test."""
+
+from __future__ import annotations
+
+import functools
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+# Named bounds (seconds), so that tests say what they wait for.
+CHILD_EXIT = 5.0
+DEATH_NOTICE = 1.0
+START = 2.0
+
+
+@functools.lru_cache(maxsize=1)
+def child_interpreters() -> dict[str, str]:
+    """CPython 3.8-3.13 executables on this machine: 'X.Y' -> path (found at run time)."""
+    candidates: list[str] = []
+    roots = [os.environ.get("PYENV_ROOT", "")]
+    pyenv = shutil.which("pyenv")
+    if pyenv:
+        try:
+            roots.append(subprocess.run([pyenv, "root"], capture_output=True, text=True, timeout=10).stdout.strip())
+        except (OSError, subprocess.SubprocessError):
+            pass
+    roots.append(os.path.expanduser("~/.pyenv"))
+    for root in filter(None, roots):
+        candidates += sorted(glob.glob(os.path.join(root, "versions", "*", "bin", "python3.*")))
+    for minor in range(8, 14):
+        found = shutil.which(f"python3.{minor}")
+        if found:
+            candidates.append(found)
+    found_by_version: dict[str, str] = {}
+    for exe in candidates:
+        if not os.access(exe, os.X_OK) or exe.endswith("-config"):
+            continue
+        try:
+            out = subprocess.run([exe, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                                 capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.SubprocessError):
+            continue
+        version = out.stdout.strip()
+        if out.returncode == 0 and version in {f"3.{m}" for m in range(8, 14)}:
+            found_by_version.setdefault(version, exe)
+    return found_by_version
+
+
+ALL_VERSIONS = [f"3.{m}" for m in range(8, 14)]
+
+
+@pytest.fixture(params=ALL_VERSIONS)
+def child_python(request: pytest.FixtureRequest) -> str:
+    """The path of a child interpreter of each version; skips where it is not installed."""
+    exe = child_interpreters().get(request.param)
+    if exe is None:
+        pytest.skip(f"CPython {request.param} is not installed here")
+    return exe
+
+
+def _children() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_children():
+    """Fail a test that leaves a child process behind (after a bounded wait)."""
+    before = _children()
+    yield
+    deadline = time.monotonic() + CHILD_EXIT
+    while True:
+        import gc
+
+        gc.collect()
+        left = _children() - before
+        left = {pid for pid in left if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"}
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    for pid in left:
+        try:
+            psutil.Process(pid).kill()
+        except psutil.Error:
+            pass
+    assert not left, f"child processes outlived the test: {sorted(left)}"
+
+
+def run_python(code: str, timeout: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run code in a fresh parent interpreter (this one), with the repo importable."""
+    full_env = dict(os.environ if env is None else env)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    full_env["PYTHONPATH"] = root + os.pathsep + full_env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
+                          env=full_env, cwd=root)
