@@ -35,9 +35,10 @@ class DaemonProxy:
 
     Example:
         >>> import spawnproxy
-        >>> with spawnproxy.DaemonProxy(spawnproxy.ScriptDefinition("print('hi')")) as daemon:
-        ...     daemon.proxy.print("from the child") is None
-        True
+        >>> with spawnproxy.DaemonProxy(spawnproxy.ScriptDefinition("x = [1, 2]")) as daemon:
+        ...     daemon.proxy.x.append(3)
+        ...     print(daemon.proxy.x)
+        [1, 2, 3]
         >>> daemon.is_alive()
         False
     """
