@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from ._daemon import DaemonProxy
-from ._definitions import InstanceDefinition, ModuleDefinition, ScriptDefinition
+from ._definitions import ModuleDefinition, ScriptDefinition
 from ._proxy import ObjectProxy
 
 __all__ = ["run_module", "run_object", "run_script"]
@@ -77,6 +77,8 @@ def run_object(
         >>> remote_list.terminate_daemon()
     """
     if isinstance(obj_or_definition, (ScriptDefinition, ModuleDefinition)):
-        raise TypeError(f"run_object takes an instance or an InstanceDefinition, not {obj_or_definition!r}; "
-                        "use run_script or run_module, or DaemonProxy")
+        raise TypeError(
+            f"run_object takes an instance or an InstanceDefinition, not {obj_or_definition!r}; "
+            "use run_script or run_module, or DaemonProxy"
+        )
     return DaemonProxy(obj_or_definition, python_exe, logger, **options).proxy

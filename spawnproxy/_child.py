@@ -19,19 +19,59 @@ from ._loader import load
 from ._table import ObjectTable
 
 _OPERATORS = {
-    "str": str, "repr": repr, "format": format, "len": len, "hash": hash, "bool": bool,
-    "contains": operator.contains, "getitem": operator.getitem,
-    "setitem": operator.setitem, "delitem": operator.delitem,
-    "iter": iter, "next": next, "reversed": reversed,
-    "neg": operator.neg, "pos": operator.pos, "abs": abs, "invert": operator.invert,
-    "int": int, "float": float, "complex": complex, "index": operator.index, "bytes": bytes,
-    "round": round, "trunc": math.trunc, "floor": math.floor, "ceil": math.ceil,
-    "enter": lambda x: x.__enter__(), "exit": lambda x, *a: x.__exit__(*a),
-    "divmod": divmod, "rdivmod": lambda x, y: divmod(y, x),
-    "pow": pow, "rpow": lambda x, y: pow(y, x),
+    "str": str,
+    "repr": repr,
+    "format": format,
+    "len": len,
+    "hash": hash,
+    "bool": bool,
+    "contains": operator.contains,
+    "getitem": operator.getitem,
+    "setitem": operator.setitem,
+    "delitem": operator.delitem,
+    "iter": iter,
+    "next": next,
+    "reversed": reversed,
+    "neg": operator.neg,
+    "pos": operator.pos,
+    "abs": abs,
+    "invert": operator.invert,
+    "int": int,
+    "float": float,
+    "complex": complex,
+    "index": operator.index,
+    "bytes": bytes,
+    "round": round,
+    "trunc": math.trunc,
+    "floor": math.floor,
+    "ceil": math.ceil,
+    "enter": lambda x: x.__enter__(),
+    "exit": lambda x, *a: x.__exit__(*a),
+    "divmod": divmod,
+    "rdivmod": lambda x, y: divmod(y, x),
+    "pow": pow,
+    "rpow": lambda x, y: pow(y, x),
 }
-for _name in ("lt", "le", "eq", "ne", "gt", "ge", "add", "sub", "mul", "matmul", "truediv",
-              "floordiv", "mod", "lshift", "rshift", "and", "or", "xor"):
+for _name in (
+    "lt",
+    "le",
+    "eq",
+    "ne",
+    "gt",
+    "ge",
+    "add",
+    "sub",
+    "mul",
+    "matmul",
+    "truediv",
+    "floordiv",
+    "mod",
+    "lshift",
+    "rshift",
+    "and",
+    "or",
+    "xor",
+):
     _func = getattr(operator, _name + "_" if _name in ("and", "or") else _name)
     _OPERATORS[_name] = _func
     if _name not in ("lt", "le", "eq", "ne", "gt", "ge"):
@@ -257,9 +297,17 @@ def op_stats(child):
 
 
 OPS = {
-    "getattr": op_getattr, "attrinfo": op_attrinfo, "setattr": op_setattr,
-    "delattr": op_delattr, "call": op_call, "op": op_operator, "dir": op_dir,
-    "signature": op_signature, "load": op_load, "ping": op_ping, "stats": op_stats,
+    "getattr": op_getattr,
+    "attrinfo": op_attrinfo,
+    "setattr": op_setattr,
+    "delattr": op_delattr,
+    "call": op_call,
+    "op": op_operator,
+    "dir": op_dir,
+    "signature": op_signature,
+    "load": op_load,
+    "ping": op_ping,
+    "stats": op_stats,
 }
 
 
@@ -284,8 +332,7 @@ def _watch_parent(lifeline_fd):
 def main(fd, lifeline_fd, bundle):
     os.set_inheritable(fd, False)
     os.set_inheritable(lifeline_fd, False)
-    threading.Thread(target=_watch_parent, args=(lifeline_fd,), name="spawnproxy-lifeline",
-                     daemon=True).start()
+    threading.Thread(target=_watch_parent, args=(lifeline_fd,), name="spawnproxy-lifeline", daemon=True).start()
     for stream in (sys.stdout, sys.stderr):
         try:
             # Lines reach the parent as they are written, even without PYTHONUNBUFFERED.
@@ -297,8 +344,12 @@ def main(fd, lifeline_fd, bundle):
         sys.path[:] = parent_path + [p for p in sys.path if p not in parent_path]
     channel = _wire.Channel(fd)
     child = Child(channel)
-    info = {"pid": os.getpid(), "version": tuple(sys.version_info[:3]),
-            "executable": sys.executable, "implementation": sys.implementation.name}
+    info = {
+        "pid": os.getpid(),
+        "version": tuple(sys.version_info[:3]),
+        "executable": sys.executable,
+        "implementation": sys.implementation.name,
+    }
     channel.send(*child.codec.dumps(("hello", info)))
     try:
         child.serve()

@@ -8,7 +8,6 @@ travels as plain frame data and the parent rebuilds it.
 
 import io
 import pickle
-import sys
 import traceback
 import types
 
@@ -17,10 +16,18 @@ from . import _wire
 PROTOCOL = 5
 _PLAIN = frozenset([int, float, str, bool, type(None), bytes, complex])
 # Results that always stay in the child: calling or reading them must run there.
-_BY_REFERENCE = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType,
-                 types.MethodType, types.BuiltinMethodType, types.MethodWrapperType,
-                 types.WrapperDescriptorType, types.MethodDescriptorType,
-                 types.ClassMethodDescriptorType)
+_BY_REFERENCE = (
+    type,
+    types.ModuleType,
+    types.FunctionType,
+    types.BuiltinFunctionType,
+    types.MethodType,
+    types.BuiltinMethodType,
+    types.MethodWrapperType,
+    types.WrapperDescriptorType,
+    types.MethodDescriptorType,
+    types.ClassMethodDescriptorType,
+)
 _OWN_FILES = "<spawnproxy-child:"
 
 
@@ -135,8 +142,7 @@ class Codec:
         frames = []
         for frame, lineno in traceback.walk_tb(tb):
             code = frame.f_code
-            frames.append((code.co_filename, code.co_name, lineno,
-                           frame.f_globals.get("__name__", "?")))
+            frames.append((code.co_filename, code.co_name, lineno, frame.f_globals.get("__name__", "?")))
         try:
             text = "".join(traceback.format_exception(type(exc), exc, tb))
         except Exception as err:  # a broken __str__ must not hide the error
@@ -206,5 +212,3 @@ def _annotation_text(annotation):
             return annotation.__qualname__
         return annotation.__module__ + "." + annotation.__qualname__
     return repr(annotation).replace("typing.", "")
-
-

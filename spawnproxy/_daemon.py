@@ -53,8 +53,14 @@ class DaemonProxy:
         opts = Options.from_kwargs(options)
         definition = as_definition(definition_or_object)
         logger = check_logger(logger)
-        process = ChildProcess(python_exe, env=opts.env, cwd=opts.cwd, logger=logger,
-                               logs_maxlen=opts.logs_maxlen, start_timeout=opts.start_timeout)
+        process = ChildProcess(
+            python_exe,
+            env=opts.env,
+            cwd=opts.cwd,
+            logger=logger,
+            logs_maxlen=opts.logs_maxlen,
+            start_timeout=opts.start_timeout,
+        )
         self._process = process
         self._session = session = Session(process, opts.call_timeout)
         self._finalizer = weakref.finalize(self, reap_later, process)
@@ -64,8 +70,12 @@ class DaemonProxy:
             from ._options import call_timeout
 
             with call_timeout(opts.start_timeout):
-                reply = session.request("load", (definition.wire(),), f"loading the {label}",
-                                        lambda: [(f"the {label}", definition.wire()[-1])])
+                reply = session.request(
+                    "load",
+                    (definition.wire(),),
+                    f"loading the {label}",
+                    lambda: [(f"the {label}", definition.wire()[-1])],
+                )
         except BaseException:
             self.terminate()
             raise

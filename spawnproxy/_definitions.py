@@ -79,7 +79,9 @@ class ModuleDefinition:
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ModuleDefinition) and (other.module_name, other.module_path) == (
-            self.module_name, self.module_path)
+            self.module_name,
+            self.module_path,
+        )
 
     def __hash__(self) -> int:
         return hash((self.module_name, self.module_path))
@@ -122,8 +124,11 @@ class InstanceDefinition:
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, InstanceDefinition) and (
-            other.module_name, other.class_name, other.args, other.kwargs) == (
-            self.module_name, self.class_name, self.args, self.kwargs)
+            other.module_name,
+            other.class_name,
+            other.args,
+            other.kwargs,
+        ) == (self.module_name, self.class_name, self.args, self.kwargs)
 
     __hash__ = None  # type: ignore[assignment]  # arguments may be unhashable
 

@@ -147,6 +147,13 @@ class SerializationError(SpawnProxyError):
     """
 
 
-for _cls in (SpawnProxyError, DaemonStartError, DaemonDiedError, DaemonTerminatedError,
-             RemoteError, CallTimeoutError, SerializationError):
+for _cls in (
+    SpawnProxyError,
+    DaemonStartError,
+    DaemonDiedError,
+    DaemonTerminatedError,
+    RemoteError,
+    CallTimeoutError,
+    SerializationError,
+):
     _cls.__module__ = "spawnproxy"

@@ -122,8 +122,7 @@ class ChildProcess:
         except BaseException:
             self.shutdown()
             raise
-        log.debug("child %d started with %s (Python %s)", self.pid, exe,
-                  ".".join(map(str, self.hello["version"])))
+        log.debug("child %d started with %s (Python %s)", self.pid, exe, ".".join(map(str, self.hello["version"])))
 
     def _handshake(self, own: bool, timeout: float | None) -> dict[str, Any]:
         import pickle
@@ -149,7 +148,8 @@ class ChildProcess:
                 else:
                     message = pickle.loads(payload)
                     if message[0] == "hello":
-                        return message[1]
+                        hello: dict[str, Any] = message[1]
+                        return hello
             self.wait_exit(STEP)
             code = self.popen.returncode
             reason = "is older than CPython 3.8" if code == _bootstrap.TOO_OLD_EXIT else "is not a usable Python"

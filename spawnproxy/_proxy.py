@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import wrapt
 
 from . import _serialize, _wire
+from ._errors import SerializationError
 
 if TYPE_CHECKING:
     from ._daemon import DaemonProxy
@@ -31,7 +32,7 @@ Target = Any  # int | tuple[int | str, ...]
 class _Ref:
     """One reference the parent holds on a child object; released when collected."""
 
-    __slots__ = ("oid", "_releases")
+    __slots__ = ("_releases", "oid")
 
     def __init__(self, oid: int, releases: collections.deque[int]) -> None:
         self.oid = oid
@@ -54,12 +55,32 @@ class _Remote:
     # docstring on purpose: wrapt copies the wrapped object's __doc__ when it
     # makes a proxy, and that must stay a local, free read.
 
-    __slots__ = ("_sp_daemon", "_sp_session", "_sp_target", "_sp_ref", "_sp_info", "_sp_names",
-                 "_sp_base", "_sp_label", "_sp_cache", "_sp_callable", "__weakref__")
+    __slots__ = (
+        "__weakref__",
+        "_sp_base",
+        "_sp_cache",
+        "_sp_callable",
+        "_sp_daemon",
+        "_sp_info",
+        "_sp_label",
+        "_sp_names",
+        "_sp_ref",
+        "_sp_session",
+        "_sp_target",
+    )
 
-    def __init__(self, daemon: DaemonProxy, session: Session, target: Target, ref: _Ref | None,
-                 info: Any, names: dict[str, bool] | None, base: _Remote | None, label: str,
-                 is_callable: bool) -> None:
+    def __init__(
+        self,
+        daemon: DaemonProxy,
+        session: Session,
+        target: Target,
+        ref: _Ref | None,
+        info: Any,
+        names: dict[str, bool] | None,
+        base: _Remote | None,
+        label: str,
+        is_callable: bool,
+    ) -> None:
         setter = object.__setattr__
         setter(self, "_sp_daemon", daemon)
         setter(self, "_sp_session", session)
@@ -83,8 +104,9 @@ class _Remote:
 
     def _sp_request(self, op: str, operands: tuple[Any, ...], what: str, named: Any = None) -> Any:
         session = self._sp_session
-        reply = session.request(op, (self._sp_target,) + operands, what,
-                                (lambda: named) if named is not None else _no_operands)
+        reply = session.request(
+            op, (self._sp_target,) + operands, what, (lambda: named) if named is not None else _no_operands
+        )
         how = reply[2]
         if how == _wire.VALUE:
             return reply[3]
@@ -100,20 +122,38 @@ class _Remote:
                 session.types[key] = info
             else:
                 info = session.types.get(key)
-            handle = _Remote(self._sp_daemon, session, oid, _Ref(oid, session.releases), info, None,
-                             None, f"the result of {what}", bool(info and info[3]))
+            handle = _Remote(
+                self._sp_daemon,
+                session,
+                oid,
+                _Ref(oid, session.releases),
+                info,
+                None,
+                None,
+                f"the result of {what}",
+                bool(info and info[3]),
+            )
             return make_proxy(handle)
         if how == _wire.SAME:
             return make_proxy(self)
         if how == _wire.BASE:
             return make_proxy(self._sp_base or self)
-        raise _serialize.SerializationError(f"unexpected reply kind {how!r} to {what}")
+        raise SerializationError(f"unexpected reply kind {how!r} to {what}")
 
     def _sp_path(self, name: str, is_callable: bool) -> Any:
         target = self._sp_target
         path = (target, name) if type(target) is int else target + (name,)
-        handle = _Remote(self._sp_daemon, self._sp_session, path, self._sp_ref, None, None,
-                         self._sp_base or self, f"{self._sp_label}.{name}", is_callable)
+        handle = _Remote(
+            self._sp_daemon,
+            self._sp_session,
+            path,
+            self._sp_ref,
+            None,
+            None,
+            self._sp_base or self,
+            f"{self._sp_label}.{name}",
+            is_callable,
+        )
         return make_proxy(handle)
 
     # -- attributes ---------------------------------------------------------------
@@ -148,8 +188,7 @@ class _Remote:
         self._sp_cache.pop(name, None)
         if self._sp_names is not None:
             self._sp_names[name] = callable(value)
-        self._sp_request("setattr", (name, value), f"setting {self._sp_label}.{name}",
-                         [("the value", value)])
+        self._sp_request("setattr", (name, value), f"setting {self._sp_label}.{name}", [("the value", value)])
 
     def __delattr__(self, name: str) -> None:
         self._sp_cache.pop(name, None)
@@ -174,13 +213,12 @@ class _Remote:
         return self._sp_request("call", (args, kwargs), f"{self._sp_label}()", _operands(args, kwargs))
 
     def _sp_op(self, name: str, *args: Any) -> Any:
-        return self._sp_request("op", (name, args), f"{name}({self._sp_label})",
-                                _operands(args) if args else None)
+        return self._sp_request("op", (name, args), f"{name}({self._sp_label})", _operands(args) if args else None)
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Any:
         try:
             return self._sp_op("exit", exc_type, exc, None)
-        except _serialize.SerializationError:
+        except SerializationError:
             # The exception cannot travel: tell the context manager what it was.
             return self._sp_op("exit", RuntimeError, RuntimeError(repr(exc)), None)
 
@@ -204,29 +242,60 @@ def _forward(op: str) -> Any:
 
 # The one table of forwarded special methods: dunder -> the child's operator name.
 FORWARDED = {
-    "__str__": "str", "__repr__": "repr", "__format__": "format", "__len__": "len",
-    "__hash__": "hash", "__bool__": "bool", "__contains__": "contains",
-    "__getitem__": "getitem", "__setitem__": "setitem", "__delitem__": "delitem",
-    "__iter__": "iter", "__next__": "next", "__reversed__": "reversed",
-    "__lt__": "lt", "__le__": "le", "__eq__": "eq", "__ne__": "ne", "__gt__": "gt", "__ge__": "ge",
-    "__neg__": "neg", "__pos__": "pos", "__abs__": "abs", "__invert__": "invert",
-    "__int__": "int", "__float__": "float", "__complex__": "complex", "__index__": "index",
-    "__bytes__": "bytes", "__round__": "round", "__trunc__": "trunc", "__floor__": "floor",
-    "__ceil__": "ceil", "__enter__": "enter", "__divmod__": "divmod", "__rdivmod__": "rdivmod",
-    "__rpow__": "rpow", "__ipow__": "ipow",
+    "__str__": "str",
+    "__repr__": "repr",
+    "__format__": "format",
+    "__len__": "len",
+    "__hash__": "hash",
+    "__bool__": "bool",
+    "__contains__": "contains",
+    "__getitem__": "getitem",
+    "__setitem__": "setitem",
+    "__delitem__": "delitem",
+    "__iter__": "iter",
+    "__next__": "next",
+    "__reversed__": "reversed",
+    "__lt__": "lt",
+    "__le__": "le",
+    "__eq__": "eq",
+    "__ne__": "ne",
+    "__gt__": "gt",
+    "__ge__": "ge",
+    "__neg__": "neg",
+    "__pos__": "pos",
+    "__abs__": "abs",
+    "__invert__": "invert",
+    "__int__": "int",
+    "__float__": "float",
+    "__complex__": "complex",
+    "__index__": "index",
+    "__bytes__": "bytes",
+    "__round__": "round",
+    "__trunc__": "trunc",
+    "__floor__": "floor",
+    "__ceil__": "ceil",
+    "__enter__": "enter",
+    "__divmod__": "divmod",
+    "__rdivmod__": "rdivmod",
+    "__rpow__": "rpow",
+    "__ipow__": "ipow",
 }
-for _op in ("add", "sub", "mul", "matmul", "truediv", "floordiv", "mod", "lshift", "rshift",
-            "and", "or", "xor"):
+for _op in ("add", "sub", "mul", "matmul", "truediv", "floordiv", "mod", "lshift", "rshift", "and", "or", "xor"):
     FORWARDED[f"__{_op}__"] = _op
     FORWARDED[f"__r{_op}__"] = f"r{_op}"
     FORWARDED[f"__i{_op}__"] = f"i{_op}"
 for _dunder, _op in FORWARDED.items():
     setattr(_Remote, _dunder, _forward(_op))
-INPLACE = [d for d in FORWARDED if d.startswith("__i") and FORWARDED[d].startswith("i")
-           and d not in ("__int__", "__index__", "__iter__", "__invert__")]
+INPLACE = [
+    d
+    for d in FORWARDED
+    if d.startswith("__i")
+    and FORWARDED[d].startswith("i")
+    and d not in ("__int__", "__index__", "__iter__", "__invert__")
+]
 
 
-class ObjectProxy(wrapt.BaseObjectProxy):  # type: ignore[misc]
+class ObjectProxy(wrapt.BaseObjectProxy):  # type: ignore[misc,type-arg]
     """The type of every proxy: a local stand-in for an object living in a child.
 
     Attribute access, calls and operators are forwarded to the child; results
@@ -261,7 +330,7 @@ class ObjectProxy(wrapt.BaseObjectProxy):  # type: ignore[misc]
         return repr(self.__wrapped__)
 
     @property  # type: ignore[misc]
-    def __class__(self) -> type:  # noqa: D105
+    def __class__(self) -> type:
         # Local on purpose: isinstance() consults __class__, and a remote
         # round trip there would make every failed isinstance() check a call.
         return type(self)
@@ -322,7 +391,7 @@ class _Doc:
         return proxy.__wrapped__._sp_doc()
 
     def __set__(self, proxy: ObjectProxy, value: Any) -> None:
-        setattr(proxy.__wrapped__, "__doc__", value)
+        proxy.__wrapped__.__doc__ = value
 
 
 for _cls in (ObjectProxy, CallableObjectProxy):

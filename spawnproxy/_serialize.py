@@ -37,9 +37,7 @@ def _ref_id(obj: Any, owner: object) -> tuple[str, Any] | None:
         return None
     obj_owner, target = marker(obj)
     if obj_owner is not owner:
-        raise SerializationError(
-            "a proxy of another child cannot be sent to this one; pass a value instead"
-        )
+        raise SerializationError("a proxy of another child cannot be sent to this one; pass a value instead")
     return ("ref", target)
 
 
@@ -59,7 +57,9 @@ class Encoder:
         self._owner = owner
         self._child_version = tuple(child_version[:2])
 
-    def encode(self, message: tuple[Any, ...], operands: Callable[[], Sequence[tuple[str, Any]]]) -> tuple[bytes, bytes]:
+    def encode(
+        self, message: tuple[Any, ...], operands: Callable[[], Sequence[tuple[str, Any]]]
+    ) -> tuple[bytes, bytes]:
         """Return (tag, payload); `operands` names the parts for error messages."""
         try:
             return _wire.TAG_PICKLE, pickle.dumps(message, PROTOCOL)
@@ -76,7 +76,9 @@ class Encoder:
         except Exception:
             return self._encode_slow(message, operands)
 
-    def _encode_slow(self, message: tuple[Any, ...], operands: Callable[[], Sequence[tuple[str, Any]]]) -> tuple[bytes, bytes]:
+    def _encode_slow(
+        self, message: tuple[Any, ...], operands: Callable[[], Sequence[tuple[str, Any]]]
+    ) -> tuple[bytes, bytes]:
         culprit, error = self._find_culprit(operands())
         if self._child_version != tuple(sys.version_info[:2]):
             raise SerializationError(
@@ -217,9 +219,12 @@ def rebuild_signature(encoded: Any) -> inspect.Signature | None:
             value = default[1]
         else:
             value = _RemoteText(default[1])
-        parameters.append(inspect.Parameter(
-            name, inspect._ParameterKind(kind), default=value,
-            annotation=inspect.Parameter.empty if annotation is None else _RemoteText(annotation),
-        ))
-    return inspect.Signature(
-        parameters, return_annotation=inspect.Signature.empty if ret is None else _RemoteText(ret))
+        parameters.append(
+            inspect.Parameter(
+                name,
+                inspect._ParameterKind(kind),
+                default=value,
+                annotation=inspect.Parameter.empty if annotation is None else _RemoteText(annotation),
+            )
+        )
+    return inspect.Signature(parameters, return_annotation=inspect.Signature.empty if ret is None else _RemoteText(ret))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import importlib.util
 import itertools
+import pickle
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -89,7 +90,7 @@ class Session:
         releases = self.releases
         while releases:
             batch.append(releases.popleft())
-        self.channel.send(_wire.TAG_PICKLE, _serialize.pickle.dumps((_wire.RELEASE, batch), 5))
+        self.channel.send(_wire.TAG_PICKLE, pickle.dumps((_wire.RELEASE, batch), 5))
 
     def flush_releases(self) -> None:
         """Send the pending releases now (they otherwise ride along the next request)."""
@@ -146,7 +147,7 @@ class Session:
                 tag, payload = channel.recv()
             except (EOFError, OSError):
                 raise self._fail(what) from None
-            message = _serialize.decode(tag, payload)
+            message: tuple[Any, ...] = _serialize.decode(tag, payload)
             kind = message[0]
             if kind == _wire.REPLY:
                 if message[1] == rid:
@@ -169,6 +170,8 @@ class Session:
 
     def _serve(self, message: tuple[Any, ...]) -> None:
         rid, op, operands = message[1], message[2], message[3:]
+        how: int
+        payload: Any
         try:
             if op == "importable":
                 how, payload = _wire.VALUE, _serialize.can_import(operands[0])
@@ -179,7 +182,7 @@ class Session:
         except Exception as exc:
             how, payload = _wire.ERROR, f"{type(exc).__name__}: {exc}"
         with self._send_lock:
-            self.channel.send(_wire.TAG_PICKLE, _serialize.pickle.dumps((_wire.REPLY, rid, how, payload), 5))
+            self.channel.send(_wire.TAG_PICKLE, pickle.dumps((_wire.REPLY, rid, how, payload), 5))
 
     # -- ending --------------------------------------------------------------------
 

@@ -57,7 +57,7 @@ class Channel:
     system call; a large one is read straight into its own buffer.
     """
 
-    def __init__(self, fd, watch_fds=()):
+    def __init__(self, fd: int, watch_fds: "tuple[int, ...]" = ()) -> None:
         self.fd = fd
         self._buf = bytearray()
         self._poller = select.poll()
@@ -65,10 +65,10 @@ class Channel:
         for extra in watch_fds:
             self._poller.register(extra, select.POLLIN)
 
-    def fileno(self):
+    def fileno(self) -> int:
         return self.fd
 
-    def send(self, tag, payload):
+    def send(self, tag: bytes, payload: "bytes | memoryview") -> None:
         size = len(payload) + 1
         if size < 0x7FFFFFFF:
             header = _HEADER.pack(size) + tag
@@ -84,7 +84,7 @@ class Channel:
             if written:
                 parts[0] = parts[0][written:]
 
-    def has_frame(self):
+    def has_frame(self) -> bool:
         """True when a whole frame is already buffered."""
         buf = self._buf
         if len(buf) < 4:
@@ -96,7 +96,7 @@ class Channel:
             size = _LONG_HEADER.unpack_from(buf)[1] + 8
         return len(buf) >= 4 + size
 
-    def wait(self, timeout=None):
+    def wait(self, timeout: "float | None" = None) -> "list[int] | None":
         """Wait until a frame may be read or a watched fd is ready.
 
         `timeout` is in seconds (None waits for ever).  Returns None on
@@ -111,7 +111,7 @@ class Channel:
             return None
         return sorted((fd for fd, _ in events), key=lambda fd: fd != self.fd)
 
-    def recv(self):
+    def recv(self) -> "tuple[bytes, memoryview]":
         """Return (tag, payload) of the next frame; raise ChannelClosed at end of stream."""
         buf = self._buf
         while len(buf) < 4:
@@ -141,13 +141,13 @@ class Channel:
             view.release()
         return bytes(frame[:1]), memoryview(frame)[1:]
 
-    def _fill(self):
+    def _fill(self) -> None:
         chunk = os.read(self.fd, _READ_CHUNK)
         if not chunk:
             raise ChannelClosed("the other end closed the channel")
         self._buf += chunk
 
-    def close(self):
+    def close(self) -> None:
         fd, self.fd = self.fd, -1
         if fd >= 0:
             try:

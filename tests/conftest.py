@@ -42,8 +42,12 @@ def child_interpreters() -> dict[str, str]:
         if not os.access(exe, os.X_OK) or exe.endswith("-config"):
             continue
         try:
-            out = subprocess.run([exe, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-                                 capture_output=True, text=True, timeout=20)
+            out = subprocess.run(
+                [exe, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            )
         except (OSError, subprocess.SubprocessError):
             continue
         version = out.stdout.strip()
@@ -96,5 +100,6 @@ def run_python(code: str, timeout: float = 60, env: dict[str, str] | None = None
     full_env = dict(os.environ if env is None else env)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     full_env["PYTHONPATH"] = root + os.pathsep + full_env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
-                          env=full_env, cwd=root)
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=full_env, cwd=root
+    )

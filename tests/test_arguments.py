@@ -71,7 +71,9 @@ def test_proxy_of_another_child_is_refused(service) -> None:
 
 def test_result_of_a_child_only_class_is_a_proxy() -> None:
     """An instance of a class defined only in the child's script comes back as a proxy."""
-    mod = spawnproxy.run_script("class Local:\n    def __init__(self):\n        self.v = 3\ndef make():\n    return Local()")
+    mod = spawnproxy.run_script(
+        "class Local:\n    def __init__(self):\n        self.v = 3\ndef make():\n    return Local()"
+    )
     try:
         obj = mod.make()
         assert isinstance(obj, spawnproxy.ObjectProxy)

@@ -52,7 +52,9 @@ def test_unrebuildable_type_becomes_remote_error() -> None:
 
 def test_exception_chain_is_kept() -> None:
     """raise ... from ... keeps its cause."""
-    mod = spawnproxy.run_script("def f():\n    try:\n        1 / 0\n    except ZeroDivisionError as e:\n        raise ValueError('wrapped') from e")
+    mod = spawnproxy.run_script(
+        "def f():\n    try:\n        1 / 0\n    except ZeroDivisionError as e:\n        raise ValueError('wrapped') from e"
+    )
     try:
         with pytest.raises(ValueError) as info:
             mod.f()
@@ -63,8 +65,15 @@ def test_exception_chain_is_kept() -> None:
 
 def test_errors_are_not_attribute_errors() -> None:
     """No spawnproxy error is an AttributeError, so hasattr cannot hide a dead child."""
-    for name in ("SpawnProxyError", "DaemonStartError", "DaemonDiedError", "DaemonTerminatedError",
-                 "RemoteError", "CallTimeoutError", "SerializationError"):
+    for name in (
+        "SpawnProxyError",
+        "DaemonStartError",
+        "DaemonDiedError",
+        "DaemonTerminatedError",
+        "RemoteError",
+        "CallTimeoutError",
+        "SerializationError",
+    ):
         cls = getattr(spawnproxy, name)
         assert issubclass(cls, spawnproxy.SpawnProxyError)
         assert not issubclass(cls, AttributeError)

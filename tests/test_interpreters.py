@@ -17,8 +17,10 @@ pytestmark = pytest.mark.timeout(120)
 
 def test_child_of_each_version(child_python: str) -> None:
     """A child of each installed version runs a script, a module and an object."""
-    mod = spawnproxy.run_script("evaluate = eval\nimport sys\nversion = tuple(sys.version_info[:2])\ndef add(a, b):\n    return a + b",
-                                python_exe=child_python)
+    mod = spawnproxy.run_script(
+        "evaluate = eval\nimport sys\nversion = tuple(sys.version_info[:2])\ndef add(a, b):\n    return a + b",
+        python_exe=child_python,
+    )
     try:
         daemon = spawnproxy.daemon_of(mod)
         expected = daemon.python_version[:2]
@@ -61,8 +63,12 @@ def test_lambda_to_other_version_says_why(child_python: str) -> None:
 def _make_venv(path: str, python: str) -> str:
     subprocess.run([python, "-m", "venv", "--without-pip", path], check=True, timeout=120)
     exe = os.path.join(path, "bin", "python")
-    site = subprocess.run([exe, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    site = subprocess.run(
+        [exe, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     with open(os.path.join(site, "only_in_venv.py"), "w") as f:
         f.write("WHERE = 'venv'\n")
     # A module of the same name as one in the parent's site-packages: the child's copy must win.

@@ -108,6 +108,7 @@ def test_parent_killed_child_ends_within_2s(busy: str) -> None:
 
 def test_no_zombie_or_fd_leak() -> None:
     """Starting and ending children leaves no zombie and no open file descriptor behind."""
+
     def fds() -> int:
         return len(os.listdir("/proc/self/fd"))
 

@@ -22,8 +22,10 @@ def _env_without_unbuffered() -> dict[str, str]:
 
 def test_lines_arrive_as_written_without_pythonunbuffered(capfd: pytest.CaptureFixture[str]) -> None:
     """A line printed by the child reaches the parent's stdout while the child keeps running."""
-    mod = spawnproxy.run_script("import sys\ndef say(x):\n    print(x)\ndef warn(x):\n    sys.stderr.write(x + '\\n')",
-                                env=_env_without_unbuffered())
+    mod = spawnproxy.run_script(
+        "import sys\ndef say(x):\n    print(x)\ndef warn(x):\n    sys.stderr.write(x + '\\n')",
+        env=_env_without_unbuffered(),
+    )
     try:
         mod.say("first line")
         mod.warn("a warning")
@@ -44,8 +46,9 @@ def test_logger_gets_stdout_at_info_and_stderr_at_warning(caplog: pytest.LogCapt
     """With a logger, stdout lines are INFO records and stderr lines WARNING records."""
     logger = logging.getLogger("test-child-output")
     caplog.set_level(logging.INFO, logger="test-child-output")
-    mod = spawnproxy.run_script("import sys\nprint('to out')\nsys.stderr.write('to err\\n')",
-                                logger=logger, env=_env_without_unbuffered())
+    mod = spawnproxy.run_script(
+        "import sys\nprint('to out')\nsys.stderr.write('to err\\n')", logger=logger, env=_env_without_unbuffered()
+    )
     try:
         deadline = time.monotonic() + 2
         while time.monotonic() < deadline and len(caplog.records) < 2:
@@ -61,8 +64,11 @@ def test_logs_keep_the_last_lines_bounded() -> None:
     """DaemonProxy.logs keeps the most recent lines, no more than logs_maxlen."""
     logger = logging.getLogger("test-quiet")
     logger.propagate = False
-    with spawnproxy.DaemonProxy(spawnproxy.ScriptDefinition("def spam(n):\n    for i in range(n):\n        print('line', i)"),
-                                logger=logger, logs_maxlen=50) as daemon:
+    with spawnproxy.DaemonProxy(
+        spawnproxy.ScriptDefinition("def spam(n):\n    for i in range(n):\n        print('line', i)"),
+        logger=logger,
+        logs_maxlen=50,
+    ) as daemon:
         daemon.proxy.spam(500)
         deadline = time.monotonic() + 3
         while time.monotonic() < deadline and (not daemon.logs or daemon.logs[-1] != "line 499"):
@@ -75,8 +81,9 @@ def test_a_child_writing_a_lot_never_blocks() -> None:
     """A child writing megabytes without newlines keeps answering."""
     logger = logging.getLogger("test-flood")
     logger.propagate = False
-    mod = spawnproxy.run_script("import sys\ndef flood(n):\n    sys.stdout.write('x' * n)\n    sys.stdout.flush()\n    return n",
-                                logger=logger)
+    mod = spawnproxy.run_script(
+        "import sys\ndef flood(n):\n    sys.stdout.write('x' * n)\n    sys.stdout.flush()\n    return n", logger=logger
+    )
     try:
         for _ in range(5):
             assert mod.flood(4 * 1024 * 1024) == 4 * 1024 * 1024

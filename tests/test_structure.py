@@ -10,10 +10,24 @@ import spawnproxy
 from spawnproxy import _bootstrap
 
 PUBLIC = {
-    "CallTimeoutError", "DaemonDiedError", "DaemonProxy", "DaemonStartError", "DaemonTerminatedError",
-    "InstanceDefinition", "ModuleDefinition", "ObjectProxy", "RemoteError", "ScriptDefinition",
-    "SerializationError", "SpawnProxyError", "__version__", "call_timeout", "daemon_of", "run_module",
-    "run_object", "run_script",
+    "CallTimeoutError",
+    "DaemonDiedError",
+    "DaemonProxy",
+    "DaemonStartError",
+    "DaemonTerminatedError",
+    "InstanceDefinition",
+    "ModuleDefinition",
+    "ObjectProxy",
+    "RemoteError",
+    "ScriptDefinition",
+    "SerializationError",
+    "SpawnProxyError",
+    "__version__",
+    "call_timeout",
+    "daemon_of",
+    "run_module",
+    "run_object",
+    "run_script",
 }
 
 

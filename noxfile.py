@@ -1,0 +1,71 @@
+"""Every way to check spawnproxy: tests, lint, typecheck, docs, bench.
+
+`nox` runs the default sessions; `nox -s tests-3.12` runs one.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = False
+
+PARENT_PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
+
+
+def _installed_parent_pythons() -> list[str]:
+    """The 3.10+ interpreters found here (on PATH or under pyenv), so CI tests what it has."""
+    found = []
+    pyenv_root = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
+    for version in PARENT_PYTHONS:
+        if shutil.which(f"python{version}") or glob.glob(f"{pyenv_root}/versions/{version}*/bin/python{version}"):
+            found.append(version)
+    return found or PARENT_PYTHONS
+
+
+def _interpreter(version: str) -> str:
+    pyenv_root = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
+    matches = sorted(glob.glob(f"{pyenv_root}/versions/{version}*/bin/python{version}"))
+    return matches[-1] if matches else f"python{version}"
+
+
+@nox.session(python=[_interpreter(v) for v in _installed_parent_pythons()])
+def tests(session: nox.Session) -> None:
+    """Run the test suite (children on every CPython 3.8-3.13 found) on each parent Python 3.10+."""
+    session.install("-e", ".[tests]")
+    session.run("pytest", *session.posargs, env={"PYTHONDONTWRITEBYTECODE": "1"})
+
+
+@nox.session(python=_interpreter("3.11"))
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check."""
+    session.install("ruff")
+    session.run("ruff", "check", "spawnproxy", "tests", "noxfile.py", "benchmarks", "examples")
+    session.run("ruff", "format", "--check", "spawnproxy", "tests", "noxfile.py")
+
+
+@nox.session(python=_interpreter("3.11"))
+def typecheck(session: nox.Session) -> None:
+    """mypy (strict) on the package."""
+    session.install("-e", ".", "mypy")
+    session.run("mypy")
+
+
+@nox.session(python=_interpreter("3.11"))
+def docs(session: nox.Session) -> None:
+    """Build the documentation site strictly and run its examples."""
+    session.install("-e", ".[docs,tests]")
+    session.run("mkdocs", "build", "--strict", "--site-dir", os.path.join(session.create_tmp(), "site"))
+    session.run("pytest", "-m", "docs", "tests/test_docs_examples.py")
+
+
+@nox.session(python=_interpreter("3.11"))
+def bench(session: nox.Session) -> None:
+    """Benchmark spawnproxy side by side with its peers; writes benchmarks/results/."""
+    session.install("-e", ".[bench]")
+    session.run("python", "benchmarks/run.py", *session.posargs)
