@@ -43,7 +43,8 @@ TAG_DILL = b"D"
 
 _HEADER = struct.Struct("!i")
 _LONG_HEADER = struct.Struct("!iQ")
-_READ_CHUNK = 256 * 1024
+# Small enough that the buffer is reused, never an mmap per read.
+_READ_CHUNK = 64 * 1024
 
 
 class ChannelClosed(EOFError):
@@ -60,6 +61,8 @@ class Channel:
     def __init__(self, fd: int, watch_fds: "tuple[int, ...]" = ()) -> None:
         self.fd = fd
         self._buf = bytearray()
+        self._chunk = bytearray(_READ_CHUNK)
+        self._chunk_view = memoryview(self._chunk)
         self._poller = select.poll()
         self._poller.register(fd, select.POLLIN)
         for extra in watch_fds:
@@ -142,10 +145,10 @@ class Channel:
         return bytes(frame[:1]), memoryview(frame)[1:]
 
     def _fill(self) -> None:
-        chunk = os.read(self.fd, _READ_CHUNK)
-        if not chunk:
+        n = os.readv(self.fd, [self._chunk])
+        if not n:
             raise ChannelClosed("the other end closed the channel")
-        self._buf += chunk
+        self._buf += self._chunk_view[:n]
 
     def close(self) -> None:
         fd, self.fd = self.fd, -1
