@@ -25,6 +25,7 @@ from . import _wire
 from ._errors import RemoteError, SerializationError
 
 PROTOCOL = 5
+_MAIN = b"__main__"
 
 
 class NeedsReferences(Exception):
@@ -62,29 +63,38 @@ class Encoder:
     ) -> tuple[bytes, bytes]:
         """Return (tag, payload); `operands` names the parts for error messages."""
         try:
-            return _wire.TAG_PICKLE, pickle.dumps(message, PROTOCOL)
+            data = pickle.dumps(message, PROTOCOL)
+            tag = _wire.TAG_PICKLE
         except NeedsReferences:
-            pass
-        except Exception:
-            return self._encode_slow(message, operands)
-        try:
-            buf = io.BytesIO()
-            _RefPickler(buf, self._owner).dump(message)
-            return b"R", buf.getvalue()
-        except SerializationError:
-            raise
-        except Exception:
-            return self._encode_slow(message, operands)
+            try:
+                buf = io.BytesIO()
+                _RefPickler(buf, self._owner).dump(message)
+            except SerializationError:
+                raise
+            except Exception as exc:
+                return self._encode_slow(message, operands, exc)
+            data, tag = buf.getvalue(), b"R"
+        except Exception as exc:
+            return self._encode_slow(message, operands, exc)
+        if _MAIN in data:
+            # Something defined in the parent's __main__: pickle names it, but the
+            # child's __main__ is not the parent's.  dill carries it by value.
+            return self._encode_slow(message, operands, None)
+        return tag, data
 
     def _encode_slow(
-        self, message: tuple[Any, ...], operands: Callable[[], Sequence[tuple[str, Any]]]
+        self,
+        message: tuple[Any, ...],
+        operands: Callable[[], Sequence[tuple[str, Any]]],
+        pickle_error: Exception | None,
     ) -> tuple[bytes, bytes]:
-        culprit, error = self._find_culprit(operands())
         if self._child_version != tuple(sys.version_info[:2]):
+            culprit, error = self._find_culprit(operands(), pickle_error)
+            here = f"{sys.version_info[0]}.{sys.version_info[1]}"
+            there = ".".join(map(str, self._child_version))
             raise SerializationError(
-                f"{culprit} cannot be sent to a child running Python "
-                f"{'.'.join(map(str, self._child_version))}: pickle refuses it ({error}), and dill's "
-                f"code objects do not carry over from Python {sys.version_info[0]}.{sys.version_info[1]}; "
+                f"{culprit} cannot be sent to a child running Python {there}: {error}, and dill's "
+                f"code objects do not carry over from Python {here}; "
                 "define it in a module the child can import instead"
             )
         import dill  # only when pickle is not enough
@@ -102,17 +112,23 @@ class Encoder:
         except SerializationError:
             raise
         except Exception as exc:
+            culprit, _ = self._find_culprit(operands(), exc)
             raise SerializationError(f"{culprit} cannot be serialized, not even by dill: {_describe(exc)}") from exc
 
-    def _find_culprit(self, operands: Sequence[tuple[str, Any]]) -> tuple[str, str]:
+    def _find_culprit(self, operands: Sequence[tuple[str, Any]], error: Exception | None) -> tuple[str, str]:
+        """Name the first operand that pickle refuses (or that refers to the parent's __main__)."""
         for name, value in operands:
             try:
-                _RefPickler(io.BytesIO(), self._owner).dump(value)
+                buf = io.BytesIO()
+                _RefPickler(buf, self._owner).dump(value)
             except SerializationError:
                 raise
             except Exception as exc:
-                return f"{name} ({_short_repr(value)})", _describe(exc)
-        return "the request", "unknown reason"
+                return f"{name} ({_short_repr(value)})", f"pickle refuses it ({_describe(exc)})"
+            if _MAIN in buf.getvalue():
+                return f"{name} ({_short_repr(value)})", "it is defined in the parent's __main__"
+        reason = "pickle refuses it" if error is None else f"pickle refuses it ({_describe(error)})"
+        return "the request", reason
 
 
 def _describe(exc: BaseException) -> str:
