@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
+import marshal
 from typing import Any
 
 # Child-side modules, in the order they must be loaded.
@@ -44,7 +45,12 @@ for name, source in bundle["modules"]:
     module.__file__ = "<spawnproxy-child:%%s.py>" %% name
     sys.modules[module.__name__] = module
     setattr(package, name, module)
-    exec(compile(source, module.__file__, "exec", dont_inherit=True), module.__dict__)
+    if isinstance(source, bytes):
+        import marshal
+        code = marshal.loads(source)
+    else:
+        code = compile(source, module.__file__, "exec", dont_inherit=True)
+    exec(code, module.__dict__)
 del bundle["modules"]
 package._child.main(fd, int(sys.argv[2]), bundle)
 """ % {
@@ -62,6 +68,15 @@ def child_sources() -> tuple[tuple[str, str], ...]:
     return tuple((name, (files / f"{name}.py").read_text(encoding="utf-8")) for name in CHILD_MODULES)
 
 
-def bundle(sys_path: list[str] | None) -> dict[str, Any]:
-    """The first frame a child receives."""
-    return {"modules": child_sources(), "sys_path": sys_path}
+@functools.lru_cache(maxsize=1)
+def child_code() -> tuple[tuple[str, bytes], ...]:
+    """The child-side modules compiled once, for children of the parent's own interpreter."""
+    return tuple(
+        (name, marshal.dumps(compile(source, f"<spawnproxy-child:{name}.py>", "exec", dont_inherit=True)))
+        for name, source in child_sources()
+    )
+
+
+def bundle(own_interpreter: bool, sys_path: list[str] | None) -> dict[str, Any]:
+    """The first frame a child receives: compiled code when it runs the parent's own interpreter."""
+    return {"modules": child_code() if own_interpreter else child_sources(), "sys_path": sys_path}

@@ -8,7 +8,6 @@ travels as plain frame data and the parent rebuilds it.
 
 import io
 import pickle
-import traceback
 import types
 
 from . import _wire
@@ -136,6 +135,8 @@ class Codec:
 
     def encode_exception(self, exc, depth=0):
         """Encode an exception as plain data the parent can rebuild."""
+        import traceback  # not needed before the first exception
+
         tb = exc.__traceback__
         while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_OWN_FILES):
             tb = tb.tb_next

@@ -12,8 +12,6 @@ A definition arrives as a tuple whose first item names its kind:
 
 import builtins
 import importlib
-import importlib.util
-import linecache
 import os
 import sys
 import types
@@ -36,6 +34,8 @@ def load(definition):
 
 
 def _load_script(source, filename):
+    import linecache
+
     module = types.ModuleType(SCRIPT_MODULE)
     module.__file__ = filename
     # Register the module so that pickle can name what the script defines and
@@ -50,12 +50,14 @@ def _load_script(source, filename):
 def _load_module(name, path):
     if path is None:
         return importlib.import_module(name)
+    from importlib.util import module_from_spec, spec_from_file_location
+
     if not os.path.isfile(path):
         raise FileNotFoundError("module file %r does not exist in the child" % (path,))
-    spec = importlib.util.spec_from_file_location(name, path)
+    spec = spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise ImportError("cannot load module %r from %r" % (name, path))
-    module = importlib.util.module_from_spec(spec)
+    module = module_from_spec(spec)
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)

@@ -127,7 +127,7 @@ class ChildProcess:
     def _handshake(self, own: bool, timeout: float | None) -> dict[str, Any]:
         import pickle
 
-        bundle = _bootstrap.bundle(list(sys.path) if own else None)
+        bundle = _bootstrap.bundle(own, list(sys.path) if own else None)
         try:
             self.channel.send(_wire.TAG_PICKLE, pickle.dumps(bundle, 5))
         except OSError:

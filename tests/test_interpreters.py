@@ -87,7 +87,7 @@ def test_venv_keeps_its_own_environment(tmp_path) -> None:
         assert mod.tblib.WHERE == "venv copy"
         assert mod.prefix == str(tmp_path / "env")
         # The venv has no dill: it is brought along from the parent when a lambda needs it.
-        assert mod.evaluate("__import__('importlib').util.find_spec('dill')") is None
+        assert mod.evaluate("__import__('importlib.util').util.find_spec('dill')") is None
         apply = mod.evaluate("lambda f, x: f(x)")
         assert apply(lambda x: x + 1, 3) == 4
     finally:
