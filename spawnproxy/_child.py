@@ -346,7 +346,9 @@ def main(fd, lifeline_fd, bundle):
     if bundle.get("sys_path") is not None:
         parent_path = bundle["sys_path"]
         sys.path[:] = parent_path + [p for p in sys.path if p not in parent_path]
-    channel = _wire.Channel(fd)
+    import socket
+
+    channel = _wire.Channel(socket.socket(fileno=fd))
     child = Child(channel)
     info = {
         "pid": os.getpid(),

@@ -115,7 +115,7 @@ class ChildProcess:
         self.popen.stderr.close()
         watch = () if self._pidfd is None else (self._pidfd,)
         self._sock = parent_sock
-        self.channel = _wire.Channel(parent_sock.fileno(), watch_fds=watch)
+        self.channel = _wire.Channel(parent_sock, watch_fds=watch)
         _register(self)
         try:
             self.hello = self._handshake(own, start_timeout)
@@ -203,8 +203,7 @@ class ChildProcess:
             self._sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
-        self.channel.fd = -1
-        self._sock.close()
+        self.channel.close()
 
     def shutdown(self, timeout: float = GRACE) -> int | None:
         """End the child within a bounded time, escalating; idempotent; returns the exit code."""

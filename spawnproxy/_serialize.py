@@ -26,6 +26,7 @@ from ._errors import RemoteError, SerializationError
 
 PROTOCOL = 5
 _MAIN = b"__main__"
+_SCAN_LIMIT = 1 << 20
 
 
 class NeedsReferences(Exception):
@@ -76,9 +77,10 @@ class Encoder:
             data, tag = buf.getvalue(), b"R"
         except Exception as exc:
             return self._encode_slow(message, operands, exc)
-        if _MAIN in data:
+        if len(data) < _SCAN_LIMIT and _MAIN in data:
             # Something defined in the parent's __main__: pickle names it, but the
-            # child's __main__ is not the parent's.  dill carries it by value.
+            # child's __main__ is not the parent's.  dill carries it by value.  (Large
+            # payloads are not scanned: that would cost more than sending them.)
             return self._encode_slow(message, operands, None)
         return tag, data
 

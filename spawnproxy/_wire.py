@@ -10,7 +10,12 @@ many payload bytes; a length of -1 announces an 8-byte unsigned length.
 The first payload byte says how the rest was encoded:
 
     b"P"  a pickle (protocol 5) that the standard library can load;
-    b"D"  a pickle made by dill: the receiver needs dill to load it.
+    b"R"  a pickle with persistent ids for objects the receiver holds;
+    b"D"  a pickle made by dill: the receiver needs dill to load it;
+    b"M"  a large frame passed out of band: an 8-byte size follows, and the
+          frame itself (tag and payload) is in a memfd sent along with this
+          one (SCM_RIGHTS); the receiver maps it instead of reading it through
+          the socket in small chunks.
 
 Every message is a tuple whose first item is its kind.  The protocol is
 symmetric: either side may send a REQUEST while it waits for a REPLY, so the
@@ -24,6 +29,7 @@ child asking its parent for module sources all ride on this).
 
 import os
 import select
+import socket
 import struct
 
 REQUEST = 0
@@ -41,10 +47,16 @@ ERROR = 5  # payload is an encoded exception
 TAG_PICKLE = b"P"
 TAG_DILL = b"D"
 
+TAG_MEMFD = b"M"
+
 _HEADER = struct.Struct("!i")
+_SIZE = struct.Struct("!Q")
+# Frames at least this large travel in a memfd rather than through the socket.
+BIG_FRAME = 1 << 20
 _LONG_HEADER = struct.Struct("!iQ")
 # Small enough that the buffer is reused, never an mmap per read.
 _READ_CHUNK = 64 * 1024
+_ANCILLARY = socket.CMSG_SPACE(16 * 4)
 
 
 class ChannelClosed(EOFError):
@@ -58,8 +70,11 @@ class Channel:
     system call; a large one is read straight into its own buffer.
     """
 
-    def __init__(self, fd: int, watch_fds: "tuple[int, ...]" = ()) -> None:
-        self.fd = fd
+    def __init__(self, sock: socket.socket, watch_fds: "tuple[int, ...]" = ()) -> None:
+        self.sock = sock
+        self.fd = fd = sock.fileno()
+        self._fds = []  # file descriptors received with frames, in order
+        self._memfd = hasattr(os, "memfd_create") and sock.family == socket.AF_UNIX
         self._buf = bytearray()
         self._chunk = bytearray(_READ_CHUNK)
         self._chunk_view = memoryview(self._chunk)
@@ -73,6 +88,9 @@ class Channel:
 
     def send(self, tag: bytes, payload: "bytes | memoryview") -> None:
         size = len(payload) + 1
+        if size >= BIG_FRAME and self._memfd:
+            self._send_memfd(tag, payload)
+            return
         if size < 0x7FFFFFFF:
             header = _HEADER.pack(size) + tag
         else:
@@ -86,6 +104,36 @@ class Channel:
                 del parts[0]
             if written:
                 parts[0] = parts[0][written:]
+
+    def _send_memfd(self, tag: bytes, payload: "bytes | memoryview") -> None:
+        import array
+
+        memfd = os.memfd_create("spawnproxy-frame", os.MFD_CLOEXEC)
+        try:
+            view = memoryview(payload).cast("B")
+            os.write(memfd, tag)
+            done = 0
+            while done < len(view):
+                done += os.write(memfd, view[done:])
+            header = _HEADER.pack(1 + _SIZE.size) + TAG_MEMFD + _SIZE.pack(len(view) + 1)
+            fds = array.array("i", [memfd])
+            self.sock.sendmsg([header], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+        finally:
+            os.close(memfd)
+
+    def _recv_memfd(self, size_field: "memoryview") -> "tuple[bytes, memoryview]":
+        import mmap
+
+        (size,) = _SIZE.unpack(size_field)
+        if not self._fds:
+            raise ChannelClosed("a large frame arrived without its memfd")
+        memfd = self._fds.pop(0)
+        try:
+            mapped = mmap.mmap(memfd, size, prot=mmap.PROT_READ)
+        finally:
+            os.close(memfd)
+        view = memoryview(mapped)
+        return bytes(view[:1]), view[1:]
 
     def has_frame(self) -> bool:
         """True when a whole frame is already buffered."""
@@ -142,18 +190,31 @@ class Channel:
                     raise ChannelClosed("the other end closed the channel mid-frame")
                 have += n
             view.release()
-        return bytes(frame[:1]), memoryview(frame)[1:]
+        tag = bytes(frame[:1])
+        if tag == TAG_MEMFD:
+            return self._recv_memfd(memoryview(frame)[1:])
+        return tag, memoryview(frame)[1:]
 
     def _fill(self) -> None:
-        n = os.readv(self.fd, [self._chunk])
+        n, ancillary, _, _ = self.sock.recvmsg_into([self._chunk], _ANCILLARY)
+        if ancillary:
+            self._take_fds(ancillary)
         if not n:
             raise ChannelClosed("the other end closed the channel")
         self._buf += self._chunk_view[:n]
 
+    def _take_fds(self, ancillary):
+        import array
+
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds = array.array("i")
+                fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
+                self._fds.extend(fds)
+
     def close(self) -> None:
-        fd, self.fd = self.fd, -1
-        if fd >= 0:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        self.fd = -1
+        self.sock.close()
+        for fd in self._fds:
+            os.close(fd)
+        del self._fds[:]
