@@ -159,6 +159,10 @@ class _Remote:
     # -- attributes ---------------------------------------------------------------
 
     def __getattr__(self, name: str) -> Any:
+        session = self._sp_session
+        if session.closed:
+            # A lazy proxy would need no round trip: say at once that the child is gone.
+            session.check(f"reading {self._sp_label}.{name}")
         cached = self._sp_cache.get(name)
         if cached is not None:
             return cached

@@ -190,6 +190,11 @@ class Session:
     def closed(self) -> bool:
         return self._failure is not None
 
+    def check(self, what: str) -> None:
+        """Raise the error of an ended child (terminated or died), if it has ended."""
+        if self._failure is not None:
+            raise self._failure(what)
+
     def _fail(self, what: str) -> SpawnProxyError:
         """The channel broke: find out why, remember it for every later call."""
         if self._failure is None:
