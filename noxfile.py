@@ -67,5 +67,5 @@ def docs(session: nox.Session) -> None:
 @nox.session(python=_interpreter("3.11"))
 def bench(session: nox.Session) -> None:
     """Benchmark spawnproxy side by side with its peers; writes benchmarks/results/."""
-    session.install("-e", ".[bench]")
+    session.install("-e", ".", "-r", "benchmarks/requirements.txt")
     session.run("python", "benchmarks/run.py", *session.posargs)

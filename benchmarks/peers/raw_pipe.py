@@ -1,0 +1,82 @@
+"""The physical limit: a spawned child that echoes each pickled message back on a Pipe.
+
+Each operation sends the message a call would carry, ``(name, args)``, and receives it back:
+one round trip of the same arguments, with no dispatch and no remote state. The answers the
+handle returns (``add``'s sum, the value read) are made locally from the echoed message so the
+cases can check them. Releasing a remote reference is free here (the ideal batches it away).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+from multiprocessing.connection import Connection
+from typing import Any
+
+DIST = None
+NOTES = [
+    "multiprocessing.get_context('spawn').Process echoing `conn.send(conn.recv())` on a duplex Pipe",
+    "threads share the Pipe under a lock (one message in flight)",
+]
+
+
+def _echo(conn: Connection) -> None:
+    """The child: send back every message received, until the parent closes the Pipe."""
+    try:
+        while True:
+            conn.send(conn.recv())
+    except (EOFError, OSError):
+        pass
+
+
+class RawHandle:
+    """The parent's end of the echo Pipe."""
+
+    def __init__(self) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_echo, args=(child,), daemon=True)
+        self._proc.start()
+        child.close()
+        self._lock = threading.Lock()
+        self._value = 0
+
+    def _round_trip(self, msg: Any) -> Any:
+        with self._lock:
+            self._conn.send(msg)
+            return self._conn.recv()
+
+    def noop(self) -> None:
+        self._round_trip(("noop", ()))
+
+    def add(self, a: int, b: int) -> Any:
+        _, (x, y) = self._round_trip(("add", (a, b)))
+        return x + y
+
+    def get_value(self) -> Any:
+        self._round_trip(("value", ()))
+        return self._value
+
+    def set_value(self, v: int) -> None:
+        _, (self._value,) = self._round_trip(("value", (v,)))
+
+    def echo(self, x: Any) -> Any:
+        return self._round_trip(("echo", (x,)))[1][0]
+
+    def make_ref(self) -> None:
+        self._round_trip(("make", ()))
+
+    def for_thread(self) -> RawHandle:
+        return self
+
+    def close(self) -> None:
+        self._conn.close()
+        self._proc.join(5)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join(5)
+
+
+def start() -> RawHandle:
+    """Spawn the echo child."""
+    return RawHandle()
