@@ -102,17 +102,17 @@ class _Remote:
 
     # -- requests ------------------------------------------------------------------
 
-    def _sp_request(self, op: str, operands: tuple[Any, ...], what: str, named: Any = None) -> Any:
+    def _sp_request(self, op: str, operands: tuple[Any, ...], what: object, named: Any = None) -> Any:
+        """Send a request about this object; `named` lists (or makes) the operands for errors."""
         session = self._sp_session
-        reply = session.request(
-            op, (self._sp_target,) + operands, what, (lambda: named) if named is not None else _no_operands
-        )
+        describe = named if callable(named) else (lambda: named) if named is not None else _no_operands
+        reply = session.request(op, (self._sp_target, *operands), what, describe)
         how = reply[2]
         if how == _wire.VALUE:
             return reply[3]
         return self._sp_result(how, reply[3], what)
 
-    def _sp_result(self, how: int, payload: Any, what: str) -> Any:
+    def _sp_result(self, how: int, payload: Any, what: object) -> Any:
         if how == _wire.ERROR:
             raise _serialize.rebuild_exception(payload)
         if how == _wire.REF:
@@ -214,10 +214,13 @@ class _Remote:
     # -- calls and operators --------------------------------------------------------
 
     def _sp_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        return self._sp_request("call", (args, kwargs), f"{self._sp_label}()", _operands(args, kwargs))
+        # Labels and operand lists are only needed for errors: made lazily.
+        return self._sp_request("call", (args, kwargs), _Label("{}()", self._sp_label), lambda: _operands(args, kwargs))
 
     def _sp_op(self, name: str, *args: Any) -> Any:
-        return self._sp_request("op", (name, args), f"{name}({self._sp_label})", _operands(args) if args else None)
+        return self._sp_request(
+            "op", (name, args), _Label("{1}({0})", self._sp_label, name), (lambda: _operands(args)) if args else None
+        )
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Any:
         try:
@@ -230,6 +233,21 @@ class _Remote:
         if modulo is None:
             return self._sp_op("pow", other)
         return self._sp_op("pow", other, modulo)
+
+
+class _Label:
+    """A request's name for error messages, formatted only if an error needs it."""
+
+    __slots__ = ("_args", "_template")
+
+    def __init__(self, template: str, *args: object) -> None:
+        self._template = template
+        self._args = args
+
+    def __str__(self) -> str:
+        return self._template.format(*self._args)
+
+    __format__ = lambda self, spec: format(str(self), spec)  # noqa: E731
 
 
 def _no_operands() -> list[tuple[str, Any]]:

@@ -44,11 +44,17 @@ class Session:
         self.releases: collections.deque[int] = collections.deque()
         self._send_lock = threading.Lock()
         self._recv_lock = threading.Lock()
-        self._cond = threading.Condition(threading.Lock())
+        # One lock guards the replies and the waiting set; followers wait on a
+        # condition over it.  The lock is used directly where no one waits,
+        # and notify only runs when there are followers: a lone caller pays
+        # for neither.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._followers = 0
         self._replies: dict[int, tuple[Any, ...]] = {}
         self._waiting: set[int] = set()
         self._ids = itertools.count(1)
-        self._failure: Callable[[str], SpawnProxyError] | None = None
+        self._failure: Callable[[object], SpawnProxyError] | None = None
 
     # -- calling -------------------------------------------------------------------
 
@@ -56,7 +62,7 @@ class Session:
         self,
         op: str,
         operands: tuple[Any, ...],
-        what: str,
+        what: object,
         describe: Callable[[], Sequence[tuple[str, Any]]] = _NO_OPERANDS,
     ) -> tuple[Any, ...]:
         """Send a request and return the child's reply; `what` names it in errors."""
@@ -65,18 +71,18 @@ class Session:
         timeout = current_timeout(self.call_timeout)
         rid = next(self._ids)
         tag, payload = self.encoder.encode((_wire.REQUEST, rid, op) + operands, describe)
-        with self._cond:
+        with self._lock:
             self._waiting.add(rid)
         try:
             self._send(tag, payload, what)
             deadline = None if timeout is None else time.monotonic() + timeout
             return self._wait(rid, what, deadline, timeout)
         finally:
-            with self._cond:
+            with self._lock:
                 self._waiting.discard(rid)
                 self._replies.pop(rid, None)
 
-    def _send(self, tag: bytes, payload: bytes, what: str) -> None:
+    def _send(self, tag: bytes, payload: bytes, what: object) -> None:
         with self._send_lock:
             try:
                 if self.releases:
@@ -101,11 +107,11 @@ class Session:
                 except OSError:
                     pass
 
-    def _wait(self, rid: int, what: str, deadline: float | None, timeout: float | None) -> tuple[Any, ...]:
+    def _wait(self, rid: int, what: object, deadline: float | None, timeout: float | None) -> tuple[Any, ...]:
         interrupted = False
         while True:
             try:
-                with self._cond:
+                with self._lock:
                     while True:
                         reply = self._replies.pop(rid, None)
                         if reply is not None:
@@ -117,13 +123,18 @@ class Session:
                         remaining = None if deadline is None else deadline - time.monotonic()
                         if remaining is not None and remaining <= 0:
                             raise self._timeout(what, timeout)
-                        self._cond.wait(remaining)
+                        self._followers += 1
+                        try:
+                            self._cond.wait(remaining)
+                        finally:
+                            self._followers -= 1
                 try:
                     return self._lead(rid, what, deadline, timeout)
                 finally:
-                    with self._cond:
+                    with self._lock:
                         self._recv_lock.release()
-                        self._cond.notify_all()
+                        if self._followers:
+                            self._cond.notify_all()
             except KeyboardInterrupt:
                 # First Ctrl-C: interrupt the call in the child, whose answer is then a
                 # KeyboardInterrupt raised there.  A second one abandons the call.
@@ -132,7 +143,7 @@ class Session:
                 interrupted = True
                 self.process.interrupt()
 
-    def _lead(self, rid: int, what: str, deadline: float | None, timeout: float | None) -> tuple[Any, ...]:
+    def _lead(self, rid: int, what: object, deadline: float | None, timeout: float | None) -> tuple[Any, ...]:
         channel = self.channel
         while True:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -160,7 +171,7 @@ class Session:
             elif kind == _wire.REQUEST:
                 self._serve(message)
 
-    def _timeout(self, what: str, timeout: float | None) -> CallTimeoutError:
+    def _timeout(self, what: object, timeout: float | None) -> CallTimeoutError:
         return CallTimeoutError(
             f"{what} did not finish within {timeout} s in child {self.pid}; it goes on running there, "
             "and its answer will be discarded"
@@ -190,12 +201,12 @@ class Session:
     def closed(self) -> bool:
         return self._failure is not None
 
-    def check(self, what: str) -> None:
+    def check(self, what: object) -> None:
         """Raise the error of an ended child (terminated or died), if it has ended."""
         if self._failure is not None:
             raise self._failure(what)
 
-    def _fail(self, what: str) -> SpawnProxyError:
+    def _fail(self, what: object) -> SpawnProxyError:
         """The channel broke: find out why, remember it for every later call."""
         if self._failure is None:
             code = self.process.wait_exit(1.0)

@@ -53,6 +53,7 @@ _HEADER = struct.Struct("!i")
 _SIZE = struct.Struct("!Q")
 # Frames at least this large travel in a memfd rather than through the socket.
 BIG_FRAME = 1 << 20
+_SMALL_FRAME = 64 * 1024
 _LONG_HEADER = struct.Struct("!iQ")
 # Small enough that the buffer is reused, never an mmap per read.
 _READ_CHUNK = 64 * 1024
@@ -88,6 +89,13 @@ class Channel:
 
     def send(self, tag: bytes, payload: "bytes | memoryview") -> None:
         size = len(payload) + 1
+        if size < _SMALL_FRAME:
+            # One buffer, one system call: cheaper than scatter-gather when small.
+            data = _HEADER.pack(size) + tag + payload
+            written = os.write(self.fd, data)
+            if written != len(data):
+                self._send_rest([memoryview(data)[written:]])
+            return
         if size >= BIG_FRAME and self._memfd:
             self._send_memfd(tag, payload)
             return
@@ -95,7 +103,9 @@ class Channel:
             header = _HEADER.pack(size) + tag
         else:
             header = _LONG_HEADER.pack(-1, size) + tag
-        parts = [header, memoryview(payload).cast("B")]
+        self._send_rest([header, memoryview(payload).cast("B")])
+
+    def _send_rest(self, parts):
         while parts:
             written = os.writev(self.fd, parts)
             # The kernel may take only part of a large frame: resume after it.
@@ -160,11 +170,29 @@ class Channel:
         events = self._poller.poll(ms)
         if not events:
             return None
+        if len(events) == 1:
+            return [events[0][0]]
         return sorted((fd for fd, _ in events), key=lambda fd: fd != self.fd)
 
     def recv(self) -> "tuple[bytes, memoryview]":
         """Return (tag, payload) of the next frame; raise ChannelClosed at end of stream."""
         buf = self._buf
+        if not buf:
+            # The common case: one small frame arrives alone and is taken from
+            # the read buffer without going through the reassembly buffer.
+            n, ancillary, _, _ = self.sock.recvmsg_into([self._chunk], _ANCILLARY)
+            if ancillary:
+                self._take_fds(ancillary)
+            if not n:
+                raise ChannelClosed("the other end closed the channel")
+            chunk = self._chunk_view
+            if n >= 5:
+                (size,) = _HEADER.unpack_from(chunk)
+                if size > 0 and n == 4 + size:
+                    tag = bytes(chunk[4:5])
+                    if tag != TAG_MEMFD:
+                        return tag, memoryview(bytes(chunk[5:n]))
+            buf += chunk[:n]
         while len(buf) < 4:
             self._fill()
         (size,) = _HEADER.unpack_from(buf)
