@@ -183,7 +183,10 @@ class _Remote:
             return proxy
         reply = self._sp_session.request("getattr", (self._sp_target, name), f"reading {what}")
         if reply[2] == _wire.PATH:
-            return self._sp_path(name, reply[3])
+            # Something callable: remembered, so that the next `p.x.method()` is one
+            # round trip.  It is reached by path at each use, so it never goes stale.
+            proxy = self._sp_cache[name] = self._sp_path(name, reply[3])
+            return proxy
         if reply[2] == _wire.VALUE:
             return reply[3]
         return self._sp_result(reply[2], reply[3], f"reading {what}")

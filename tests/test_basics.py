@@ -172,3 +172,31 @@ def test_picklable_object_result_is_a_value() -> None:
         assert s.read() == "abc"
     finally:
         mod.terminate_daemon()
+
+
+def test_a_call_is_one_round_trip() -> None:
+    """p.method(x) is one request; mod.obj.method() is one request once the method was read."""
+    mod = spawnproxy.run_script("class C:\n    def m(self, x):\n        return x\nobj = C()\ndef f(x):\n    return x")
+    session = spawnproxy.daemon_of(mod)._session
+    sent: list[str] = []
+    real = session.request
+
+    def counting(op, *args, **kwargs):
+        sent.append(op)
+        return real(op, *args, **kwargs)
+
+    session.request = counting
+    try:
+        assert mod.f(1) == 1
+        assert sent == ["call"]
+        mod.obj.m(1)
+        sent.clear()
+        assert mod.obj.m(2) == 2
+        assert sent == ["call"]
+        inst = mod.C()  # a proxy: C() cannot be rebuilt in the parent
+        sent.clear()
+        assert inst.m(3) == 3
+        assert sent == ["call"]
+    finally:
+        del session.request
+        mod.terminate_daemon()
