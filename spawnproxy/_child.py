@@ -121,6 +121,7 @@ class Child:
         self.table = ObjectTable()
         self.codec = Codec(self._resolve_ref, self._ask_importable, self._import_dill)
         self._ids = 0
+        self.running = 0  # calls in progress (nested ones count too)
         self._replies = {}
         self._finder = None
 
@@ -162,6 +163,7 @@ class Child:
 
     def _run(self, rid, op, operands):
         codec = self.codec
+        self.running += 1
         try:
             how, payload = OPS[op](self, *operands)
             if how == MAYBE:
@@ -175,6 +177,8 @@ class Child:
         except BaseException as exc:
             how, payload = _wire.ERROR, codec.encode_exception(exc)
             exc = None
+        finally:
+            self.running -= 1
         try:
             if how is None:
                 self.channel.send(_wire.TAG_PICKLE, data)
@@ -333,6 +337,18 @@ def _watch_parent(lifeline_fd):
     os._exit(0)
 
 
+def _forward_sigint_to_calls(child):
+    """A SIGINT the parent forwards interrupts the call in progress, and nothing else."""
+    import signal
+
+    def on_sigint(signum, frame):
+        if child.running:
+            raise KeyboardInterrupt
+        # Between calls (the call ended as Ctrl-C was pressed): nothing to interrupt.
+
+    signal.signal(signal.SIGINT, on_sigint)
+
+
 def main(fd, lifeline_fd, bundle):
     os.set_inheritable(fd, False)
     os.set_inheritable(lifeline_fd, False)
@@ -350,6 +366,7 @@ def main(fd, lifeline_fd, bundle):
 
     channel = _wire.Channel(socket.socket(fileno=fd))
     child = Child(channel)
+    _forward_sigint_to_calls(child)
     info = {
         "pid": os.getpid(),
         "version": tuple(sys.version_info[:3]),

@@ -9,9 +9,9 @@ from typing import Any
 
 from . import _wire
 from ._definitions import as_definition
-from ._errors import DaemonStartError, RemoteError
-from ._options import Options, check_logger
-from ._process import ChildProcess, reap_later
+from ._errors import CallTimeoutError, DaemonStartError, RemoteError
+from ._options import Options, call_timeout, check_logger
+from ._process import STEP, ChildProcess, reap_later
 from ._proxy import ObjectProxy, _Remote, handle_of, make_proxy
 from ._serialize import rebuild_exception
 from ._session import Session
@@ -67,8 +67,6 @@ class DaemonProxy:
         self._finalizer.atexit = False  # the process registry ends children at exit
         label = definition.label()
         try:
-            from ._options import call_timeout
-
             with call_timeout(opts.start_timeout):
                 reply = session.request(
                     "load",
@@ -76,11 +74,17 @@ class DaemonProxy:
                     f"loading the {label}",
                     lambda: [(f"the {label}", definition.wire()[-1])],
                 )
+        except CallTimeoutError:
+            self.terminate(STEP)
+            raise DaemonStartError(
+                f"the {label} did not load within start_timeout={opts.start_timeout} s in child {process.pid}"
+                f"{process.stderr_text()}"
+            ) from None
         except BaseException:
-            self.terminate()
+            self.terminate(STEP)
             raise
         if reply[2] == _wire.ERROR:
-            self.terminate()
+            self.terminate(STEP)
             error = rebuild_exception(reply[3])
             remote_tb = error.remote_traceback if isinstance(error, RemoteError) else reply[3][5]
             raise DaemonStartError(

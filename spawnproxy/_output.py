@@ -73,7 +73,11 @@ class StreamPump:
         if self._name == "stderr":
             self._log.stderr_tail.append(text)
         if self._logger is not None:
-            self._logger.log(self._level, "%s", text)
+            try:
+                self._logger.log(self._level, "%s", text)
+            except Exception:
+                # A broken handler must not stop the draining: the child would block.
+                pass
             return
         stream: IO[str] | None = sys.stdout if self._name == "stdout" else sys.stderr
         if stream is None:

@@ -182,7 +182,8 @@ class ChildProcess:
         tail = list(self.output.stderr_tail)
         if not tail:
             return ""
-        return "; last lines on its stderr:\n    " + "\n    ".join(tail[-10:])
+        lines = [line if len(line) <= 300 else line[:300] + f"... ({len(line)} characters)" for line in tail[-10:]]
+        return "; last lines on its stderr:\n    " + "\n    ".join(lines)
 
     def interrupt(self) -> None:
         """Send SIGINT: the call running in the child raises KeyboardInterrupt there."""

@@ -118,9 +118,7 @@ class _Remote:
         if how == _wire.REF:
             oid, key, info = payload
             session = self._sp_session
-            if info is not None:
-                session.types[key] = info
-            else:
+            if info is None:
                 info = session.types.get(key)
             handle = _Remote(
                 self._sp_daemon,

@@ -161,13 +161,21 @@ class Session:
             message: tuple[Any, ...] = _serialize.decode(tag, payload)
             kind = message[0]
             if kind == _wire.REPLY:
+                if message[2] == _wire.REF and message[3][2] is not None:
+                    # A type is described once: keep it even if this answer is dropped.
+                    self.types[message[3][1]] = message[3][2]
                 if message[1] == rid:
                     return message
-                with self._cond:
+                with self._lock:
                     if message[1] in self._waiting:
                         self._replies[message[1]] = message
-                        self._cond.notify_all()
-                    # else: the late answer of a call that timed out: dropped
+                        if self._followers:
+                            self._cond.notify_all()
+                        continue
+                # The late answer of a call that timed out: dropped, and a reference
+                # the child counted for it is given back.
+                if message[2] == _wire.REF:
+                    self.releases.append(message[3][0])
             elif kind == _wire.REQUEST:
                 self._serve(message)
 
