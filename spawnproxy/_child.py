@@ -349,9 +349,31 @@ def _forward_sigint_to_calls(child):
     signal.signal(signal.SIGINT, on_sigint)
 
 
+def _arm_deathline(fd):
+    """Have the kernel SIGKILL this process when the parent is gone, even if no thread here can run.
+
+    The lifeline thread needs the GIL, which a call stuck in C may hold for ever.
+    Linux can instead signal the owner of a pipe when its write end closes (O_ASYNC
+    with F_SETSIG); the parent closes that end only once this process has ended,
+    or by dying.
+    """
+    os.set_inheritable(fd, False)
+    try:
+        import fcntl
+        import signal
+
+        fcntl.fcntl(fd, fcntl.F_SETOWN, os.getpid())
+        fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGKILL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_ASYNC)
+    except (ImportError, AttributeError, OSError):
+        pass  # not Linux: the lifeline thread is the only watchdog
+
+
 def main(fd, lifeline_fd, bundle):
     os.set_inheritable(fd, False)
     os.set_inheritable(lifeline_fd, False)
+    if bundle.get("deathline") is not None:
+        _arm_deathline(bundle["deathline"])
     threading.Thread(target=_watch_parent, args=(lifeline_fd,), name="spawnproxy-lifeline", daemon=True).start()
     for stream in (sys.stdout, sys.stderr):
         try:

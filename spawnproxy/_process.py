@@ -80,11 +80,15 @@ class ChildProcess:
         self._closed = False
         parent_sock, child_sock = socket.socketpair()
         life_read, life_write = os.pipe()
+        # The deathline: the child asks the kernel to SIGKILL it when the write end
+        # closes, which happens once the child is gone, or when the parent dies.  Unlike
+        # the lifeline it needs no thread of the child to run (a C call may hold the GIL).
+        death_read, death_write = os.pipe()
         try:
             child_env = dict(os.environ if env is None else env)
             self.popen = subprocess.Popen(
                 [exe, "-c", _bootstrap.BOOTSTRAP, str(child_sock.fileno()), str(life_read)],
-                pass_fds=(child_sock.fileno(), life_read),
+                pass_fds=(child_sock.fileno(), life_read, death_read),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -96,12 +100,16 @@ class ChildProcess:
         except OSError as exc:
             parent_sock.close()
             os.close(life_write)
+            os.close(death_write)
             raise DaemonStartError(f"could not start python_exe {exe!r}: {exc}") from exc
         finally:
             child_sock.close()
             os.close(life_read)
+            os.close(death_read)
         self.pid = self.popen.pid
         self._lifeline: int | None = life_write
+        self._deathline: int | None = death_write
+        self._deathline_in_child = death_read  # the same number in the child (pass_fds)
         try:
             self._pidfd: int | None = os.pidfd_open(self.pid)
         except (AttributeError, OSError):
@@ -128,6 +136,7 @@ class ChildProcess:
         import pickle
 
         bundle = _bootstrap.bundle(own, list(sys.path) if own else None)
+        bundle["deathline"] = self._deathline_in_child
         try:
             self.channel.send(_wire.TAG_PICKLE, pickle.dumps(bundle, 5))
         except OSError:
@@ -229,6 +238,9 @@ class ChildProcess:
             if self._lifeline is not None:
                 os.close(self._lifeline)
                 self._lifeline = None
+            if self._deathline is not None:
+                os.close(self._deathline)  # the child has ended: nothing left to signal
+                self._deathline = None
             if self._pidfd is not None:
                 os.close(self._pidfd)
                 self._pidfd = None

@@ -47,11 +47,6 @@ def test_killed_parent_takes_idle_busy_and_deaf_children_along(parents) -> None:
     assert None not in took.values(), f"children outlived their parent by more than {PARENT_DEATH} s: {took}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the lifeline is watched by a Python thread; a child blocked in a C call that holds the "
-    "GIL (ctypes.PyDLL, a C extension, sum(range(10**12))) never lets it run, and outlives a killed parent",
-)
 def test_killed_parent_takes_a_child_stuck_in_c_along(parents) -> None:
     """Parent SIGKILLed while its child is blocked in a C call holding the GIL: the child ends within 2 s."""
     parent = Parent("killed_while", "hold_gil")
