@@ -152,6 +152,37 @@ def decode(tag: bytes, payload: Any) -> Any:
     raise SerializationError(f"the child sent a frame with an unknown tag {tag!r}")
 
 
+class _Placeholder:
+    """Stands for every object of a frame that is read only for its header."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+
+class _HeaderUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        return _Placeholder
+
+    def persistent_load(self, pid: Any) -> Any:
+        return None
+
+
+def reply_id(tag: bytes, payload: Any) -> int | None:
+    """The request id of a reply that `decode` could not load (its classes stubbed out), or None."""
+    if tag != _wire.TAG_PICKLE:
+        return None
+    try:
+        message = _HeaderUnpickler(io.BytesIO(payload)).load()
+    except Exception:
+        return None
+    if type(message) is tuple and len(message) > 1 and message[0] == _wire.REPLY and type(message[1]) is int:
+        return message[1]
+    return None
+
+
 def can_import(modules: Sequence[str]) -> list[bool]:
     """Whether each module could be imported here (to rebuild values sent by the child)."""
     answers = []

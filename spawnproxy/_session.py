@@ -21,10 +21,18 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import _serialize, _wire
-from ._errors import CallTimeoutError, DaemonDiedError, DaemonTerminatedError, SpawnProxyError
+from ._errors import (
+    CallTimeoutError,
+    DaemonDiedError,
+    DaemonTerminatedError,
+    SerializationError,
+    SpawnProxyError,
+)
 from ._options import current_timeout
 from ._process import ChildProcess, describe_exit
 
+# The kind of a reply that arrived but could not be loaded here (never on the wire).
+_UNLOADABLE = -1
 # Packages the child may ask its parent for when it lacks them (pure Python).
 SHIPPABLE = frozenset({"dill"})
 _NO_OPERANDS: Callable[[], Sequence[tuple[str, Any]]] = lambda: ()  # noqa: E731
@@ -76,7 +84,13 @@ class Session:
         try:
             self._send(tag, payload, what)
             deadline = None if timeout is None else time.monotonic() + timeout
-            return self._wait(rid, what, deadline, timeout)
+            reply = self._wait(rid, what, deadline, timeout)
+            if reply[2] == _UNLOADABLE:
+                error = reply[3]
+                raise SerializationError(
+                    f"the result of {what} cannot be rebuilt in the parent: {type(error).__name__}: {error}"
+                ) from error
+            return reply
         finally:
             with self._lock:
                 self._waiting.discard(rid)
@@ -158,7 +172,15 @@ class Session:
                 tag, payload = channel.recv()
             except (EOFError, OSError):
                 raise self._fail(what) from None
-            message: tuple[Any, ...] = _serialize.decode(tag, payload)
+            try:
+                message: tuple[Any, ...] = _serialize.decode(tag, payload)
+            except Exception as exc:
+                # The answer to some call that cannot be rebuilt here: it must reach its
+                # own caller as an error (or be dropped if late), not fail whoever reads.
+                reply_id = _serialize.reply_id(tag, payload)
+                if reply_id is None:
+                    raise
+                message = (_wire.REPLY, reply_id, _UNLOADABLE, exc)
             kind = message[0]
             if kind == _wire.REPLY:
                 if message[2] == _wire.REF and message[3][2] is not None:

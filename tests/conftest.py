@@ -68,6 +68,14 @@ def child_python(request: pytest.FixtureRequest) -> str:
     return exe
 
 
+def _running(pid: int) -> bool:
+    """Whether a process exists and is not a zombie (it may vanish while we look)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def _children() -> set[int]:
     return {p.pid for p in psutil.Process().children(recursive=True)}
 
@@ -83,7 +91,7 @@ def no_leaked_children():
 
         gc.collect()
         left = _children() - before
-        left = {pid for pid in left if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"}
+        left = {pid for pid in left if _running(pid)}
         if not left or time.monotonic() > deadline:
             break
         time.sleep(0.05)

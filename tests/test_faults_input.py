@@ -189,11 +189,6 @@ def test_result_the_parent_cannot_rebuild_comes_back_as_a_proxy() -> None:
         faulty.terminate_daemon()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a result that pickles in the child but fails to unpickle in the parent raises the raw "
-    "unpickling error from the reading thread, not a SerializationError naming the call",
-)
 def test_result_that_fails_to_unpickle_is_a_clear_error() -> None:
     """A result whose unpickling fails in the parent: SerializationError naming the call; child usable."""
     mod = spawnproxy.run_module(TARGET)
@@ -205,11 +200,6 @@ def test_result_that_fails_to_unpickle_is_a_clear_error() -> None:
         mod.terminate_daemon()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the late answer of a timed-out call is unpickled before it is known to be stale; "
-    "if that fails, the error surfaces in whichever later call is reading the channel",
-)
 def test_stale_answer_that_fails_to_unpickle_is_dropped() -> None:
     """A timed-out call's late answer is discarded even when it cannot be rebuilt: later calls are unaffected."""
     mod = spawnproxy.run_module(TARGET)

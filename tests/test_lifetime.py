@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 import spawnproxy
-from tests.conftest import run_python
+from tests.conftest import _running, run_python
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.timeout(60)
 def _gone(pid: int, within: float) -> bool:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
-        if not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+        if not _running(pid):
             return True
         time.sleep(0.02)
     return False
@@ -126,7 +126,7 @@ def test_no_zombie_or_fd_leak() -> None:
     while time.monotonic() < deadline and (fds() > before or psutil.Process().children()):
         time.sleep(0.05)
     assert fds() <= before
-    assert not [p for p in psutil.Process().children() if p.status() == psutil.STATUS_ZOMBIE]
+    assert not [p.pid for p in psutil.Process().children() if not _running(p.pid) and psutil.pid_exists(p.pid)]
 
 
 def test_child_death_mid_call_raises_died_error() -> None:
