@@ -27,7 +27,7 @@ import weakref
 from collections.abc import Mapping
 from typing import Any
 
-from . import _bootstrap, _wire
+from . import _bootstrap, _serialize, _wire
 from ._errors import DaemonStartError
 from ._output import OutputLog, StreamPump
 
@@ -133,12 +133,10 @@ class ChildProcess:
         log.debug("child %d started with %s (Python %s)", self.pid, exe, ".".join(map(str, self.hello["version"])))
 
     def _handshake(self, own: bool, timeout: float | None) -> dict[str, Any]:
-        import pickle
-
         bundle = _bootstrap.bundle(own, list(sys.path) if own else None)
         bundle["deathline"] = self._deathline_in_child
         try:
-            self.channel.send(_wire.TAG_PICKLE, pickle.dumps(bundle, 5))
+            self.channel.send(_wire.TAG_PICKLE, _serialize.dumps(bundle))
         except OSError:
             pass  # the child is already gone: the wait below says why
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -155,7 +153,7 @@ class ChildProcess:
                 except (EOFError, OSError):
                     pass
                 else:
-                    message = pickle.loads(payload)
+                    message = _serialize.decode(tag, payload)
                     if message[0] == "hello":
                         hello: dict[str, Any] = message[1]
                         return hello

@@ -98,7 +98,9 @@ class _Remote:
         return handle._sp_session, handle._sp_target
 
     def __reduce_ex__(self, protocol: Any) -> Any:
-        raise _serialize.NeedsReferences(f"a proxy of {self._sp_label} cannot be pickled")
+        raise _serialize.NeedsReferences(
+            f"a proxy of {self._sp_label} cannot be pickled: it only travels as an argument of a call to its own child"
+        )
 
     # -- requests ------------------------------------------------------------------
 
@@ -247,8 +249,6 @@ class _Label:
 
     def __str__(self) -> str:
         return self._template.format(*self._args)
-
-    __format__ = lambda self, spec: format(str(self), spec)  # noqa: E731
 
 
 def _no_operands() -> list[tuple[str, Any]]:

@@ -29,8 +29,12 @@ _MAIN = b"__main__"
 _SCAN_LIMIT = 1 << 20
 
 
-class NeedsReferences(Exception):
-    """Raised by a proxy's __reduce_ex__: pickle again with reference support."""
+class NeedsReferences(SerializationError):
+    """A proxy met by plain pickle: the encoder pickles again with reference support.
+
+    Anywhere else (pickling a proxy to a file, say) it reaches the user as the
+    SerializationError it is: a proxy only travels as an argument to its own child.
+    """
 
 
 def _ref_id(obj: Any, owner: object) -> tuple[str, Any] | None:
@@ -143,6 +147,11 @@ def _short_repr(value: Any) -> str:
     except Exception:
         text = f"<{type(value).__name__} object>"
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def dumps(message: Any) -> bytes:
+    """Pickle a message of spawnproxy's own (plain data: ids, names, bools, sources)."""
+    return pickle.dumps(message, PROTOCOL)
 
 
 def decode(tag: bytes, payload: Any) -> Any:

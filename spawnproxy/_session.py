@@ -14,7 +14,6 @@ from __future__ import annotations
 import collections
 import importlib.util
 import itertools
-import pickle
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -110,16 +109,7 @@ class Session:
         releases = self.releases
         while releases:
             batch.append(releases.popleft())
-        self.channel.send(_wire.TAG_PICKLE, pickle.dumps((_wire.RELEASE, batch), 5))
-
-    def flush_releases(self) -> None:
-        """Send the pending releases now (they otherwise ride along the next request)."""
-        if self._failure is None and self.releases:
-            with self._send_lock:
-                try:
-                    self._send_releases()
-                except OSError:
-                    pass
+        self.channel.send(_wire.TAG_PICKLE, _serialize.dumps((_wire.RELEASE, batch)))
 
     def _wait(self, rid: int, what: object, deadline: float | None, timeout: float | None) -> tuple[Any, ...]:
         interrupted = False
@@ -223,7 +213,10 @@ class Session:
         except Exception as exc:
             how, payload = _wire.ERROR, f"{type(exc).__name__}: {exc}"
         with self._send_lock:
-            self.channel.send(_wire.TAG_PICKLE, pickle.dumps((_wire.REPLY, rid, how, payload), 5))
+            try:
+                self.channel.send(_wire.TAG_PICKLE, _serialize.dumps((_wire.REPLY, rid, how, payload)))
+            except OSError:
+                pass  # the child is gone: the next read says so, with its exit code
 
     # -- ending --------------------------------------------------------------------
 
@@ -272,7 +265,3 @@ def _module_source(name: str) -> tuple[str, bool] | None:
         return None
     with open(spec.origin, encoding="utf-8") as f:
         return f.read(), spec.submodule_search_locations is not None
-
-
-def result_error(reply: tuple[Any, ...]) -> BaseException:
-    return _serialize.rebuild_exception(reply[3])

@@ -41,19 +41,34 @@ def child_interpreters() -> dict[str, str]:
     for exe in candidates:
         if not os.access(exe, os.X_OK) or exe.endswith("-config"):
             continue
-        try:
-            out = subprocess.run(
-                [exe, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-                capture_output=True,
-                text=True,
-                timeout=20,
-            )
-        except (OSError, subprocess.SubprocessError):
-            continue
-        version = out.stdout.strip()
-        if out.returncode == 0 and version in {f"3.{m}" for m in range(8, 14)}:
+        version = interpreter_version(exe)
+        if version in {f"3.{m}" for m in range(8, 14)}:
             found_by_version.setdefault(version, exe)
     return found_by_version
+
+
+def interpreter_version(exe: str) -> str | None:
+    """'X.Y' of a Python executable (any version, Python 2 included), or None if it does not run."""
+    try:
+        out = subprocess.run(
+            [exe, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    version = out.stdout.strip()
+    return version if out.returncode == 0 and version else None
+
+
+@pytest.fixture
+def parents():
+    """Parent programs (tests.targets.parents.Parent) a test starts; ended with their children after it."""
+    started: list = []
+    yield started
+    for parent in started:
+        parent.close()
 
 
 ALL_VERSIONS = [f"3.{m}" for m in range(8, 14)]

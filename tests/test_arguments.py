@@ -111,3 +111,11 @@ def test_large_payloads_travel_out_of_band(service) -> None:
         assert service.echo(bytearray(data)) == bytearray(data)
     assert len(os.listdir("/proc/self/fd")) == before
     assert service.add(1, 2) == 3  # small frames still flow after large ones
+
+
+def test_pickling_a_proxy_elsewhere_is_a_serialization_error(service) -> None:
+    """A proxy pickled outside a call says what it is: a SerializationError."""
+    import pickle
+
+    with pytest.raises(spawnproxy.SerializationError, match="only travels as an argument"):
+        pickle.dumps(service)

@@ -7,13 +7,12 @@ import glob
 import logging
 import os
 import shutil
-import subprocess
 import time
 
 import pytest
 
 import spawnproxy
-from tests.conftest import START
+from tests.conftest import START, interpreter_version
 from tests.targets.faulty import Handle
 from tests.targets.parents import TARGET
 
@@ -29,17 +28,8 @@ def old_pythons() -> dict[str, str]:
     candidates += filter(None, (shutil.which(f"python{v}") for v in ("2.7", "3.6", "3.7")))
     found: dict[str, str] = {}
     for exe in candidates:
-        try:
-            out = subprocess.run(
-                [exe, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-                capture_output=True,
-                text=True,
-                timeout=20,
-            )
-        except (OSError, subprocess.SubprocessError):
-            continue
-        version = out.stdout.strip()
-        if out.returncode == 0 and version and tuple(map(int, version.split("."))) < (3, 8):
+        version = interpreter_version(exe)
+        if version and tuple(map(int, version.split("."))) < (3, 8):
             found.setdefault(version, exe)
     return found
 

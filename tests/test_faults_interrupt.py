@@ -19,15 +19,6 @@ INTERRUPT_NOTICE = 1.0
 EXIT_AFTER_ABANDON = 3.0
 
 
-@pytest.fixture
-def parents():
-    """Parents started by a test; killed with their children whatever happens."""
-    started: list[Parent] = []
-    yield started
-    for parent in started:
-        parent.close()
-
-
 def test_first_sigint_interrupts_the_remote_call(parents) -> None:
     """One SIGINT: the remote call raises KeyboardInterrupt raised in the child; the child stays usable."""
     parent = Parent("sigint_once")

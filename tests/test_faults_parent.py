@@ -18,15 +18,6 @@ PARENT_DEATH = 2.0
 NORMAL_EXIT = 5.0
 
 
-@pytest.fixture
-def parents():
-    """Parents started by a test; killed with their children whatever happens."""
-    started: list[Parent] = []
-    yield started
-    for parent in started:
-        parent.close()
-
-
 def _kill_and_time(parent: Parent) -> dict[int, float | None]:
     """SIGKILL the parent; return how long each child took to go (None: still there after 2 s)."""
     time.sleep(0.3)  # the remote call is running

@@ -51,6 +51,38 @@ class Handle(Protocol):
         """End the server process."""
 
 
+class ProxyHandle:
+    """The cases for a peer whose proxy `self._p` forwards calls and attributes.
+
+    Subclasses set `self._p` and add `close()`; they override a case where the
+    peer differs (what it can carry, how threads share a proxy).
+    """
+
+    _p: Any
+
+    def noop(self) -> None:
+        self._p.noop()
+
+    def add(self, a: int, b: int) -> Any:
+        return self._p.add(a, b)
+
+    def get_value(self) -> Any:
+        return self._p.value
+
+    def set_value(self, v: int) -> None:
+        self._p.value = v
+
+    def echo(self, x: Any) -> Any:
+        return self._p.echo(x)
+
+    def make_ref(self) -> None:
+        ref = self._p.make()
+        del ref
+
+    def for_thread(self) -> Any:
+        return self
+
+
 def socket_path() -> str:
     """A fresh path for a Unix domain socket, in a directory of its own."""
     return os.path.join(tempfile.mkdtemp(prefix="spbench-"), "sock")

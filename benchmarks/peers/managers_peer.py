@@ -11,6 +11,7 @@ import multiprocessing
 from multiprocessing.managers import BaseManager, NamespaceProxy  # type: ignore[attr-defined]
 from typing import Any
 
+from benchmarks.peers.base import ProxyHandle
 from benchmarks.target import Target
 
 DIST = None
@@ -47,35 +48,13 @@ BenchManager.register("Target", Target, proxytype=TargetProxy, method_to_typeid=
 BenchManager.register("Holder", create_method=False)
 
 
-class ManagersHandle:
+class ManagersHandle(ProxyHandle):
     """A manager server and a proxy of the `Target` it hosts."""
 
     def __init__(self) -> None:
         self._manager = BenchManager(ctx=multiprocessing.get_context("spawn"))
         self._manager.start()
         self._p: Any = self._manager.Target()  # type: ignore[attr-defined]
-
-    def noop(self) -> None:
-        self._p.noop()
-
-    def add(self, a: int, b: int) -> Any:
-        return self._p.add(a, b)
-
-    def get_value(self) -> Any:
-        return self._p.value
-
-    def set_value(self, v: int) -> None:
-        self._p.value = v
-
-    def echo(self, x: Any) -> Any:
-        return self._p.echo(x)
-
-    def make_ref(self) -> None:
-        ref = self._p.make()
-        del ref
-
-    def for_thread(self) -> ManagersHandle:
-        return self
 
     def close(self) -> None:
         del self._p

@@ -13,7 +13,7 @@ from typing import Any
 import Pyro5
 import Pyro5.api
 
-from benchmarks.peers.base import Unsupported, remove_socket, socket_path, start_server, stop_process
+from benchmarks.peers.base import ProxyHandle, Unsupported, remove_socket, socket_path, start_server, stop_process
 from benchmarks.target import Holder, Target
 
 DIST = "Pyro5"
@@ -76,7 +76,7 @@ def _proxy(uri: str) -> Any:
     return proxy
 
 
-class Pyro5Handle:
+class Pyro5Handle(ProxyHandle):
     """A Pyro5 proxy of the `PyroTarget`; owns the server unless made for another thread."""
 
     def __init__(self, uri: str | None = None) -> None:
@@ -88,26 +88,10 @@ class Pyro5Handle:
         self._uri = uri
         self._p = _proxy(uri)
 
-    def noop(self) -> None:
-        self._p.noop()
-
-    def add(self, a: int, b: int) -> Any:
-        return self._p.add(a, b)
-
-    def get_value(self) -> Any:
-        return self._p.value
-
-    def set_value(self, v: int) -> None:
-        self._p.value = v
-
     def echo(self, x: Any) -> Any:
         if not isinstance(x, (bytes, str, int, float)):
             raise Unsupported(f"Pyro5's {SERIALIZER} serializer cannot carry a {type(x).__name__}")
         return self._p.echo(x)
-
-    def make_ref(self) -> None:
-        ref = self._p.make()
-        del ref
 
     def for_thread(self) -> Pyro5Handle:
         return Pyro5Handle(self._uri)

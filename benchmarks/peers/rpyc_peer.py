@@ -12,7 +12,7 @@ from typing import Any
 import rpyc
 from rpyc.utils.factory import unix_connect
 
-from benchmarks.peers.base import Unsupported, remove_socket, socket_path, start_server, stop_process
+from benchmarks.peers.base import ProxyHandle, Unsupported, remove_socket, socket_path, start_server, stop_process
 from benchmarks.target import Target
 
 DIST = "rpyc"
@@ -28,7 +28,7 @@ NOTES = [
 CONFIG = {"allow_public_attrs": True, "allow_setattr": True, "sync_request_timeout": 300}
 
 
-class RpycHandle:
+class RpycHandle(ProxyHandle):
     """An RPyC connection and the netref of the `Target`."""
 
     def __init__(self) -> None:
@@ -41,29 +41,10 @@ class RpycHandle:
             self._stop()
             raise
 
-    def noop(self) -> None:
-        self._p.noop()
-
-    def add(self, a: int, b: int) -> Any:
-        return self._p.add(a, b)
-
-    def get_value(self) -> Any:
-        return self._p.value
-
-    def set_value(self, v: int) -> None:
-        self._p.value = v
-
     def echo(self, x: Any) -> Any:
         if not isinstance(x, (bytes, str, int, float)):
             raise Unsupported(f"RPyC passes a {type(x).__name__} by reference (netref), not by value")
         return self._p.echo(x)
-
-    def make_ref(self) -> None:
-        ref = self._p.make()
-        del ref
-
-    def for_thread(self) -> RpycHandle:
-        return self
 
     def _stop(self) -> None:
         stop_process(self._proc)
