@@ -80,9 +80,9 @@ class Session:
         tag, payload = self.encoder.encode((_wire.REQUEST, rid, op) + operands, describe)
         with self._lock:
             self._waiting.add(rid)
+        deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            self._send(tag, payload, what)
-            deadline = None if timeout is None else time.monotonic() + timeout
+            self._send(tag, payload, what, deadline, timeout)
             reply = self._wait(rid, what, deadline, timeout)
             if reply[2] == _UNLOADABLE:
                 error = reply[3]
@@ -95,21 +95,48 @@ class Session:
                 self._waiting.discard(rid)
                 self._replies.pop(rid, None)
 
-    def _send(self, tag: bytes, payload: bytes, what: object) -> None:
-        with self._send_lock:
-            try:
-                if self.releases:
-                    self._send_releases()
-                self.channel.send(tag, payload)
-            except OSError:
-                raise self._fail(what) from None
+    def _send(self, tag: bytes, payload: bytes, what: object, deadline: float | None, timeout: float | None) -> None:
+        lock = self._send_lock
+        if not lock.acquire(True, -1 if deadline is None else max(0.0, deadline - time.monotonic())):
+            raise self._timeout(what, timeout)  # another thread's send holds the channel
+        try:
+            if self.releases:
+                self._send_releases(deadline)
+            self.channel.send(tag, payload, deadline, self._read_ahead)
+        except _wire.SendTimeout:
+            raise self._timeout(what, timeout) from None
+        except (EOFError, OSError):
+            raise self._fail(what) from None
+        finally:
+            lock.release()
 
-    def _send_releases(self) -> None:
+    def _send_releases(self, deadline: float | None) -> None:
         batch = []
         releases = self.releases
         while releases:
             batch.append(releases.popleft())
-        self.channel.send(_wire.TAG_PICKLE, _serialize.dumps((_wire.RELEASE, batch)))
+        try:
+            self.channel.send(_wire.TAG_PICKLE, _serialize.dumps((_wire.RELEASE, batch)), deadline, self._read_ahead)
+        except _wire.SendTimeout:
+            releases.extendleft(reversed(batch))  # not sent: they go with the next request
+            raise
+
+    def _read_ahead(self) -> bool:
+        """While a send waits for room, read what the child sends, unless another thread reads.
+
+        The child may itself be blocked writing to us (a large late answer): if
+        no one read, both ends would wait for ever.
+        """
+        if not self._recv_lock.acquire(False):
+            return False
+        try:
+            self.channel.read_ahead()
+        finally:
+            with self._lock:
+                self._recv_lock.release()
+                if self._followers:
+                    self._cond.notify_all()
+        return True
 
     def _wait(self, rid: int, what: object, deadline: float | None, timeout: float | None) -> tuple[Any, ...]:
         interrupted = False
@@ -215,7 +242,7 @@ class Session:
         with self._send_lock:
             try:
                 self.channel.send(_wire.TAG_PICKLE, _serialize.dumps((_wire.REPLY, rid, how, payload)))
-            except OSError:
+            except (EOFError, OSError):
                 pass  # the child is gone: the next read says so, with its exit code
 
     # -- ending --------------------------------------------------------------------

@@ -31,6 +31,7 @@ import os
 import select
 import socket
 import struct
+import time
 
 REQUEST = 0
 REPLY = 1
@@ -58,10 +59,15 @@ _LONG_HEADER = struct.Struct("!iQ")
 # Small enough that the buffer is reused, never an mmap per read.
 _READ_CHUNK = 64 * 1024
 _ANCILLARY = socket.CMSG_SPACE(16 * 4)
+_DONTWAIT = socket.MSG_DONTWAIT
 
 
 class ChannelClosed(EOFError):
     """The other end of the channel has gone."""
+
+
+class SendTimeout(Exception):
+    """A frame could not be written before its deadline; nothing of it was written."""
 
 
 class Channel:
@@ -79,6 +85,8 @@ class Channel:
         self._buf = bytearray()
         self._chunk = bytearray(_READ_CHUNK)
         self._chunk_view = memoryview(self._chunk)
+        self._pending = []  # the unwritten rest of an interrupted frame
+        self._out_poller = None
         self._poller = select.poll()
         self._poller.register(fd, select.POLLIN)
         for extra in watch_fds:
@@ -87,35 +95,95 @@ class Channel:
     def fileno(self) -> int:
         return self.fd
 
-    def send(self, tag: bytes, payload: "bytes | memoryview") -> None:
+    def send(
+        self,
+        tag: bytes,
+        payload: "bytes | memoryview",
+        deadline: "float | None" = None,
+        on_blocked=None,
+    ) -> None:
+        """Send one frame, whole, before `deadline` (a time.monotonic() value; None waits for ever).
+
+        Writes never block in the kernel: when the other end is not reading,
+        this waits in poll, so the deadline holds and a Ctrl-C gets through.
+        While it waits, `on_blocked` is called whenever data comes in; it
+        should read some of it (the other end may itself be blocked writing
+        to us) and return whether it could.  On SendTimeout nothing of this
+        frame was written; if it is interrupted (timeout or exception) once
+        part of it is written, the rest is kept and goes first with the next
+        frame, so that the stream stays whole.
+        """
+        if self._pending:
+            self._flush(deadline, on_blocked, False)
         size = len(payload) + 1
         if size < _SMALL_FRAME:
             # One buffer, one system call: cheaper than scatter-gather when small.
             data = _HEADER.pack(size) + tag + payload
-            written = os.write(self.fd, data)
+            try:
+                written = self.sock.send(data, _DONTWAIT)
+            except BlockingIOError:
+                written = 0
             if written != len(data):
-                self._send_rest([memoryview(data)[written:]])
+                self._pending = [memoryview(data)[written:]]
+                self._flush(deadline, on_blocked, not written)
             return
         if size >= BIG_FRAME and self._memfd:
-            self._send_memfd(tag, payload)
+            self._send_memfd(tag, payload, deadline, on_blocked)
             return
         if size < 0x7FFFFFFF:
             header = _HEADER.pack(size) + tag
         else:
             header = _LONG_HEADER.pack(-1, size) + tag
-        self._send_rest([header, memoryview(payload).cast("B")])
+        self._pending = [header, memoryview(payload).cast("B")]
+        self._flush(deadline, on_blocked, True)
 
-    def _send_rest(self, parts):
-        while parts:
-            written = os.writev(self.fd, parts)
-            # The kernel may take only part of a large frame: resume after it.
-            while parts and written >= len(parts[0]):
-                written -= len(parts[0])
-                del parts[0]
-            if written:
-                parts[0] = parts[0][written:]
+    def _flush(self, deadline, on_blocked, fresh):
+        """Write the pending parts; `fresh` says none of them has been written yet."""
+        parts = self._pending
+        try:
+            while parts:
+                try:
+                    written = self.sock.sendmsg(parts, (), _DONTWAIT)
+                except BlockingIOError:
+                    written = 0
+                if written:
+                    fresh = False
+                    # The kernel may take only part of a large frame: resume after it.
+                    while parts and written >= len(parts[0]):
+                        written -= len(parts[0])
+                        del parts[0]
+                    if written:
+                        parts[0] = parts[0][written:]
+                    continue
+                self._wait_room(deadline, on_blocked)
+        except BaseException:
+            if fresh:
+                del parts[:]  # nothing of it went out: the frame is simply not sent
+            raise
 
-    def _send_memfd(self, tag: bytes, payload: "bytes | memoryview") -> None:
+    def _wait_room(self, deadline, on_blocked):
+        if deadline is None:
+            ms = -1
+        else:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise SendTimeout("the other end did not take the frame in time")
+            ms = int(remaining * 1000 + 0.999)
+        if self._out_poller is None:
+            self._out_poller = select.poll()
+        poller = self._out_poller
+        poller.register(self.fd, select.POLLOUT | (select.POLLIN if on_blocked is not None else 0))
+        for _, events in poller.poll(ms):
+            if events & select.POLLOUT:
+                return
+            if events & select.POLLIN and not on_blocked():
+                # Another thread reads: give it time rather than wake again at once on
+                # the input it has yet to take.
+                poller.register(self.fd, select.POLLOUT)
+                poller.poll(10)
+            # POLLHUP or POLLERR: the next write says what went wrong.
+
+    def _send_memfd(self, tag, payload, deadline, on_blocked):
         import array
 
         memfd = os.memfd_create("spawnproxy-frame", os.MFD_CLOEXEC)
@@ -127,7 +195,16 @@ class Channel:
                 done += os.write(memfd, view[done:])
             header = _HEADER.pack(1 + _SIZE.size) + TAG_MEMFD + _SIZE.pack(len(view) + 1)
             fds = array.array("i", [memfd])
-            self.sock.sendmsg([header], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+            while True:
+                try:
+                    written = self.sock.sendmsg([header], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)], _DONTWAIT)
+                    break
+                except BlockingIOError:
+                    self._wait_room(deadline, on_blocked)
+            if written != len(header):
+                # The descriptor went with the first byte; the rest of the header follows.
+                self._pending = [memoryview(header)[written:]]
+                self._flush(deadline, on_blocked, False)
         finally:
             os.close(memfd)
 
@@ -240,7 +317,20 @@ class Channel:
                 fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
                 self._fds.extend(fds)
 
+    def read_ahead(self) -> None:
+        """Take what has arrived into the buffer, without blocking (for a sender that waits)."""
+        try:
+            n, ancillary, _, _ = self.sock.recvmsg_into([self._chunk], _ANCILLARY, _DONTWAIT)
+        except BlockingIOError:
+            return
+        if ancillary:
+            self._take_fds(ancillary)
+        if not n:
+            raise ChannelClosed("the other end closed the channel")
+        self._buf += self._chunk_view[:n]
+
     def close(self) -> None:
+        del self._pending[:]
         self.fd = -1
         self.sock.close()
         for fd in self._fds:

@@ -90,11 +90,6 @@ def test_forwarded_sigint_between_calls_does_not_kill_the_child() -> None:
         mod.terminate_daemon(timeout=0.2)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Ctrl-C while a request is being written to a busy child leaves half a frame on the "
-    "channel; the child then reads the next request as the rest of it, and never answers again",
-)
 def test_sigint_while_sending_keeps_the_channel_whole(parents) -> None:
     """Ctrl-C during a blocked send interrupts that call only: the next call gets its answer."""
     parent = Parent("sigint_during_send")

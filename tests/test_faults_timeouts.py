@@ -163,11 +163,6 @@ def test_follower_thread_times_out_on_time() -> None:
         mod.terminate_daemon(timeout=0.2)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the timeout does not bound sending: a request larger than the socket buffer to a busy "
-    "child blocks in Channel.send until the child reads it, past the call's timeout",
-)
 def test_timeout_bounds_sending_too() -> None:
     """A call whose argument cannot be written yet (the child is busy) still times out on time."""
     mod = spawnproxy.run_module(TARGET)
@@ -181,11 +176,6 @@ def test_timeout_bounds_sending_too() -> None:
         mod.terminate_daemon(timeout=0.2)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: deadlock — the child blocks writing a large late answer nobody reads, while the parent "
-    "blocks writing a large request the child does not read; a sending thread never reads",
-)
 def test_large_late_answer_and_large_request_do_not_deadlock() -> None:
     """A large late answer still being written while the next call sends a large argument: no deadlock."""
     size = 512 * 1024  # more than the socket buffer, less than a frame sent out of band
