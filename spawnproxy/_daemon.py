@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import weakref
 from typing import Any
 
@@ -53,6 +54,7 @@ class DaemonProxy:
         opts = Options.from_kwargs(options)
         definition = as_definition(definition_or_object)
         logger = check_logger(logger)
+        started = time.monotonic()
         process = ChildProcess(
             python_exe,
             env=opts.env,
@@ -66,8 +68,10 @@ class DaemonProxy:
         self._finalizer = weakref.finalize(self, reap_later, process)
         self._finalizer.atexit = False  # the process registry ends children at exit
         label = definition.label()
+        # One budget for the whole start: the handshake and the load share it.
+        left = None if opts.start_timeout is None else max(0.001, opts.start_timeout - (time.monotonic() - started))
         try:
-            with call_timeout(opts.start_timeout):
+            with call_timeout(left):
                 reply = session.request(
                     "load",
                     (definition.wire(),),

@@ -213,6 +213,20 @@ class ChildProcess:
             pass
         self.channel.close()
 
+    def escalate(self, step: str | signal.Signals) -> None:
+        """One step past the grace period: close the lifeline (the child's watchdog exits), or signal."""
+        if step == "lifeline":
+            if self._lifeline is not None:
+                os.close(self._lifeline)
+                self._lifeline = None
+            return
+        assert isinstance(step, signal.Signals)
+        log.warning("child %d did not exit; sending %s", self.pid, step.name)
+        try:
+            os.kill(self.pid, step)
+        except ProcessLookupError:
+            pass
+
     def shutdown(self, timeout: float = GRACE) -> int | None:
         """End the child within a bounded time, escalating; idempotent; returns the exit code."""
         with self._lock:
@@ -220,19 +234,11 @@ class ChildProcess:
                 return self.popen.returncode
             self.close_channel()
             code = self.wait_exit(timeout)
-            if code is None and self._lifeline is not None:
-                os.close(self._lifeline)
-                self._lifeline = None
-                code = self.wait_exit(STEP)
-            for sig in (signal.SIGTERM, signal.SIGKILL):
+            for step in ("lifeline", signal.SIGTERM, signal.SIGKILL):
                 if code is not None:
                     break
-                log.warning("child %d did not exit; sending %s", self.pid, sig.name)
-                try:
-                    os.kill(self.pid, sig)
-                except ProcessLookupError:
-                    pass
-                code = self.wait_exit(STEP if sig == signal.SIGTERM else 5.0)
+                self.escalate(step)
+                code = self.wait_exit(5.0 if step == signal.SIGKILL else STEP)
             if self._lifeline is not None:
                 os.close(self._lifeline)
                 self._lifeline = None
@@ -310,7 +316,33 @@ def _end_all() -> None:
     with _reaper_lock:
         children = list(_live) + _to_reap
         _to_reap.clear()
+    shutdown_all(children)
+
+
+def shutdown_all(children: list[ChildProcess], timeout: float = GRACE) -> None:
+    """End many children at once: each step of the escalation runs for all of them together.
+
+    Ending them one after another would add up their bounds (about 2 s for a
+    child stuck in C and deaf to SIGTERM); together, the whole takes that once.
+    """
     for child in children:
         child.close_channel()
+    _wait_all(children, timeout)
+    for step in ("lifeline", signal.SIGTERM, signal.SIGKILL):
+        alive = [child for child in children if child.popen.returncode is None]
+        if not alive:
+            break
+        for child in alive:
+            child.escalate(step)
+        _wait_all(alive, 5.0 if step == signal.SIGKILL else STEP)
     for child in children:
-        child.shutdown()
+        child.shutdown(0)  # each has exited: this closes its descriptors and reaps it
+
+
+def _wait_all(children: list[ChildProcess], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    for child in children:
+        try:
+            child.popen.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass

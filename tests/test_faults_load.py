@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import signal
@@ -55,42 +56,38 @@ def test_eight_threads_five_thousand_calls_each() -> None:
         mod.terminate_daemon()
 
 
-def _end_by_gc(i: int) -> int:
-    mod = spawnproxy.run_module(TARGET)
-    assert mod.ping(i) == i
-    pid = spawnproxy.daemon_of(mod).pid
-    del mod
-    gc.collect()
-    return pid
+def _start_fifty(round_: int, stack: contextlib.ExitStack) -> list[tuple[str, int, object]]:
+    """Fifty children alive at once, each to be ended one of four ways."""
+    children: list[tuple[str, int, object]] = []
+    for i in range(50):
+        how = ENDINGS[(round_ + i) % len(ENDINGS)]
+        if how == "context manager":
+            daemon = stack.enter_context(spawnproxy.DaemonProxy(spawnproxy.ModuleDefinition(TARGET)))
+            mod = daemon.proxy
+        else:
+            mod = spawnproxy.run_module(TARGET)
+        assert mod.ping(i) == i
+        children.append((how, spawnproxy.daemon_of(mod).pid, mod))
+    return children
 
 
-def _end_by_terminate(i: int) -> int:
-    mod = spawnproxy.run_module(TARGET)
-    assert mod.ping(i) == i
-    pid = spawnproxy.daemon_of(mod).pid
-    mod.terminate_daemon()
-    return pid
+def _end_all(children: list[tuple[str, int, object]], stack: contextlib.ExitStack) -> list[int]:
+    pids = []
+    for how, pid, mod in children:
+        pids.append(pid)
+        if how == "terminate":
+            mod.terminate_daemon()  # type: ignore[attr-defined]
+        elif how == "SIGKILL":
+            os.kill(pid, signal.SIGKILL)
+            with pytest.raises(spawnproxy.DaemonDiedError):
+                mod.nap(5)  # type: ignore[attr-defined]
+    stack.close()  # the context managers
+    del children[:], mod
+    gc.collect()  # GC, and the proxies of the killed ones
+    return pids
 
 
-def _end_by_context_manager(i: int) -> int:
-    with spawnproxy.DaemonProxy(spawnproxy.ModuleDefinition(TARGET)) as daemon:
-        assert daemon.proxy.ping(i) == i
-    return daemon.pid
-
-
-def _end_by_sigkill(i: int) -> int:
-    mod = spawnproxy.run_module(TARGET)
-    assert mod.ping(i) == i
-    pid = spawnproxy.daemon_of(mod).pid
-    os.kill(pid, signal.SIGKILL)
-    with pytest.raises(spawnproxy.DaemonDiedError):
-        mod.nap(5)
-    del mod
-    gc.collect()
-    return pid
-
-
-ENDINGS = [_end_by_gc, _end_by_terminate, _end_by_context_manager, _end_by_sigkill]
+ENDINGS = ["GC", "terminate", "context manager", "SIGKILL"]
 
 
 def _fds() -> set[str]:
@@ -102,16 +99,17 @@ def _threads() -> set[threading.Thread]:
 
 
 def test_children_started_and_ended_many_times_leak_nothing() -> None:
-    """100 children ended by GC, terminate, context manager or SIGKILL leave no process, fd, thread or temp file."""
-    _end_by_terminate(-1)  # warm up: imports, the reaper's first start
+    """50 children alive at once, ended by GC, terminate, context manager or SIGKILL, 20 times over: nothing leaks."""
+    with contextlib.ExitStack() as stack:
+        _end_all(_start_fifty(-1, stack)[:4], stack)  # warm up: imports, the reaper's first start
     time.sleep(0.2)
     fds, threads = _fds(), _threads()
     temp = set(os.listdir(tempfile.gettempdir()))
     pids = []
-    for round_ in range(10):
-        for i in range(10):
-            pids.append(ENDINGS[(round_ + i) % len(ENDINGS)](round_ * 10 + i))
-    gc.collect()
+    for round_ in range(20):
+        stack = contextlib.ExitStack()
+        pids += _end_all(_start_fifty(round_, stack), stack)
+    assert len(pids) == 1000
     deadline = time.monotonic() + SETTLE
     while time.monotonic() < deadline and (_fds() - fds or _threads() - threads or psutil.Process().children()):
         time.sleep(0.05)
