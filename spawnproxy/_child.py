@@ -375,6 +375,14 @@ def main(fd, lifeline_fd, bundle):
     if bundle.get("deathline") is not None:
         _arm_deathline(bundle["deathline"])
     threading.Thread(target=_watch_parent, args=(lifeline_fd,), name="spawnproxy-lifeline", daemon=True).start()
+    try:
+        import faulthandler
+
+        # A crash (segfault, abort) prints the Python stack on stderr, whose last lines the
+        # parent's DaemonDiedError quotes.
+        faulthandler.enable(all_threads=False)
+    except (ImportError, RuntimeError, ValueError):
+        pass
     for stream in (sys.stdout, sys.stderr):
         try:
             # Lines reach the parent as they are written, even without PYTHONUNBUFFERED.

@@ -189,7 +189,7 @@ class ChildProcess:
         tail = list(self.output.stderr_tail)
         if not tail:
             return ""
-        lines = [line if len(line) <= 300 else line[:300] + f"... ({len(line)} characters)" for line in tail[-10:]]
+        lines = [line if len(line) <= 300 else line[:300] + f"... ({len(line)} characters)" for line in tail[-20:]]
         return "; last lines on its stderr:\n    " + "\n    ".join(lines)
 
     def interrupt(self) -> None:

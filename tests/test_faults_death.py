@@ -66,6 +66,9 @@ def test_child_ending_itself_mid_call(how: str) -> None:
     assert info.value.exitcode == code
     assert f"last words: {how}" in str(info.value)
     assert "()" in str(info.value)  # names the call: "... during module tests.targets.faulty.die()"
+    if how == "segfault":
+        # faulthandler in the child: the crash's Python stack is among the quoted stderr lines.
+        assert "Segmentation fault" in str(info.value) and "in segfault" in str(info.value)
 
 
 def test_every_other_proxy_fails_at_once() -> None:
