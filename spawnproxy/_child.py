@@ -167,8 +167,8 @@ class Child:
         try:
             how, payload = OPS[op](self, *operands)
             if how == MAYBE:
-                data = codec.reply_by_value(rid, payload)
-                if data is None:
+                frame = codec.reply_by_value(rid, payload)
+                if frame is None:
                     how, payload = _wire.REF, self.ref(payload)
                 else:
                     how = None
@@ -181,7 +181,7 @@ class Child:
             self.running -= 1
         try:
             if how is None:
-                self.channel.send(_wire.TAG_PICKLE, data)
+                self.channel.send(_wire.TAG_PICKLE, frame[0], None, None, frame[1])
             else:
                 self.channel.send(*codec.dumps((_wire.REPLY, rid, how, payload)))
         except _wire.ChannelClosed:

@@ -28,16 +28,19 @@ _BY_REFERENCE = (
     types.ClassMethodDescriptorType,
 )
 _OWN_FILES = "<spawnproxy-child:"
+_STAND_INS = (_wire._OutOfBand, _wire._ViewOf)
 
 
 class _Collector(pickle.Pickler):
     """A pickler that notes every module whose names the pickle refers to."""
 
-    def __init__(self, file):
-        pickle.Pickler.__init__(self, file, PROTOCOL)
+    def __init__(self, file, buffer_callback=None):
+        pickle.Pickler.__init__(self, file, PROTOCOL, buffer_callback=buffer_callback)
         self.modules = set()
 
     def reducer_override(self, obj):
+        if type(obj) in _STAND_INS:
+            return NotImplemented  # its reduction names only builtins
         if isinstance(obj, (type, types.FunctionType, types.BuiltinFunctionType)):
             module = getattr(obj, "__module__", None)
         else:
@@ -48,8 +51,8 @@ class _Collector(pickle.Pickler):
 
 
 class _RefUnpickler(pickle.Unpickler):
-    def __init__(self, data, resolve):
-        pickle.Unpickler.__init__(self, io.BytesIO(data))
+    def __init__(self, data, resolve, buffers=None):
+        pickle.Unpickler.__init__(self, io.BytesIO(data), buffers=buffers)
         self._resolve = resolve
 
     def persistent_load(self, pid):
@@ -72,6 +75,11 @@ class Codec:
     def loads(self, tag, payload):
         if tag == _wire.TAG_PICKLE:
             return pickle.loads(payload)
+        if tag == _wire.TAG_BUFFERS:
+            tag, payload, buffers = _wire.split_buffers(payload)
+            if tag == _wire.TAG_PICKLE:
+                return pickle.loads(payload, buffers=buffers)
+            return _RefUnpickler(payload, self._resolve_ref, buffers).load()
         if tag == _wire.TAG_DILL:
             dill = self._import_dill()
             resolve = self._resolve_ref
@@ -97,16 +105,20 @@ class Codec:
         return self._checked_pickle(value, value)
 
     def reply_by_value(self, rid, value):
-        """Return the pickle of a reply carrying `value`, or None (see by_value)."""
+        """Return (pickle, out-of-band buffers) of a reply carrying `value`, or None (see by_value)."""
         if isinstance(value, _BY_REFERENCE):
             return None
-        return self._checked_pickle(value, (_wire.REPLY, rid, _wire.VALUE, value))
+        buffers = []
+        data = self._checked_pickle(value, (_wire.REPLY, rid, _wire.VALUE, _wire.out_of_band(value)), buffers)
+        return None if data is None else (data, buffers)
 
-    def _checked_pickle(self, value, message):
+    def _checked_pickle(self, value, message, buffers=None):
         if type(value) in _PLAIN:
-            return pickle.dumps(message, PROTOCOL)
+            if buffers is None or message[3] is value:
+                return pickle.dumps(message, PROTOCOL)
+            return pickle.dumps(message, PROTOCOL, buffer_callback=_wire.buffer_taker(buffers))
         buf = io.BytesIO()
-        collector = _Collector(buf)
+        collector = _Collector(buf, None if buffers is None else _wire.buffer_taker(buffers))
         try:
             collector.dump(message)
         except Exception:

@@ -48,12 +48,41 @@ def _ref_id(obj: Any, owner: object) -> tuple[str, Any] | None:
 
 
 class _RefPickler(pickle.Pickler):
-    def __init__(self, file: io.BytesIO, owner: object) -> None:
-        super().__init__(file, PROTOCOL)
+    def __init__(self, file: io.BytesIO, owner: object, buffer_callback: Any = None) -> None:
+        super().__init__(file, PROTOCOL, buffer_callback=buffer_callback)
         self._owner = owner
 
     def persistent_id(self, obj: Any) -> tuple[str, Any] | None:  # type: ignore[override]
         return _ref_id(obj, self._owner)
+
+
+_BUFFER_TYPES = _wire._BUFFER_TYPES
+
+
+def _big_buffers_out_of_band(message: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Swap the large buffers among a request's operands (and their args and kwargs) for stand-ins
+    that send them out of band; nested deeper, they travel in the pickle."""
+    for item in message[3:]:
+        kind = type(item)
+        if (
+            kind in _BUFFER_TYPES
+            or (kind is tuple and any(type(x) in _BUFFER_TYPES for x in item))
+            or (kind is dict and any(type(x) in _BUFFER_TYPES for x in item.values()))
+        ):
+            break
+    else:
+        return message
+    swapped = []
+    for item in message[3:]:
+        kind = type(item)
+        if kind is tuple:
+            item = tuple(_wire.out_of_band(x) for x in item)
+        elif kind is dict:
+            item = {key: _wire.out_of_band(x) for key, x in item.items()}
+        else:
+            item = _wire.out_of_band(item)
+        swapped.append(item)
+    return message[:3] + tuple(swapped)
 
 
 class Encoder:
@@ -65,15 +94,18 @@ class Encoder:
 
     def encode(
         self, message: tuple[Any, ...], operands: Callable[[], Sequence[tuple[str, Any]]]
-    ) -> tuple[bytes, bytes]:
-        """Return (tag, payload); `operands` names the parts for error messages."""
+    ) -> tuple[bytes, bytes, list[pickle.PickleBuffer]]:
+        """Return (tag, payload, out-of-band buffers); `operands` names the parts for error messages."""
+        buffers: list[pickle.PickleBuffer] = []
+        message = _big_buffers_out_of_band(message)
         try:
-            data = pickle.dumps(message, PROTOCOL)
+            data = pickle.dumps(message, PROTOCOL, buffer_callback=_wire.buffer_taker(buffers))
             tag = _wire.TAG_PICKLE
         except NeedsReferences:
+            del buffers[:]
             try:
                 buf = io.BytesIO()
-                _RefPickler(buf, self._owner).dump(message)
+                _RefPickler(buf, self._owner, _wire.buffer_taker(buffers)).dump(message)
             except SerializationError:
                 raise
             except Exception as exc:
@@ -86,14 +118,14 @@ class Encoder:
             # child's __main__ is not the parent's.  dill carries it by value.  (Large
             # payloads are not scanned: that would cost more than sending them.)
             return self._encode_slow(message, operands, None)
-        return tag, data
+        return tag, data, buffers
 
     def _encode_slow(
         self,
         message: tuple[Any, ...],
         operands: Callable[[], Sequence[tuple[str, Any]]],
         pickle_error: Exception | None,
-    ) -> tuple[bytes, bytes]:
+    ) -> tuple[bytes, bytes, list[pickle.PickleBuffer]]:
         if self._child_version != tuple(sys.version_info[:2]):
             culprit, error = self._find_culprit(operands(), pickle_error)
             here = f"{sys.version_info[0]}.{sys.version_info[1]}"
@@ -114,7 +146,7 @@ class Encoder:
         try:
             buf = io.BytesIO()
             _DillRefPickler(buf, protocol=PROTOCOL, recurse=True).dump(message)
-            return _wire.TAG_DILL, buf.getvalue()
+            return _wire.TAG_DILL, buf.getvalue(), []
         except SerializationError:
             raise
         except Exception as exc:
@@ -158,6 +190,10 @@ def decode(tag: bytes, payload: Any) -> Any:
     """Load a frame the child sent."""
     if tag == _wire.TAG_PICKLE:
         return pickle.loads(payload)
+    if tag == _wire.TAG_BUFFERS:
+        tag, data, buffers = _wire.split_buffers(payload)
+        if tag == _wire.TAG_PICKLE:
+            return pickle.loads(data, buffers=buffers)
     raise SerializationError(f"the child sent a frame with an unknown tag {tag!r}")
 
 
@@ -181,10 +217,13 @@ class _HeaderUnpickler(pickle.Unpickler):
 
 def reply_id(tag: bytes, payload: Any) -> int | None:
     """The request id of a reply that `decode` could not load (its classes stubbed out), or None."""
+    buffers = None
+    if tag == _wire.TAG_BUFFERS:
+        tag, payload, buffers = _wire.split_buffers(payload)
     if tag != _wire.TAG_PICKLE:
         return None
     try:
-        message = _HeaderUnpickler(io.BytesIO(payload)).load()
+        message = _HeaderUnpickler(io.BytesIO(payload), buffers=buffers).load()
     except Exception:
         return None
     if type(message) is tuple and len(message) > 1 and message[0] == _wire.REPLY and type(message[1]) is int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import importlib.util
 import itertools
+import pickle
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -77,12 +78,12 @@ class Session:
             raise self._failure(what)
         timeout = current_timeout(self.call_timeout)
         rid = next(self._ids)
-        tag, payload = self.encoder.encode((_wire.REQUEST, rid, op) + operands, describe)
+        tag, payload, buffers = self.encoder.encode((_wire.REQUEST, rid, op) + operands, describe)
         with self._lock:
             self._waiting.add(rid)
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            self._send(tag, payload, what, deadline, timeout)
+            self._send(tag, payload, what, deadline, timeout, buffers)
             reply = self._wait(rid, what, deadline, timeout)
             if reply[2] == _UNLOADABLE:
                 error = reply[3]
@@ -95,14 +96,22 @@ class Session:
                 self._waiting.discard(rid)
                 self._replies.pop(rid, None)
 
-    def _send(self, tag: bytes, payload: bytes, what: object, deadline: float | None, timeout: float | None) -> None:
+    def _send(
+        self,
+        tag: bytes,
+        payload: bytes,
+        what: object,
+        deadline: float | None,
+        timeout: float | None,
+        buffers: list[pickle.PickleBuffer] | None = None,
+    ) -> None:
         lock = self._send_lock
         if not lock.acquire(True, -1 if deadline is None else max(0.0, deadline - time.monotonic())):
             raise self._timeout(what, timeout)  # another thread's send holds the channel
         try:
             if self.releases:
                 self._send_releases(deadline)
-            self.channel.send(tag, payload, deadline, self._read_ahead)
+            self.channel.send(tag, payload, deadline, self._read_ahead, buffers)
         except _wire.SendTimeout:
             raise self._timeout(what, timeout) from None
         except (EOFError, OSError):

@@ -16,6 +16,11 @@ The first payload byte says how the rest was encoded:
           frame itself (tag and payload) is in a memfd sent along with this
           one (SCM_RIGHTS); the receiver maps it instead of reading it through
           the socket in small chunks.
+    b"B"  (inside such a memfd only) a pickle whose large buffers travel out of
+          band (pickle protocol 5): the tag of the pickle, the sizes, then the
+          pickle and each buffer, 64-byte aligned.  The receiver passes views
+          of the mapping as the pickle's buffers: a NumPy array arrives without
+          a copy, bytes with the one copy that makes them bytes.
 
 Every message is a tuple whose first item is its kind.  The protocol is
 symmetric: either side may send a REQUEST while it waits for a REPLY, so the
@@ -49,6 +54,7 @@ TAG_PICKLE = b"P"
 TAG_DILL = b"D"
 
 TAG_MEMFD = b"M"
+TAG_BUFFERS = b"B"
 
 _HEADER = struct.Struct("!i")
 _SIZE = struct.Struct("!Q")
@@ -58,6 +64,10 @@ _SMALL_FRAME = 64 * 1024
 _LONG_HEADER = struct.Struct("!iQ")
 # Small enough that the buffer is reused, never an mmap per read.
 _READ_CHUNK = 64 * 1024
+_COUNT = struct.Struct("!cI")
+_MADV_POPULATE_READ = 22  # Linux 5.14; older kernels refuse it, and the pages fault in one by one
+_SPARE_MAX = 256 << 20
+_ALIGN = 64
 _ANCILLARY = socket.CMSG_SPACE(16 * 4)
 _DONTWAIT = socket.MSG_DONTWAIT
 
@@ -86,6 +96,11 @@ class Channel:
         self._chunk = bytearray(_READ_CHUNK)
         self._chunk_view = memoryview(self._chunk)
         self._pending = []  # the unwritten rest of an interrupted frame
+        # A memfd received with a large frame, whose pages are already allocated: once its
+        # mapping is gone it carries the next large frame sent, in either direction, so
+        # that a steady exchange of large data allocates no new shared memory.
+        self._spare = []
+        self._mappings = {}
         self._out_poller = None
         self._poller = select.poll()
         self._poller.register(fd, select.POLLIN)
@@ -101,6 +116,7 @@ class Channel:
         payload: "bytes | memoryview",
         deadline: "float | None" = None,
         on_blocked=None,
+        buffers=None,
     ) -> None:
         """Send one frame, whole, before `deadline` (a time.monotonic() value; None waits for ever).
 
@@ -115,6 +131,9 @@ class Channel:
         """
         if self._pending:
             self._flush(deadline, on_blocked, False)
+        if buffers:
+            self._send_memfd(TAG_BUFFERS, _buffer_parts(tag, payload, buffers), deadline, on_blocked)
+            return
         size = len(payload) + 1
         if size < _SMALL_FRAME:
             # One buffer, one system call: cheaper than scatter-gather when small.
@@ -128,7 +147,7 @@ class Channel:
                 self._flush(deadline, on_blocked, not written)
             return
         if size >= BIG_FRAME and self._memfd:
-            self._send_memfd(tag, payload, deadline, on_blocked)
+            self._send_memfd(tag, [memoryview(payload).cast("B")], deadline, on_blocked)
             return
         if size < 0x7FFFFFFF:
             header = _HEADER.pack(size) + tag
@@ -183,17 +202,28 @@ class Channel:
                 poller.poll(10)
             # POLLHUP or POLLERR: the next write says what went wrong.
 
-    def _send_memfd(self, tag, payload, deadline, on_blocked):
+    def _send_memfd(self, tag, parts, deadline, on_blocked):
         import array
 
-        memfd = os.memfd_create("spawnproxy-frame", os.MFD_CLOEXEC)
+        parts = [tag] + parts
+        total = sum(len(part) for part in parts)
         try:
-            view = memoryview(payload).cast("B")
-            os.write(memfd, tag)
+            memfd, size = self._spare.pop()
+        except IndexError:
+            memfd, size = os.memfd_create("spawnproxy-frame", os.MFD_CLOEXEC), 0
+        try:
+            if size < total:
+                os.ftruncate(memfd, total)
             done = 0
-            while done < len(view):
-                done += os.write(memfd, view[done:])
-            header = _HEADER.pack(1 + _SIZE.size) + TAG_MEMFD + _SIZE.pack(len(view) + 1)
+            while parts:
+                written = os.pwritev(memfd, parts[:512], done)
+                done += written
+                while parts and written >= len(parts[0]):
+                    written -= len(parts[0])
+                    del parts[0]
+                if written:
+                    parts[0] = parts[0][written:]
+            header = _HEADER.pack(1 + _SIZE.size) + TAG_MEMFD + _SIZE.pack(done)
             fds = array.array("i", [memfd])
             while True:
                 try:
@@ -216,11 +246,33 @@ class Channel:
             raise ChannelClosed("a large frame arrived without its memfd")
         memfd = self._fds.pop(0)
         try:
-            mapped = mmap.mmap(memfd, size, prot=mmap.PROT_READ)
-        finally:
+            # Private and writable: an array built on the mapping (see TAG_BUFFERS) is as
+            # writable as the one that was sent, and writing to it copies only that page.
+            mapped = mmap.mmap(memfd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        except BaseException:
+            os.close(memfd)
+            raise
+        try:
+            mapped.madvise(_MADV_POPULATE_READ)  # one call maps every page, not a fault each
+        except (AttributeError, OSError, ValueError):
+            pass
+        if size <= _SPARE_MAX:
+            import weakref
+
+            key = id(mapped)
+            self._mappings[key] = weakref.ref(mapped, lambda _, key=key, fd=memfd: self._unmapped(key, fd, size))
+        else:
             os.close(memfd)
         view = memoryview(mapped)
         return bytes(view[:1]), view[1:]
+
+    def _unmapped(self, key, memfd, size):
+        """The mapping of a received memfd is gone: keep the memfd for the next large frame."""
+        self._mappings.pop(key, None)
+        if self.fd != -1 and not self._spare:
+            self._spare.append((memfd, size))
+        else:
+            os.close(memfd)
 
     def has_frame(self) -> bool:
         """True when a whole frame is already buffered."""
@@ -332,7 +384,101 @@ class Channel:
     def close(self) -> None:
         del self._pending[:]
         self.fd = -1
+        while self._spare:
+            os.close(self._spare.pop()[0])
         self.sock.close()
         for fd in self._fds:
             os.close(fd)
         del self._fds[:]
+
+
+def _buffer_parts(tag, payload, buffers):
+    """The memfd layout of a TAG_BUFFERS frame (after its tag): see split_buffers."""
+    raws = [buffer.raw() for buffer in buffers]
+    sizes = [len(payload)] + [raw.nbytes for raw in raws]
+    head = _COUNT.pack(tag, len(raws)) + b"".join(_SIZE.pack(size) for size in sizes)
+    parts = [head]
+    offset = 1 + len(head)  # the frame's own tag comes first
+    for part in [memoryview(payload).cast("B")] + raws:
+        pad = -offset % _ALIGN
+        if pad:
+            parts.append(bytes(pad))
+        parts.append(part)
+        offset += pad + part.nbytes
+    return parts
+
+
+def split_buffers(payload):
+    """Return (tag, pickle, buffers) of a TAG_BUFFERS frame: views of the mapping, no copy."""
+    tag, count = _COUNT.unpack_from(payload)
+    sizes = [_SIZE.unpack_from(payload, _COUNT.size + 8 * i)[0] for i in range(count + 1)]
+    views = []
+    offset = 1 + _COUNT.size + 8 * (count + 1)
+    for size in sizes:
+        offset += -offset % _ALIGN
+        views.append(payload[offset - 1 : offset - 1 + size])
+        offset += size
+    return tag, views[0], views[1:]
+
+
+class _OutOfBand:
+    """Stands for a bytes, bytearray or memoryview in a pickle, so that its bytes may go out of band.
+
+    Only its reduction is pickled — a standard type and a pickle.PickleBuffer —
+    so the receiver needs nothing but the standard library to rebuild it.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    def __reduce_ex__(self, protocol):
+        import pickle
+
+        value = self.value
+        if type(value) is memoryview:
+            import operator
+
+            # Whether the buffer came in band (as bytes or bytearray) or out of band (a
+            # view of the mapping), memoryview() of it then cast() gives back its shape.
+            return operator.methodcaller("cast", value.format, value.shape), (_ViewOf(value),)
+        return type(value), (pickle.PickleBuffer(value),)
+
+
+class _ViewOf(_OutOfBand):
+    __slots__ = ()
+
+    def __reduce_ex__(self, protocol):
+        import pickle
+
+        return memoryview, (pickle.PickleBuffer(self.value),)
+
+
+_BUFFER_TYPES = (bytes, bytearray, memoryview)
+
+
+def out_of_band(value):
+    """`value`, or a stand-in for it when it is a large bytes or bytearray, or a memoryview.
+
+    A memoryview is swapped whatever its size: pickle refuses it otherwise.
+    """
+    kind = type(value)
+    if kind is memoryview:
+        if value.c_contiguous and value.ndim:
+            return _OutOfBand(value)
+    elif kind in _BUFFER_TYPES and len(value) >= BIG_FRAME:
+        return _OutOfBand(value)
+    return value
+
+
+def buffer_taker(buffers):
+    """A pickle buffer_callback: large buffers go to `buffers` (out of band), small ones in band."""
+
+    def take(buffer):
+        if buffer.raw().nbytes < BIG_FRAME:
+            return True
+        buffers.append(buffer)
+        return False
+
+    return take

@@ -98,13 +98,16 @@ def _threads() -> set[threading.Thread]:
     return set(threading.enumerate())
 
 
-def test_children_started_and_ended_many_times_leak_nothing() -> None:
+def test_children_started_and_ended_many_times_leak_nothing(tmp_path, monkeypatch) -> None:
     """50 children alive at once, ended by GC, terminate, context manager or SIGKILL, 20 times over: nothing leaks."""
+    # A temporary directory of this test's own, for the parent and (by inheritance) its children:
+    # other processes on the machine may write to the shared one meanwhile.
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     with contextlib.ExitStack() as stack:
         _end_all(_start_fifty(-1, stack)[:4], stack)  # warm up: imports, the reaper's first start
     time.sleep(0.2)
     fds, threads = _fds(), _threads()
-    temp = set(os.listdir(tempfile.gettempdir()))
     pids = []
     for round_ in range(20):
         stack = contextlib.ExitStack()
@@ -117,7 +120,7 @@ def test_children_started_and_ended_many_times_leak_nothing() -> None:
     assert all(gone(pid, 0) for pid in pids)
     assert not _fds() - fds, f"file descriptors left open: {sorted(_fds() - fds)}"
     assert not _threads() - threads, f"threads left running: {[t.name for t in _threads() - threads]}"
-    assert set(os.listdir(tempfile.gettempdir())) - temp == set()
+    assert os.listdir(tmp_path) == []
 
 
 def test_hundred_thousand_references_return_the_table_to_its_baseline() -> None:
