@@ -32,7 +32,9 @@ child asking its parent for module sources all ride on this).
     (RELEASE, [object ids])              one-way, never answered
 """
 
+import collections.abc
 import os
+import pickle
 import select
 import socket
 import struct
@@ -408,7 +410,7 @@ def _buffer_parts(tag, payload, buffers):
     return parts
 
 
-def split_buffers(payload):
+def split_buffers(payload: "memoryview") -> "tuple[bytes, memoryview, list[memoryview]]":
     """Return (tag, pickle, buffers) of a TAG_BUFFERS frame: views of the mapping, no copy."""
     tag, count = _COUNT.unpack_from(payload)
     sizes = [_SIZE.unpack_from(payload, _COUNT.size + 8 * i)[0] for i in range(count + 1)]
@@ -434,8 +436,6 @@ class _OutOfBand:
         self.value = value
 
     def __reduce_ex__(self, protocol):
-        import pickle
-
         value = self.value
         if type(value) is memoryview:
             import operator
@@ -450,15 +450,13 @@ class _ViewOf(_OutOfBand):
     __slots__ = ()
 
     def __reduce_ex__(self, protocol):
-        import pickle
-
         return memoryview, (pickle.PickleBuffer(self.value),)
 
 
 _BUFFER_TYPES = (bytes, bytearray, memoryview)
 
 
-def out_of_band(value):
+def out_of_band(value: object) -> object:
     """`value`, or a stand-in for it when it is a large bytes or bytearray, or a memoryview.
 
     A memoryview is swapped whatever its size: pickle refuses it otherwise.
@@ -472,10 +470,10 @@ def out_of_band(value):
     return value
 
 
-def buffer_taker(buffers):
+def buffer_taker(buffers: "list[pickle.PickleBuffer]") -> "collections.abc.Callable[[pickle.PickleBuffer], bool]":
     """A pickle buffer_callback: large buffers go to `buffers` (out of band), small ones in band."""
 
-    def take(buffer):
+    def take(buffer: "pickle.PickleBuffer") -> bool:
         if buffer.raw().nbytes < BIG_FRAME:
             return True
         buffers.append(buffer)
