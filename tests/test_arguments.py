@@ -109,7 +109,7 @@ def test_large_payloads_travel_out_of_band(service) -> None:
     for _ in range(3):
         assert service.echo(data) == data
         assert service.echo(bytearray(data)) == bytearray(data)
-    assert len(os.listdir("/proc/self/fd")) == before
+    assert len(os.listdir("/proc/self/fd")) <= before + 1  # one memfd kept for the next large frame
     assert service.add(1, 2) == 3  # small frames still flow after large ones
 
 
