@@ -73,9 +73,22 @@ class Channel:
 
     def __init__(self, sock: socket.socket, watch_fds: "tuple[int, ...]" = ()) -> None:
         self.sock = sock
-        self.fd = fd = sock.fileno()
-        self._fds = []  # file descriptors received with frames, in order
+        self._setup(sock.fileno(), sock.fileno(), watch_fds)
         self._memfd = hasattr(os, "memfd_create") and sock.family == socket.AF_UNIX
+        self._recvmsg_into = sock.recvmsg_into
+
+    def _setup(self, fd: int, write_fd: int, watch_fds: "tuple[int, ...]") -> None:
+        # The I/O primitives are attributes with the signatures of os.write,
+        # os.writev, os.readv and socket.recvmsg_into: a transport that is not
+        # a plain socket (TLS, a pair of pipes) swaps them, and the local
+        # socket pair pays no extra branch or call for that.
+        self.fd = fd
+        self._wfd = write_fd
+        self._write = os.write
+        self._writev = os.writev
+        self._readv = os.readv
+        self._memfd = False
+        self._fds = []  # file descriptors received with frames, in order
         self._buf = bytearray()
         self._chunk = bytearray(_READ_CHUNK)
         self._chunk_view = memoryview(self._chunk)
@@ -92,7 +105,7 @@ class Channel:
         if size < _SMALL_FRAME:
             # One buffer, one system call: cheaper than scatter-gather when small.
             data = _HEADER.pack(size) + tag + payload
-            written = os.write(self.fd, data)
+            written = self._write(self._wfd, data)
             if written != len(data):
                 self._send_rest([memoryview(data)[written:]])
             return
@@ -107,7 +120,7 @@ class Channel:
 
     def _send_rest(self, parts):
         while parts:
-            written = os.writev(self.fd, parts)
+            written = self._writev(self._wfd, parts)
             # The kernel may take only part of a large frame: resume after it.
             while parts and written >= len(parts[0]):
                 written -= len(parts[0])
@@ -180,7 +193,7 @@ class Channel:
         if not buf:
             # The common case: one small frame arrives alone and is taken from
             # the read buffer without going through the reassembly buffer.
-            n, ancillary, _, _ = self.sock.recvmsg_into([self._chunk], _ANCILLARY)
+            n, ancillary, _, _ = self._recvmsg_into([self._chunk], _ANCILLARY)
             if ancillary:
                 self._take_fds(ancillary)
             if not n:
@@ -213,7 +226,7 @@ class Channel:
             del buf[:]
             view = memoryview(frame)
             while have < size:
-                n = os.readv(self.fd, [view[have:]])
+                n = self._readv(self.fd, [view[have:]])
                 if n == 0:
                     raise ChannelClosed("the other end closed the channel mid-frame")
                 have += n
@@ -224,7 +237,7 @@ class Channel:
         return tag, memoryview(frame)[1:]
 
     def _fill(self) -> None:
-        n, ancillary, _, _ = self.sock.recvmsg_into([self._chunk], _ANCILLARY)
+        n, ancillary, _, _ = self._recvmsg_into([self._chunk], _ANCILLARY)
         if ancillary:
             self._take_fds(ancillary)
         if not n:
