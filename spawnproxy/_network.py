@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import os
+import pickle
 import secrets
 import signal
 import socket
@@ -685,7 +686,7 @@ def _start_detached(
         "options": options,
     }
     try:
-        data = _serialize.dumps(spec)
+        data = b"P" + _serialize.dumps(spec)
     except Exception:
         import dill
 
@@ -693,14 +694,18 @@ def _start_detached(
     env = dict(os.environ)
     env["PYTHONPATH"] = _package_root() + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     start_timeout = options.get("start_timeout", 60.0)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from spawnproxy._network import _supervise; _supervise()"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        env=env,
-    )
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from spawnproxy._network import _supervise; _supervise()"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log_fd,
+            start_new_session=True,
+            env=env,
+        )
+    finally:
+        os.close(log_fd)
     assert proc.stdin is not None and proc.stdout is not None
     try:
         proc.stdin.write(data)
@@ -740,7 +745,7 @@ def _supervise() -> None:
 
         spec = dill.loads(data[1:])
     else:
-        spec = _serialize.decode(data[:1], memoryview(data)[1:])
+        spec = pickle.loads(data[1:])
     if os.fork():
         os._exit(0)  # the starter reaps this one at once; the daemon is nobody's child
     os.setsid()
