@@ -340,11 +340,7 @@ def connect(
                 ) from None
         time.sleep(pause)
         pause = min(1.0, pause * 2)
-    try:
-        channel = _secure(sock, where, text, key, ssl_context, server_hostname, timeout, keepalive)
-    except BaseException:
-        sock.close()
-        raise
+    channel = _secure(sock, where, text, key, ssl_context, server_hostname, timeout, keepalive)
     peer = None
     try:
         if channel.wait(timeout) is None:
@@ -377,13 +373,32 @@ def _secure(
     timeout: float,
     keepalive: int,
 ) -> _wire.Channel:
-    """TLS (if asked), then the mutual key check; a channel ready for frames."""
+    """TLS (if asked), then the mutual key check; a channel ready for frames.  Closes `sock` on failure."""
+    holder = [sock]
+    try:
+        return _secure_socket(holder, where, text, key, ssl_context, server_hostname, timeout, keepalive)
+    except BaseException:
+        holder[0].close()
+        raise
+
+
+def _secure_socket(
+    holder: list[socket.socket],
+    where: tuple[str, int] | str,
+    text: str,
+    key: bytes,
+    ssl_context: ssl.SSLContext | None,
+    server_hostname: str | None,
+    timeout: float,
+    keepalive: int,
+) -> _wire.Channel:
+    sock = holder[0]
     deadline = time.monotonic() + timeout
     if ssl_context is not None:
         hostname = server_hostname or (where[0] if isinstance(where, tuple) else "localhost")
         try:
             sock.settimeout(timeout)
-            sock = ssl_context.wrap_socket(sock, server_hostname=hostname, do_handshake_on_connect=False)
+            sock = holder[0] = ssl_context.wrap_socket(sock, server_hostname=hostname, do_handshake_on_connect=False)
             sock.do_handshake()
         except ssl.SSLCertVerificationError as exc:
             raise ConnectError(
