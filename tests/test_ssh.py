@@ -199,7 +199,7 @@ def test_terminate_ends_both_sides(remote: Any) -> None:
 
 def test_start_errors_are_clear(sshd: Sshd) -> None:
     """A missing interpreter, an unreachable host and a malformed URL raise DaemonStartError."""
-    with pytest.raises(spawnproxy.DaemonStartError, match="(?s)not a usable Python.*No such file"):
+    with pytest.raises(spawnproxy.DaemonStartError, match=r"(?s)not a usable Python.*No such file"):
         spawnproxy.run_script("x = 1", python_exe=sshd.url("/no/such/python"), ssh_options=sshd.options)
     port = _free_port()
     with pytest.raises(spawnproxy.DaemonStartError, match="could not reach"):
