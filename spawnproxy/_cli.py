@@ -13,7 +13,7 @@ from typing import Any
 
 from . import _network
 from ._definitions import InstanceDefinition, ModuleDefinition, ScriptDefinition
-from ._errors import SpawnProxyError
+from ._errors import AuthenticationError, SpawnProxyError
 from ._version import __version__
 
 DEFAULT_STATE_FILE = "spawnproxy.json"
@@ -127,9 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--get", action="store_true", help="print the attribute's value instead of calling it")
     _connection_options(call)
 
-    stop = commands.add_parser(
-        "stop", help="stop a daemon", description=STOP_DESCRIPTION, formatter_class=_formatter
-    )
+    stop = commands.add_parser("stop", help="stop a daemon", description=STOP_DESCRIPTION, formatter_class=_formatter)
     _connection_options(stop)
     return parser
 
@@ -207,7 +205,7 @@ def _with_deadline(
         try:
             return _network.connect(address, authkey, state_file=state_file, **options)
         except SpawnProxyError as exc:
-            if isinstance(exc, _network.AuthenticationError) or time.monotonic() >= deadline:
+            if isinstance(exc, AuthenticationError) or time.monotonic() >= deadline:
                 raise
             time.sleep(0.2)
 
@@ -235,7 +233,9 @@ def cmd_serve(options: argparse.Namespace) -> int:
     where = _network.format_address(server.address)
     if options.detach:
         print(f"spawnproxy: daemon {server.pid} serves {options.target} on {where}")
-        print(f"spawnproxy: address, pid and key in {server.state_file}; output in {options.log_file or str(server.state_file) + '.log'}")
+        print(
+            f"spawnproxy: address, pid and key in {server.state_file}; output in {options.log_file or str(server.state_file) + '.log'}"
+        )
         return 0
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
