@@ -12,7 +12,9 @@ from ._api import run_module, run_object, run_script
 from ._daemon import DaemonProxy, daemon_of
 from ._definitions import InstanceDefinition, ModuleDefinition, ScriptDefinition
 from ._errors import (
+    AuthenticationError,
     CallTimeoutError,
+    ConnectError,
     DaemonDiedError,
     DaemonStartError,
     DaemonTerminatedError,
@@ -20,12 +22,15 @@ from ._errors import (
     SerializationError,
     SpawnProxyError,
 )
+from ._network import Server, connect, serve
 from ._options import call_timeout
 from ._proxy import ObjectProxy
 from ._version import __version__
 
 __all__ = [
+    "AuthenticationError",
     "CallTimeoutError",
+    "ConnectError",
     "DaemonDiedError",
     "DaemonProxy",
     "DaemonStartError",
@@ -36,11 +41,14 @@ __all__ = [
     "RemoteError",
     "ScriptDefinition",
     "SerializationError",
+    "Server",
     "SpawnProxyError",
     "__version__",
     "call_timeout",
+    "connect",
     "daemon_of",
     "run_module",
     "run_object",
     "run_script",
+    "serve",
 ]

@@ -1,7 +1,7 @@
 """What the parent hands a new child: a tiny `-c` program and the child-side sources.
 
 The child needs nothing installed: `python -c BOOTSTRAP <fd> <lifeline fd>`
-reads one frame holding the sources of the child-side modules, loads them as
+(or `<fd> stdio` for a child reached through ssh) reads one frame holding the sources of the child-side modules, loads them as
 the package `_spawnproxy_child` and runs its serve loop.  The program is
 written so that even Python 2 can parse it and report a clear error.
 """
@@ -14,7 +14,7 @@ import marshal
 from typing import Any
 
 # Child-side modules, in the order they must be loaded.
-CHILD_MODULES = ("_wire", "_table", "_loader", "_childcodec", "_child")
+CHILD_MODULES = ("_wire", "_table", "_loader", "_childcodec", "_child", "_netchild")
 CHILD_PACKAGE = "_spawnproxy_child"
 MIN_CHILD_VERSION = (3, 8)
 TOO_OLD_EXIT = 78
@@ -52,7 +52,10 @@ for name, source in bundle["modules"]:
         code = compile(source, module.__file__, "exec", dont_inherit=True)
     exec(code, module.__dict__)
 del bundle["modules"]
-package._child.main(fd, int(sys.argv[2]), bundle)
+if sys.argv[2] == "stdio":
+    package._netchild.main_stdio(fd, None, bundle)
+else:
+    package._child.main(fd, int(sys.argv[2]), bundle)
 """ % {
     "min": MIN_CHILD_VERSION,
     "min_text": "%d.%d" % MIN_CHILD_VERSION,

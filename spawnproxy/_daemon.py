@@ -8,10 +8,11 @@ import time
 import weakref
 from typing import Any
 
-from . import _wire
+from . import _ssh, _wire
 from ._definitions import as_definition
 from ._errors import CallTimeoutError, DaemonStartError, RemoteError
 from ._options import Options, call_timeout, check_logger
+from ._peer import Peer
 from ._process import STEP, ChildProcess, reap_later
 from ._proxy import ObjectProxy, _Remote, handle_of, make_proxy
 from ._serialize import rebuild_exception
@@ -30,7 +31,8 @@ class DaemonProxy:
     receives the child's stdout at INFO and stderr at WARNING instead of the
     parent's streams.  Options: `call_timeout` (seconds, None = no limit),
     `start_timeout` (seconds, default 60), `env` (the child's environment),
-    `cwd` (its working directory), `logs_maxlen` (lines kept in `.logs`).
+    `cwd` (its working directory), `logs_maxlen` (lines kept in `.logs`),
+    `ssh_options` (extra arguments of `ssh`, for `python_exe="ssh://..."`).
 
     Used as a context manager, it terminates the child on exit.
 
@@ -55,15 +57,27 @@ class DaemonProxy:
         definition = as_definition(definition_or_object)
         logger = check_logger(logger)
         started = time.monotonic()
-        process = ChildProcess(
-            python_exe,
-            env=opts.env,
-            cwd=opts.cwd,
-            logger=logger,
-            logs_maxlen=opts.logs_maxlen,
-            start_timeout=opts.start_timeout,
-        )
-        self._process = process
+        process: Peer
+        if _ssh.is_ssh_url(python_exe):
+            process = _ssh.SshProcess(
+                str(python_exe),
+                env=opts.env,
+                cwd=opts.cwd,
+                logger=logger,
+                logs_maxlen=opts.logs_maxlen,
+                start_timeout=opts.start_timeout,
+                ssh_options=opts.ssh_options,
+            )
+        else:
+            process = ChildProcess(
+                python_exe,
+                env=opts.env,
+                cwd=opts.cwd,
+                logger=logger,
+                logs_maxlen=opts.logs_maxlen,
+                start_timeout=opts.start_timeout,
+            )
+        self._process: Peer = process
         self._session = session = Session(process, opts.call_timeout)
         self._finalizer = weakref.finalize(self, reap_later, process)
         self._finalizer.atexit = False  # the process registry ends children at exit

@@ -7,7 +7,9 @@ dead child into `False`.
 from __future__ import annotations
 
 __all__ = [
+    "AuthenticationError",
     "CallTimeoutError",
+    "ConnectError",
     "DaemonDiedError",
     "DaemonStartError",
     "DaemonTerminatedError",
@@ -157,3 +159,36 @@ for _cls in (
     SerializationError,
 ):
     _cls.__module__ = "spawnproxy"
+
+
+class ConnectError(SpawnProxyError, ConnectionError):
+    """`connect` could not reach a served daemon, or could not set up a secure connection to it.
+
+    Also a `ConnectionError`.  The message says which address and why
+    (nothing listening, a certificate the client does not trust, ...).
+
+    Example:
+        >>> import spawnproxy
+        >>> try:
+        ...     spawnproxy.connect("/nonexistent/daemon.sock", authkey=b"key")
+        ... except spawnproxy.ConnectError as err:
+        ...     print("nothing listens" in str(err))
+        True
+    """
+
+
+class AuthenticationError(ConnectError):
+    """The daemon refused the client's key, or could not prove that it holds the key itself.
+
+    Raised at once, never retried: a wrong key does not become right.
+
+    Example:
+        >>> import spawnproxy
+        >>> server = spawnproxy.serve(spawnproxy.ScriptDefinition("x = 1"))
+        >>> try:
+        ...     spawnproxy.connect(server.address, authkey=b"not the key")
+        ... except spawnproxy.AuthenticationError as err:
+        ...     print("refused the key" in str(err))
+        True
+        >>> server.terminate()
+    """

@@ -6,7 +6,7 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,7 @@ class Options:
     env: Mapping[str, str] | None = None
     cwd: str | os.PathLike[str] | None = None
     logs_maxlen: int = 1000
+    ssh_options: Sequence[str] | None = None
 
     @classmethod
     def from_kwargs(cls, options: dict[str, Any]) -> Options:
@@ -43,6 +44,10 @@ class Options:
                 raise TypeError(f"cwd must be a path, not {type(made.cwd).__name__}")
             if not os.path.isdir(made.cwd):
                 raise ValueError(f"cwd {os.fspath(made.cwd)!r} is not a directory")
+        if made.ssh_options is not None and (
+            isinstance(made.ssh_options, str) or not all(isinstance(o, str) for o in made.ssh_options)
+        ):
+            raise TypeError("ssh_options must be a list of str (arguments of the ssh command)")
         if not isinstance(made.logs_maxlen, int) or made.logs_maxlen < 1:
             raise ValueError(f"logs_maxlen must be a positive int, not {made.logs_maxlen!r}")
         return made

@@ -25,11 +25,14 @@ import threading
 import time
 import weakref
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _bootstrap, _serialize, _wire
 from ._errors import DaemonStartError
 from ._output import OutputLog, StreamPump
+
+if TYPE_CHECKING:
+    from ._peer import Peer
 
 log = logging.getLogger("spawnproxy")
 
@@ -269,7 +272,7 @@ def describe_exit(code: int | None) -> str:
 # -- children that outlive their handles: reaped in the background, and at exit ---------
 
 _live: weakref.WeakSet[ChildProcess] = weakref.WeakSet()
-_to_reap: list[ChildProcess] = []
+_to_reap: list[Peer] = []
 _reaper_lock = threading.Lock()
 _reaper: threading.Thread | None = None
 _atexit_registered = False
@@ -289,7 +292,7 @@ def _unregister(child: ChildProcess) -> None:
         _live.discard(child)
 
 
-def reap_later(child: ChildProcess) -> None:
+def reap_later(child: Peer) -> None:
     """End a child without blocking the caller (a finalizer): a thread finishes the job."""
     global _reaper
     child.close_channel()

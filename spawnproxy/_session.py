@@ -29,7 +29,8 @@ from ._errors import (
     SpawnProxyError,
 )
 from ._options import current_timeout
-from ._process import ChildProcess, describe_exit
+from ._peer import Peer
+from ._process import describe_exit
 
 # The kind of a reply that arrived but could not be loaded here (never on the wire).
 _UNLOADABLE = -1
@@ -41,7 +42,7 @@ _NO_OPERANDS: Callable[[], Sequence[tuple[str, Any]]] = lambda: ()  # noqa: E731
 class Session:
     """Requests to one child and the answers to them."""
 
-    def __init__(self, process: ChildProcess, call_timeout: float | None) -> None:
+    def __init__(self, process: Peer, call_timeout: float | None) -> None:
         self.process = process
         self.channel = process.channel
         self.pid = process.pid

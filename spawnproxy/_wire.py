@@ -91,9 +91,26 @@ class Channel:
 
     def __init__(self, sock: socket.socket, watch_fds: "tuple[int, ...]" = ()) -> None:
         self.sock = sock
-        self.fd = fd = sock.fileno()
-        self._fds = []  # file descriptors received with frames, in order
+        self._setup(sock.fileno(), sock.fileno(), watch_fds)
         self._memfd = hasattr(os, "memfd_create") and sock.family == socket.AF_UNIX
+        self._recvmsg_into = sock.recvmsg_into
+        self._send = sock.send
+        self._sendmsg = sock.sendmsg
+
+    def _setup(self, fd: int, write_fd: int, watch_fds: "tuple[int, ...]") -> None:
+        # The I/O primitives are attributes with the signatures of socket.send,
+        # socket.sendmsg, os.readv and socket.recvmsg_into: a transport that is
+        # not a plain socket (TLS, a pair of pipes) swaps them, and the local
+        # socket pair pays no extra branch or call for that.  Sends are
+        # non-blocking where the transport allows (BlockingIOError or a short
+        # count when full); the defaults write to `write_fd`, blocking.
+        self.fd = fd
+        self._wfd = write_fd
+        self._send = lambda data, flags: os.write(write_fd, data)
+        self._sendmsg = lambda parts, ancillary, flags: os.writev(write_fd, parts)
+        self._readv = os.readv
+        self._memfd = False
+        self._fds = []  # file descriptors received with frames, in order
         self._buf = bytearray()
         self._chunk = bytearray(_READ_CHUNK)
         self._chunk_view = memoryview(self._chunk)
@@ -141,7 +158,7 @@ class Channel:
             # One buffer, one system call: cheaper than scatter-gather when small.
             data = _HEADER.pack(size) + tag + payload
             try:
-                written = self.sock.send(data, _DONTWAIT)
+                written = self._send(data, _DONTWAIT)
             except BlockingIOError:
                 written = 0
             if written != len(data):
@@ -164,7 +181,7 @@ class Channel:
         try:
             while parts:
                 try:
-                    written = self.sock.sendmsg(parts, (), _DONTWAIT)
+                    written = self._sendmsg(parts, (), _DONTWAIT)
                 except BlockingIOError:
                     written = 0
                 if written:
@@ -193,6 +210,7 @@ class Channel:
         if self._out_poller is None:
             self._out_poller = select.poll()
         poller = self._out_poller
+        # Only sockets get here (other transports' sends block): one fd both ways.
         poller.register(self.fd, select.POLLOUT | (select.POLLIN if on_blocked is not None else 0))
         for _, events in poller.poll(ms):
             if events & select.POLLOUT:
@@ -311,7 +329,7 @@ class Channel:
         if not buf:
             # The common case: one small frame arrives alone and is taken from
             # the read buffer without going through the reassembly buffer.
-            n, ancillary, _, _ = self.sock.recvmsg_into([self._chunk], _ANCILLARY)
+            n, ancillary, _, _ = self._recvmsg_into([self._chunk], _ANCILLARY)
             if ancillary:
                 self._take_fds(ancillary)
             if not n:
@@ -344,7 +362,7 @@ class Channel:
             del buf[:]
             view = memoryview(frame)
             while have < size:
-                n = os.readv(self.fd, [view[have:]])
+                n = self._readv(self.fd, [view[have:]])
                 if n == 0:
                     raise ChannelClosed("the other end closed the channel mid-frame")
                 have += n
@@ -355,7 +373,7 @@ class Channel:
         return tag, memoryview(frame)[1:]
 
     def _fill(self) -> None:
-        n, ancillary, _, _ = self.sock.recvmsg_into([self._chunk], _ANCILLARY)
+        n, ancillary, _, _ = self._recvmsg_into([self._chunk], _ANCILLARY)
         if ancillary:
             self._take_fds(ancillary)
         if not n:

@@ -126,3 +126,40 @@ def run_python(code: str, timeout: float = 60, env: dict[str, str] | None = None
     return subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=full_env, cwd=root
     )
+
+
+def _make_certificate(directory: str, name: str, ca: tuple[str, str] | None = None) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 and localhost made with the openssl command: (certfile, keyfile)."""
+    cert, key = os.path.join(directory, f"{name}.pem"), os.path.join(directory, f"{name}.key")
+    subject = ["-subj", f"/CN={name}", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"]
+    if ca is None:
+        command = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"]
+        command += ["-keyout", key, "-out", cert, *subject]
+    else:
+        csr = os.path.join(directory, f"{name}.csr")
+        subprocess.run(
+            ["openssl", "req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, *subject],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        command = ["openssl", "x509", "-req", "-in", csr, "-CA", ca[0], "-CAkey", ca[1], "-CAcreateserial"]
+        command += ["-days", "2", "-out", cert]
+    subprocess.run(command, check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Certificates the tests generate: a server's (self-signed), another one, a CA and a client it signed."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed: no certificates for the TLS tests")
+    directory = str(tmp_path_factory.mktemp("tls"))
+    files: dict[str, str] = {}
+    files["cert"], files["key"] = _make_certificate(directory, "server")
+    files["other_cert"], files["other_key"] = _make_certificate(directory, "stranger")
+    files["ca"], files["ca_key"] = _make_certificate(directory, "ca")
+    files["client_cert"], files["client_key"] = _make_certificate(
+        directory, "client", ca=(files["ca"], files["ca_key"])
+    )
+    return files

@@ -10,7 +10,9 @@ import spawnproxy
 from spawnproxy import _bootstrap
 
 PUBLIC = {
+    "AuthenticationError",
     "CallTimeoutError",
+    "ConnectError",
     "DaemonDiedError",
     "DaemonProxy",
     "DaemonStartError",
@@ -21,13 +23,16 @@ PUBLIC = {
     "RemoteError",
     "ScriptDefinition",
     "SerializationError",
+    "Server",
     "SpawnProxyError",
     "__version__",
     "call_timeout",
+    "connect",
     "daemon_of",
     "run_module",
     "run_object",
     "run_script",
+    "serve",
 }
 
 

@@ -1,0 +1,8 @@
+"""`python -m spawnproxy`: the command line (see `spawnproxy --help`)."""
+
+import sys
+
+from ._cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,491 @@
+"""The child side of serving over a network and of running on an SSH host.
+
+Shipped to the child as source (see `_bootstrap`): standard library only,
+CPython 3.8 syntax.  The parent imports it too, for the transports and the
+handshake, which both ends share.
+
+- `TLSChannel` and `PipeChannel`: `_wire.Channel` over an `ssl` socket and
+  over a pair of pipes (an `ssh` process's stdin and stdout).
+- `authenticate`: the `multiprocessing.connection` HMAC challenge, both
+  ways, over a raw socket with a bounded length and a deadline; nothing is
+  unpickled before it succeeds.
+- `Listener`: the accept loop of a served daemon; each authenticated client
+  gets a thread and a `Child` of its own (its own object table, so its
+  references are released when it disconnects) sharing the root object.
+- `main_stdio`: the entry point of a child started through `ssh`.
+"""
+
+import os
+import select
+import socket
+import struct
+import sys
+import threading
+import time
+
+from . import _child, _wire
+
+_HEADER = struct.Struct("!i")
+# No message of the handshake is longer (multiprocessing.connection's own bound).
+HANDSHAKE_MAX = 256
+# Unauthenticated connections handled at once; more are closed at once, so a
+# flood of slow peers costs a bounded number of threads and buffers.
+MAX_PENDING = 32
+
+
+# -- transports -----------------------------------------------------------------------
+
+
+class TLSChannel(_wire.Channel):
+    """A channel over an `ssl.SSLSocket`.
+
+    The socket is non-blocking and every TLS call is made under one lock:
+    OpenSSL does not allow one connection to be read and written by two
+    threads at once.  Waiting for the socket happens outside the lock, so a
+    writer blocked on a full socket never stops a reader, and the other way
+    round.
+    """
+
+    def __init__(self, sock, watch_fds=()):
+        _wire.Channel.__init__(self, sock, watch_fds)
+        sock.setblocking(False)
+        self._memfd = False
+        self._lock = threading.Lock()
+        self._recvmsg_into = self._tls_recvmsg_into
+        self._send = self._tls_send
+        self._sendmsg = self._tls_sendmsg
+        self._readv = self._tls_readv
+
+    def _io(self, call, arg):
+        import ssl
+
+        while True:
+            with self._lock:
+                if self.fd < 0:
+                    raise _wire.ChannelClosed("the channel is closed")
+                try:
+                    return call(arg)
+                except ssl.SSLWantReadError:
+                    events = select.POLLIN
+                except ssl.SSLWantWriteError:
+                    events = select.POLLOUT
+                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                    return 0
+                except BlockingIOError:
+                    events = select.POLLIN | select.POLLOUT
+            poller = select.poll()
+            poller.register(self.sock.fileno(), events)
+            poller.poll(1000)
+
+    def _tls_recvmsg_into(self, buffers, ancsize):
+        return self._io(self.sock.recv_into, buffers[0]), [], 0, None
+
+    def _tls_readv(self, fd, buffers):
+        return self._io(self.sock.recv_into, buffers[0])
+
+    def _tls_send(self, data, flags):
+        return self._io(self.sock.send, data)
+
+    def _tls_sendmsg(self, parts, ancillary, flags):
+        # One part at a time: the caller resumes after what was written.
+        return self._io(self.sock.send, parts[0])
+
+    def wait(self, timeout=None):
+        # Decrypted bytes may wait inside OpenSSL while the socket itself is quiet.
+        if self.sock.pending():
+            return [self.fd]
+        return _wire.Channel.wait(self, timeout)
+
+    def close(self):
+        with self._lock:
+            _wire.Channel.close(self)
+
+
+class PipeChannel(_wire.Channel):
+    """A channel over two pipes: frames are read from one fd and written to the other."""
+
+    def __init__(self, read_fd, write_fd, watch_fds=()):
+        self.sock = None
+        self._setup(read_fd, write_fd, watch_fds)
+        self._recvmsg_into = self._pipe_recvmsg_into
+
+    def _pipe_recvmsg_into(self, buffers, ancsize):
+        return os.readv(self.fd, buffers), [], 0, None
+
+    def close(self):
+        for fd in {self.fd, self._wfd}:
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.fd = self._wfd = -1
+
+
+# -- the handshake ----------------------------------------------------------------------
+
+
+class _HandshakeConnection:
+    """What `multiprocessing.connection`'s challenge functions need, over a raw socket.
+
+    Lengths are checked before anything is read into memory and every read
+    is bounded by the handshake's deadline: a peer that sends a huge length,
+    garbage or one byte a second is dropped within the deadline.
+    """
+
+    def __init__(self, sock, deadline):
+        self._sock = sock
+        self._deadline = deadline
+
+    def _timeout(self):
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise socket.timeout("the handshake took too long")
+        self._sock.settimeout(remaining)
+
+    def send_bytes(self, data):
+        self._timeout()
+        self._sock.sendall(_HEADER.pack(len(data)) + data)
+
+    def _read(self, n):
+        data = b""
+        while len(data) < n:
+            self._timeout()
+            chunk = self._sock.recv(n - len(data))
+            if not chunk:
+                raise EOFError("the peer closed the connection during the handshake")
+            data += chunk
+        return data
+
+    def recv_bytes(self, maxlength=None):
+        from multiprocessing import AuthenticationError
+
+        (size,) = _HEADER.unpack(self._read(4))
+        if size < 0 or (maxlength is not None and size > maxlength):
+            raise AuthenticationError("handshake message of announced length %d refused" % size)
+        return self._read(size)
+
+
+def authenticate(sock, authkey, deadline, server):
+    """Prove to the peer that we hold `authkey` and have it prove the same, both before `deadline`.
+
+    The server challenges first, as `multiprocessing.connection.Listener`
+    does; raises `multiprocessing.AuthenticationError`, `EOFError` or
+    `OSError` (a timeout included) on failure.
+    """
+    from multiprocessing.connection import answer_challenge, deliver_challenge
+
+    conn = _HandshakeConnection(sock, deadline)
+    if server:
+        deliver_challenge(conn, authkey)
+        answer_challenge(conn, authkey)
+    else:
+        answer_challenge(conn, authkey)
+        deliver_challenge(conn, authkey)
+
+
+def tune_tcp(sock, keepalive):
+    """No Nagle delay for small frames; keepalive probes notice a peer lost with the network."""
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if keepalive:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in (("TCP_KEEPIDLE", keepalive), ("TCP_KEEPINTVL", max(1, keepalive // 3)), ("TCP_KEEPCNT", 3)):
+            if hasattr(socket, name):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), int(value))
+
+
+# -- serving clients ---------------------------------------------------------------------
+
+
+class ClientChild(_child.Child):
+    """Serve one network client: its own object table, the daemon's root shared."""
+
+    def __init__(self, channel, root):
+        _child.Child.__init__(self, channel)
+        self.root = root
+
+
+def op_root(child):
+    """The first request of a network client: the root object, as `load` describes it."""
+    return _child.op_load(child, ("object", child.root))
+
+
+def op_listen(child, config):
+    """Start accepting clients; answer with the address actually bound."""
+    root = child.table.get(config["root"])
+    listener = Listener(root, config)
+    child.listeners = getattr(child, "listeners", [])
+    child.listeners.append(listener)
+    return _wire.VALUE, listener.address
+
+
+def op_stop(child):
+    """End the daemon (asked by a client): answer first, then exit."""
+
+    def stop():
+        time.sleep(0.05)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        _unlink_sockets()
+        os._exit(0)
+
+    threading.Thread(target=stop, name="spawnproxy-stop", daemon=True).start()
+    return _wire.VALUE, os.getpid()
+
+
+_child.OPS["root"] = op_root
+_child.OPS["listen"] = op_listen
+_child.OPS["stop"] = op_stop
+
+_socket_paths = []
+
+
+def _unlink_sockets():
+    for path in _socket_paths:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+class Listener:
+    """Accept clients on one address, each in a thread of its own."""
+
+    def __init__(self, root, config):
+        self.root = root
+        self.authkey = config["authkey"]
+        self.timeout = config.get("handshake_timeout", 1.0)
+        self.keepalive = config.get("keepalive", 30)
+        self.context = None
+        if config.get("certfile"):
+            import ssl
+
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(config["certfile"], config.get("keyfile") or None)
+            if config.get("cafile"):
+                # A CA for client certificates: clients must then present one it signed.
+                context.load_verify_locations(config["cafile"])
+                context.verify_mode = ssl.CERT_REQUIRED
+            self.context = context
+        family = socket.AF_UNIX if isinstance(config["address"], str) else socket.AF_INET
+        host = None if family == socket.AF_UNIX else config["address"][0]
+        if host is not None and ":" in host:
+            family = socket.AF_INET6
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            if family == socket.AF_UNIX:
+                path = config["address"]
+                if os.path.exists(path):
+                    import stat
+
+                    if not stat.S_ISSOCK(os.stat(path).st_mode):
+                        raise FileExistsError("%r exists and is not a socket" % (path,))
+                    os.unlink(path)  # left by a daemon that was killed
+                old_umask = os.umask(0o177)
+                try:
+                    sock.bind(path)
+                finally:
+                    os.umask(old_umask)
+                _socket_paths.append(path)
+                self.address = path
+            else:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(tuple(config["address"]))
+                self.address = sock.getsockname()[:2]
+            sock.listen(128)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+        self.clients = 0
+        self._pending = threading.BoundedSemaphore(MAX_PENDING)
+        self._info = {
+            "pid": os.getpid(),
+            "version": tuple(sys.version_info[:3]),
+            "executable": sys.executable,
+            "implementation": sys.implementation.name,
+        }
+        threading.Thread(target=self._accept, name="spawnproxy-listener", daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, peer = self.sock.accept()
+            except OSError:
+                time.sleep(0.05)  # out of file descriptors, most likely: let clients end
+                continue
+            if not self._pending.acquire(False):
+                conn.close()  # too many peers still in their handshake
+                continue
+            threading.Thread(target=self._serve, args=(conn, peer), name="spawnproxy-client", daemon=True).start()
+
+    def _handshake(self, conn, peer):
+        deadline = time.monotonic() + self.timeout
+        try:
+            if self.context is not None:
+                conn.settimeout(self.timeout)
+                conn = self.context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+                conn.do_handshake()
+            authenticate(conn, self.authkey, deadline, server=True)
+        except Exception as exc:
+            _note("refused a client from %s: %s: %s" % (_describe(peer), type(exc).__name__, exc))
+            try:
+                conn.close()
+            except OSError:
+                pass
+            return None
+        conn.settimeout(None)
+        tune_tcp(conn, self.keepalive)
+        if self.context is not None:
+            return TLSChannel(conn)
+        return _wire.Channel(conn)
+
+    def _serve(self, conn, peer):
+        try:
+            channel = self._handshake(conn, peer)
+        finally:
+            self._pending.release()
+        if channel is None:
+            return
+        child = ClientChild(channel, self.root)
+        self.clients += 1
+        try:
+            channel.send(*child.codec.dumps(("hello", self._info)))
+            child.serve()
+        except BaseException as exc:
+            # However the client went (reset, killed, keepalive timeout), only it is affected.
+            if not isinstance(exc, (SystemExit, OSError, EOFError)):
+                _note("client %s ended with %s: %s" % (_describe(peer), type(exc).__name__, exc))
+        finally:
+            self.clients -= 1
+            channel.close()
+            # Its references go with it: the objects only it held are freed now.
+            child.table = None
+            child.codec = None
+
+
+def _describe(peer):
+    if isinstance(peer, tuple):
+        return "%s:%s" % peer[:2]
+    return "a local socket"
+
+
+def _note(text):
+    try:
+        sys.stderr.write("spawnproxy daemon %d: %s\n" % (os.getpid(), text))
+    except Exception:
+        pass
+
+
+# -- a child started through ssh -----------------------------------------------------------
+
+# What prefixes each line the child writes: the parent sorts them back into
+# stdout and stderr (ssh carries only one stream besides the channel).
+STDOUT_MARK = b"\x1eO"
+STDERR_MARK = b"\x1eE"
+_LINE_MAX = 64 * 1024
+
+
+def _forward_lines(read_fd, mark, out_fd, lock):
+    pending = b""
+    while True:
+        try:
+            chunk = os.read(read_fd, 65536)
+        except OSError:
+            chunk = b""
+        if not chunk:
+            break
+        pending += chunk
+        lines = pending.split(b"\n")
+        pending = lines.pop()
+        while len(pending) > _LINE_MAX:
+            lines.append(pending[:_LINE_MAX])
+            pending = pending[_LINE_MAX:]
+        if lines:
+            data = b"".join(mark + line + b"\n" for line in lines)
+            with lock:
+                _write_all(out_fd, data)
+    if pending:
+        with lock:
+            _write_all(out_fd, mark + pending + b"\n")
+
+
+def _write_all(fd, data):
+    try:
+        while data:
+            data = data[os.write(fd, data) :]
+    except OSError:
+        pass
+
+
+def _watch_connection(read_fd, write_fd):
+    """End the process when ssh's pipes close, even while a call runs: the connection dropped."""
+    poller = select.poll()
+    poller.register(read_fd, 0)  # only POLLHUP / POLLERR: the data stays for the serve loop
+    poller.register(write_fd, 0)
+    while True:
+        events = poller.poll()
+        if any(event & (select.POLLHUP | select.POLLERR | select.POLLNVAL) for _, event in events):
+            break
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(0)
+
+
+def main_stdio(fd, unused, bundle):
+    """Serve the parent over stdin/stdout (ssh's pipes); the child's output goes to stderr, marked."""
+    read_fd, write_fd, err_fd = os.dup(0), os.dup(1), os.dup(2)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    lock = threading.Lock()
+    forwarders = []
+    for target, mark in ((1, STDOUT_MARK), (2, STDERR_MARK)):
+        pipe_read, pipe_write = os.pipe()
+        os.dup2(pipe_write, target)
+        os.close(pipe_write)
+        thread = threading.Thread(
+            target=_forward_lines, args=(pipe_read, mark, err_fd, lock), name="spawnproxy-output", daemon=True
+        )
+        thread.start()
+        forwarders.append(thread)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(line_buffering=True)
+        except (AttributeError, ValueError):
+            pass
+    threading.Thread(
+        target=_watch_connection, args=(read_fd, write_fd), name="spawnproxy-lifeline", daemon=True
+    ).start()
+    channel = PipeChannel(read_fd, write_fd)
+    child = _child.Child(channel)
+    info = {
+        "pid": os.getpid(),
+        "version": tuple(sys.version_info[:3]),
+        "executable": sys.executable,
+        "implementation": sys.implementation.name,
+    }
+    try:
+        channel.send(*child.codec.dumps(("hello", info)))
+        child.serve()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        os.close(null)
+        for thread in forwarders:
+            thread.join(1.0)
+        channel.close()

@@ -1,0 +1,42 @@
+"""What a session and a handle need of the other end, wherever it runs.
+
+A local child (`_process.ChildProcess`), a child on an SSH host
+(`_ssh.SshProcess`) and a served daemon reached over the network
+(`_network.NetPeer`) all offer this interface; `Session` and `DaemonProxy`
+use nothing else, so they need no special case for any of them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from . import _wire
+from ._output import OutputLog
+
+
+class Peer(Protocol):
+    """The other end of a session: its channel, identity, output and lifetime."""
+
+    channel: _wire.Channel
+    pid: int
+    hello: dict[str, Any]
+    executable: str
+    output: OutputLog
+
+    def poll(self) -> int | None:
+        """The exit code once it has ended, else None."""
+
+    def wait_exit(self, timeout: float) -> int | None:
+        """Wait up to `timeout` for it to end; its exit code, or None if unknown or still running."""
+
+    def stderr_text(self) -> str:
+        """What to append to an error message about it (its last stderr lines), or ''."""
+
+    def interrupt(self) -> None:
+        """Interrupt the call it runs (Ctrl-C), where that is possible."""
+
+    def close_channel(self) -> None:
+        """The first, non-blocking step of ending it."""
+
+    def shutdown(self, timeout: float = ...) -> int | None:
+        """End it within a bounded time; idempotent; its exit code where known."""

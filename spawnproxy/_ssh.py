@@ -1,0 +1,165 @@
+"""Children on other machines: `python_exe="ssh://[user@]host[:port]/path/to/python"`.
+
+The system's OpenSSH client runs the bootstrap on the remote host; the
+protocol travels over the ssh process's stdin and stdout, so nothing needs
+to be installed there but a CPython 3.8+.  The remote child sends what it
+writes to its own stdout and stderr down ssh's stderr, each line marked with
+its stream (`_netchild.main_stdio`); the parent sorts the lines back.
+
+Lifetime: the local `ssh` process stands for the child (its exit code is the
+remote child's, or 255 when ssh itself failed).  Closing ssh's stdin ends the
+remote child's serve loop; a dropped connection closes the remote pipes,
+which a watchdog thread of the remote child notices even while a call runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from . import _bootstrap, _netchild
+from ._errors import DaemonStartError
+from ._output import OutputLog, StreamPump
+from ._process import ChildProcess, _register
+
+log = logging.getLogger("spawnproxy")
+
+SSH_OPTIONS_ENV = "SPAWNPROXY_SSH_OPTIONS"
+_URL = re.compile(r"^ssh://(?:(?P<user>[^@/]+)@)?(?P<host>\[[^\]]+\]|[^:/]+)(?::(?P<port>\d+))?(?P<path>/.*)$")
+
+
+def is_ssh_url(python_exe: object) -> bool:
+    return isinstance(python_exe, str) and python_exe.startswith("ssh://")
+
+
+def parse_ssh_url(url: str) -> tuple[str | None, str, int | None, str]:
+    """`ssh://[user@]host[:port]/path/to/python` -> (user, host, port, path)."""
+    match = _URL.match(url)
+    if match is None:
+        raise DaemonStartError(
+            f"python_exe {url!r} is not an ssh URL of the form ssh://[user@]host[:port]/path/to/python"
+        )
+    port = match.group("port")
+    return match.group("user"), match.group("host").strip("[]"), int(port) if port else None, match.group("path")
+
+
+def ssh_command(
+    url: str, ssh_options: Sequence[str] | None, env: Mapping[str, str] | None, cwd: str | None
+) -> list[str]:
+    """The local command line that starts the bootstrap on the remote host."""
+    user, host, port, path = parse_ssh_url(url)
+    ssh = shutil.which("ssh")
+    if ssh is None:
+        raise DaemonStartError(f"python_exe {url!r} needs the OpenSSH client, and there is no ssh on PATH")
+    remote = ""
+    if cwd is not None:
+        remote += f"cd {shlex.quote(cwd)} && "
+    remote += "exec "
+    if env:
+        remote += "env " + " ".join(shlex.quote(f"{k}={v}") for k, v in env.items()) + " "
+    remote += f"{shlex.quote(path)} -c {shlex.quote(_bootstrap.BOOTSTRAP)} 0 stdio"
+    command = [ssh, "-T", "-o", "BatchMode=yes", "-e", "none"]
+    if port is not None:
+        command += ["-p", str(port)]
+    if user is not None:
+        command += ["-l", user]
+    command += shlex.split(os.environ.get(SSH_OPTIONS_ENV, ""))
+    command += list(ssh_options or ())
+    command += ["--", host, remote]
+    return command
+
+
+class SshPump(StreamPump):
+    """ssh's stderr: the remote child's stdout and stderr lines (marked), and ssh's own messages."""
+
+    def _emit(self, raw: bytes) -> None:
+        if raw.startswith(_netchild.STDOUT_MARK):
+            self._name, self._level, raw = "stdout", logging.INFO, raw[2:]
+        else:
+            if raw.startswith(_netchild.STDERR_MARK):
+                raw = raw[2:]
+            self._name, self._level = "stderr", logging.WARNING
+        super()._emit(raw)
+
+
+class SshProcess(ChildProcess):
+    """A child on an SSH host, behind a local `ssh` process."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        env: Mapping[str, str] | None,
+        cwd: str | os.PathLike[str] | None,
+        logger: logging.Logger | None,
+        logs_maxlen: int,
+        start_timeout: float | None,
+        ssh_options: Sequence[str] | None,
+    ) -> None:
+        # cwd and env are the remote child's: they are not checked or used here.
+        command = ssh_command(url, ssh_options, env, None if cwd is None else os.fspath(cwd))
+        self.executable = url
+        self.output = OutputLog(logs_maxlen)
+        self._lock = threading.Lock()
+        self._closed = False
+        # No lifeline or deathline pipes reach another machine: the remote child
+        # watches its ssh pipes instead (see the module docstring).
+        self._lifeline = None
+        self._deathline = None
+        self._deathline_in_child = None  # type: ignore[assignment]
+        try:
+            self.popen = subprocess.Popen(
+                command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,  # a Ctrl-C in the parent's terminal must not kill ssh
+                close_fds=True,
+            )
+        except OSError as exc:
+            raise DaemonStartError(f"could not start ssh for python_exe {url!r}: {exc}") from exc
+        self.pid = self.popen.pid
+        try:
+            self._pidfd = os.pidfd_open(self.pid)
+        except (AttributeError, OSError):
+            self._pidfd = None
+        assert self.popen.stdin is not None and self.popen.stdout is not None and self.popen.stderr is not None
+        self._pumps = [SshPump(os.dup(self.popen.stderr.fileno()), "stderr", self.output, logger, self.pid)]
+        self.popen.stderr.close()
+        read_fd, write_fd = os.dup(self.popen.stdout.fileno()), os.dup(self.popen.stdin.fileno())
+        self.popen.stdout.close()
+        self.popen.stdin.close()
+        watch = () if self._pidfd is None else (self._pidfd,)
+        self.channel = _netchild.PipeChannel(read_fd, write_fd, watch_fds=watch)
+        _register(self)
+        try:
+            self.hello = self._handshake(False, start_timeout)
+        except DaemonStartError as exc:
+            self.shutdown()
+            code = self.popen.returncode
+            if code == 255:
+                raise DaemonStartError(
+                    f"ssh could not reach the host of python_exe {url!r}{self.stderr_text()}"
+                ) from None
+            raise DaemonStartError(str(exc).replace("the child exited", "the remote command exited")) from None
+        except BaseException:
+            self.shutdown()
+            raise
+        log.debug("child %d started through ssh: %s", self.pid, url)
+
+    def interrupt(self) -> None:
+        pass  # a signal would end ssh, not the call: a second Ctrl-C abandons the call
+
+    def close_channel(self) -> None:
+        # Closing ssh's stdin ends the remote serve loop; ssh then exits with the child's code.
+        self.channel.close()
+
+    def remote_pid(self) -> Any:
+        return self.hello.get("pid")
