@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import _bootstrap, _serialize, _wire
@@ -322,14 +322,16 @@ def _end_all() -> None:
     shutdown_all(children)
 
 
-def shutdown_all(children: list[ChildProcess], timeout: float = GRACE) -> None:
+def shutdown_all(peers: Sequence[Peer], timeout: float = GRACE) -> None:
     """End many children at once: each step of the escalation runs for all of them together.
 
     Ending them one after another would add up their bounds (about 2 s for a
     child stuck in C and deaf to SIGTERM); together, the whole takes that once.
+    Other peers (a child on an SSH host) end by their own shutdown, after.
     """
-    for child in children:
-        child.close_channel()
+    for peer in peers:
+        peer.close_channel()
+    children = [peer for peer in peers if isinstance(peer, ChildProcess)]
     _wait_all(children, timeout)
     for step in ("lifeline", signal.SIGTERM, signal.SIGKILL):
         alive = [child for child in children if child.popen.returncode is None]
@@ -338,8 +340,8 @@ def shutdown_all(children: list[ChildProcess], timeout: float = GRACE) -> None:
         for child in alive:
             child.escalate(step)
         _wait_all(alive, 5.0 if step == signal.SIGKILL else STEP)
-    for child in children:
-        child.shutdown(0)  # each has exited: this closes its descriptors and reaps it
+    for peer in peers:
+        peer.shutdown(0 if isinstance(peer, ChildProcess) else timeout)  # closes descriptors, reaps
 
 
 def _wait_all(children: list[ChildProcess], timeout: float) -> None:

@@ -151,7 +151,14 @@ class Channel:
         if self._pending:
             self._flush(deadline, on_blocked, False)
         if buffers:
-            self._send_memfd(TAG_BUFFERS, _buffer_parts(tag, payload, buffers), deadline, on_blocked)
+            parts = _buffer_parts(tag, payload, buffers)
+            if self._memfd:
+                self._send_memfd(TAG_BUFFERS, parts, deadline, on_blocked)
+                return
+            # No memfd over this transport: the same layout travels in the stream.
+            size = 1 + sum(len(part) for part in parts)
+            self._pending = [_LONG_HEADER.pack(-1, size) + TAG_BUFFERS] + parts
+            self._flush(deadline, on_blocked, True)
             return
         size = len(payload) + 1
         if size < _SMALL_FRAME:

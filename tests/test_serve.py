@@ -192,6 +192,10 @@ def test_large_payloads(remote: Any) -> None:
     """Large frames travel both ways (in pieces over TCP and TLS, out of band over a Unix socket)."""
     blob = os.urandom(3 << 20)
     assert remote.identity(blob) == blob
+    # Out-of-band buffers: in a memfd over a Unix socket, inside the stream over TCP and TLS.
+    view = remote.identity(memoryview(bytearray(blob)).cast("I"))
+    assert (type(view), view.format, view.tobytes()) == (memoryview, "I", blob)
+    assert type(remote.identity(bytearray(blob))) is bytearray
 
 
 @pytest.fixture(scope="module")
