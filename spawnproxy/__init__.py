@@ -8,7 +8,8 @@ Example:
     >>> mod.terminate_daemon()
 """
 
-from ._api import run_module, run_object, run_script
+from ._aio import aio
+from ._api import by_ref, run_module, run_object, run_script
 from ._daemon import DaemonProxy, daemon_of
 from ._definitions import InstanceDefinition, ModuleDefinition, ScriptDefinition
 from ._errors import (
@@ -44,6 +45,8 @@ __all__ = [
     "Server",
     "SpawnProxyError",
     "__version__",
+    "aio",
+    "by_ref",
     "call_timeout",
     "connect",
     "daemon_of",

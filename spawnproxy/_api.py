@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 from typing import Any
 
 from ._daemon import DaemonProxy
 from ._definitions import ModuleDefinition, ScriptDefinition
 from ._proxy import ObjectProxy
+from ._serialize import ByRef
 
-__all__ = ["run_module", "run_object", "run_script"]
+__all__ = ["by_ref", "run_module", "run_object", "run_script"]
 
 
 def run_script(
@@ -82,3 +84,44 @@ def run_object(
             "use run_script or run_module, or DaemonProxy"
         )
     return DaemonProxy(obj_or_definition, python_exe, logger, **options).proxy
+
+
+def by_ref(obj: Any, *, weak: bool = False) -> ByRef:
+    """Pass a local object to a child by reference: the child gets a stand-in that calls back.
+
+    Calling the stand-in in the child runs `obj` here, in the parent, with the
+    parent's state; its attributes and operators are forwarded here too. Use it
+    for callbacks (a function, a bound method, a lambda) and for objects that
+    must stay in the parent. Without it, a function or lambda is sent by value.
+
+    The parent keeps `obj` alive while the child holds the stand-in. With
+    `weak=True` it keeps only a weak reference: once `obj` is gone, using the
+    stand-in in the child raises `ReferenceError` there.
+
+    Exceptions cross both ways with their type (when the other side can
+    rebuild it) and the traceback of each side; a callback may call the child
+    again, to any depth. See the guide "Callbacks".
+
+    Example:
+        >>> import spawnproxy
+        >>> mod = spawnproxy.run_script('''
+        ... def each(items, callback):
+        ...     for item in items:
+        ...         callback(item * 10)
+        ... ''')
+        >>> seen = []
+        >>> mod.each([1, 2, 3], spawnproxy.by_ref(seen.append))
+        >>> seen
+        [10, 20, 30]
+        >>> mod.terminate_daemon()
+    """
+    if isinstance(obj, ByRef):
+        return obj
+    if weak:
+        try:
+            weakref.ref(obj)
+        except TypeError:
+            raise TypeError(
+                f"by_ref(weak=True) needs an object that can be weakly referenced, not {type(obj).__name__}"
+            ) from None
+    return ByRef(obj, weak)

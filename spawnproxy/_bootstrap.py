@@ -14,7 +14,7 @@ import marshal
 from typing import Any
 
 # Child-side modules, in the order they must be loaded.
-CHILD_MODULES = ("_wire", "_table", "_loader", "_childcodec", "_child", "_netchild")
+CHILD_MODULES = ("_wire", "_operators", "_table", "_loader", "_childcodec", "_child", "_netchild")
 CHILD_PACKAGE = "_spawnproxy_child"
 MIN_CHILD_VERSION = (3, 8)
 TOO_OLD_EXIT = 78

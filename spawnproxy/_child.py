@@ -5,78 +5,20 @@ CPython 3.8 syntax.  Requests run one at a time in the main thread, so that a
 forwarded Ctrl-C (SIGINT) interrupts the call in progress.
 """
 
-import math
-import operator
+import collections
+import itertools
 import os
+import pickle
 import sys
 import threading
+import time
 
 from . import _wire
-from ._childcodec import Codec, encode_signature
+from ._childcodec import Codec, NeedsRefs, encode_signature
 from ._loader import load
+from ._operators import OPERATORS as _OPERATORS
 from ._table import ObjectTable
 
-_OPERATORS = {
-    "str": str,
-    "repr": repr,
-    "format": format,
-    "len": len,
-    "hash": hash,
-    "bool": bool,
-    "contains": operator.contains,
-    "getitem": operator.getitem,
-    "setitem": operator.setitem,
-    "delitem": operator.delitem,
-    "iter": iter,
-    "next": next,
-    "reversed": reversed,
-    "neg": operator.neg,
-    "pos": operator.pos,
-    "abs": abs,
-    "invert": operator.invert,
-    "int": int,
-    "float": float,
-    "complex": complex,
-    "index": operator.index,
-    "bytes": bytes,
-    "round": round,
-    "trunc": math.trunc,
-    "floor": math.floor,
-    "ceil": math.ceil,
-    "enter": lambda x: x.__enter__(),
-    "exit": lambda x, *a: x.__exit__(*a),
-    "divmod": divmod,
-    "rdivmod": lambda x, y: divmod(y, x),
-    "pow": pow,
-    "rpow": lambda x, y: pow(y, x),
-}
-for _name in (
-    "lt",
-    "le",
-    "eq",
-    "ne",
-    "gt",
-    "ge",
-    "add",
-    "sub",
-    "mul",
-    "matmul",
-    "truediv",
-    "floordiv",
-    "mod",
-    "lshift",
-    "rshift",
-    "and",
-    "or",
-    "xor",
-):
-    _func = getattr(operator, _name + "_" if _name in ("and", "or") else _name)
-    _OPERATORS[_name] = _func
-    if _name not in ("lt", "le", "eq", "ne", "gt", "ge"):
-        # Reflected forms: the remote object is the right operand.
-        _OPERATORS["r" + _name] = (lambda f: lambda x, y: f(y, x))(_func)
-        _OPERATORS["i" + _name] = getattr(operator, "i" + _name)
-_OPERATORS["ipow"] = operator.ipow
 _SCALARS = frozenset([str, int, bool, float, complex, bytes, type(None)])
 
 
@@ -113,83 +55,393 @@ class ParentFinder:
         exec(compile(spec.loader_state, module.__file__, "exec"), module.__dict__)
 
 
+class ParentTraceback(Exception):
+    """The traceback of an exception raised in the parent: the cause of its copy here."""
+
+    def __init__(self, text):
+        Exception.__init__(self, text)
+        self.text = text
+
+    def __str__(self):
+        return "\n\nTraceback in the parent:\n" + self.text.rstrip()
+
+
+class ParentError(Exception):
+    """An exception raised in the parent whose type cannot be rebuilt in the child."""
+
+    def __init__(self, parent_type, message):
+        Exception.__init__(self, "%s: %s" % (parent_type, message))
+        self.parent_type = parent_type
+        self.parent_message = message
+
+
+def rebuild_parent_exception(encoded):
+    """Turn an exception the parent encoded (see spawnproxy._serialize) into a local one."""
+    module, qualname, message, data, text = encoded
+    exc = None
+    if data is not None:
+        try:
+            exc = pickle.loads(data)
+        except Exception:
+            exc = None
+    if not isinstance(exc, BaseException):
+        exc = ParentError(qualname if module == "builtins" else module + "." + qualname, message)
+    exc.__cause__ = ParentTraceback(text)
+    exc.__suppress_context__ = True
+    return exc
+
+
+class ParentRef(object):
+    """An object of the parent's, passed with spawnproxy.by_ref: using it runs code there.
+
+    Attribute reads and operators are a round trip each (methods the parent
+    listed are reached by path, so `obj.method(x)` is one).  Identity is
+    local: references to the same parent object compare equal and hash alike.
+    """
+
+    _sp_parent_ = True
+    __slots__ = ("__weakref__", "_sp_child", "_sp_names", "_sp_owner", "_sp_target", "_sp_truthy")
+
+    def __init__(self, child, target, names, owner, truthy):
+        setter = object.__setattr__
+        setter(self, "_sp_child", child)
+        setter(self, "_sp_target", target)
+        setter(self, "_sp_names", names)
+        setter(self, "_sp_owner", owner)  # None: this reference holds a count in the parent
+        setter(self, "_sp_truthy", truthy)
+
+    def __del__(self):
+        try:
+            if self._sp_owner is None:
+                # Never sends: the release rides along the child's next message.
+                self._sp_child.releases.append(self._sp_target)
+        except AttributeError:
+            pass
+
+    def __getattr__(self, name):
+        if name.startswith("_sp_"):
+            raise AttributeError(name)
+        target = self._sp_target
+        if name in self._sp_names:
+            path = (target, name) if type(target) is int else target + (name,)
+            return CallableParentRef(self._sp_child, path, (), self._sp_owner or self, None)
+        return self._sp_child.request("getattr", target, name)
+
+    def __setattr__(self, name, value):
+        self._sp_child.request("setattr", self._sp_target, name, value)
+
+    def __delattr__(self, name):
+        self._sp_child.request("delattr", self._sp_target, name)
+
+    def __dir__(self):
+        return self._sp_child.request("dir", self._sp_target)
+
+    def __eq__(self, other):
+        return getattr(type(other), "_sp_parent_", False) and other._sp_target == self._sp_target
+
+    def __ne__(self, other):
+        return not self.__eq__(other)
+
+    def __hash__(self):
+        return hash(("spawnproxy-parent", self._sp_target))
+
+    def __bool__(self):
+        if self._sp_truthy:
+            return True
+        return self._sp_op("bool")
+
+    def __reduce_ex__(self, protocol):
+        raise NeedsRefs("an object of the parent's only travels back to the parent")
+
+    def _sp_op(self, name, *args):
+        return self._sp_child.request("op", self._sp_target, name, args)
+
+
+def _forward_to_parent(name):
+    def forward(self, *args):
+        return self._sp_op(name, *args)
+
+    forward.__name__ = "__%s__" % name
+    return forward
+
+
+for _name in (
+    "str",
+    "repr",
+    "format",
+    "len",
+    "contains",
+    "getitem",
+    "setitem",
+    "delitem",
+    "iter",
+    "next",
+    "reversed",
+    "lt",
+    "le",
+    "gt",
+    "ge",
+    "enter",
+    "exit",
+    "int",
+    "float",
+    "index",
+    "neg",
+    "abs",
+):
+    setattr(ParentRef, "__%s__" % _name, _forward_to_parent(_name))
+for _name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "and", "or", "xor"):
+    setattr(ParentRef, "__%s__" % _name, _forward_to_parent(_name))
+    setattr(ParentRef, "__r%s__" % _name, _forward_to_parent("r" + _name))
+
+
+class CallableParentRef(ParentRef):
+    """A callable object of the parent's (a function, a bound method, ...)."""
+
+    __slots__ = ()
+
+    def __call__(self, *args, **kwargs):
+        return self._sp_child.call_parent(self._sp_target, args, kwargs)
+
+
 class Child:
-    """Serve the parent's requests on one channel."""
+    """Serve the parent's requests on one channel; call the parent's objects.
+
+    Requests from the parent run in the main thread, in order, so that a
+    forwarded SIGINT interrupts the call in progress; a NESTED request runs on
+    the thread that waits for the request it is nested in.  Any thread may
+    call the parent (a callback from a thread the child started): receiving
+    is leader/follower as in the parent's session, the thread that finds the
+    receive lock free reads for all and hands over what is not its own.
+    """
 
     def __init__(self, channel):
         self.channel = channel
         self.table = ObjectTable()
-        self.codec = Codec(self._resolve_ref, self._ask_importable, self._import_dill)
-        self._ids = 0
-        self.running = 0  # calls in progress (nested ones count too)
+        self.codec = Codec(self._resolve_ref, self._ask_importable, self._import_dill, self.ref)
+        self._ids = itertools.count(-1, -1)  # the child's request ids are negative: they never clash
+        self.running = 0  # calls in progress in the main thread (nested ones count too)
+        self.serving = None  # the parent's request the main thread runs now
+        self.releases = collections.deque()  # parent objects the child no longer references
+        self._main_ident = threading.get_ident()
+        self._main_queue = collections.deque()  # messages for the main thread
+        self._queues = {}  # request id awaited by another thread -> its nested requests
         self._replies = {}
+        self._local = threading.local()  # .serving: the parent's request another thread runs
+        self._send_lock = threading.Lock()
+        self._recv_lock = threading.RLock()
+        self._leader = None  # the thread that holds the receive lock
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._followers = 0
+        self._closed = False
         self._finder = None
 
     # -- the loop -------------------------------------------------------------
 
     def serve(self):
-        recv, handle = self.channel.recv, self.handle
-        while True:
-            try:
-                tag, payload = recv()
-            except _wire.ChannelClosed:
-                return
-            handle(self.codec.loads(tag, payload))
-
-    def handle(self, msg):
-        kind = msg[0]
-        if kind == _wire.REQUEST:
-            self._run(msg[1], msg[2], msg[3:])
-        elif kind == _wire.RELEASE:
-            self.table.release(msg[1])
-        elif kind == _wire.REPLY:
-            self._replies[msg[1]] = msg
-
-    def request(self, op, *operands):
-        """Ask the parent something; serve its requests until the answer comes."""
-        self._ids -= 1  # the child's request ids are negative: they never clash
-        rid = self._ids
-        self.channel.send(*self.codec.dumps((_wire.REQUEST, rid, op) + operands))
-        while rid not in self._replies:
-            try:
-                tag, payload = self.channel.recv()
-            except _wire.ChannelClosed:
-                raise SystemExit(0) from None
-            self.handle(self.codec.loads(tag, payload))
-        reply = self._replies.pop(rid)
-        if reply[2] == _wire.ERROR:
-            raise RuntimeError("the parent could not answer %r: %s" % (op, reply[3]))
-        return reply[3]
-
-    def _run(self, rid, op, operands):
-        codec = self.codec
-        self.running += 1
         try:
-            how, payload = OPS[op](self, *operands)
+            self._wait(None)
+        except _wire.ChannelClosed:
+            return
+
+    def _wait(self, rid):
+        """Run the requests for this thread until the reply to `rid` comes (rid None: for ever)."""
+        me = threading.get_ident()
+        main = me == self._main_ident
+        if main:
+            queue = self._main_queue
+        else:
+            queue = collections.deque()
+            self._queues[rid] = queue
+        replies = self._replies
+        recv_lock = self._recv_lock
+        try:
+            while True:
+                if queue:
+                    self._run_next(queue)
+                    continue
+                if rid in replies:
+                    return replies.pop(rid)
+                # Re-entrant: decoding a message may ask the parent something (dill's
+                # source) and read the answer, on the thread that holds the lock.
+                if recv_lock.acquire(False):
+                    previous, self._leader = self._leader, me
+                    try:
+                        if queue or rid in replies:
+                            continue  # handed over while the lock was taken
+                        if self.releases:
+                            self._send(None, None)
+                        msg = self._read()
+                    finally:
+                        with self._lock:
+                            self._leader = previous
+                            recv_lock.release()
+                            if self._followers:
+                                self._cond.notify_all()
+                    if main and msg[0] == _wire.REQUEST:
+                        queue.append(msg)  # the common case, routed without a call
+                    else:
+                        self._route(msg, queue)
+                    msg = None
+                    continue
+                with self._cond:
+                    if not queue and rid not in replies and not self._closed:
+                        if self._leader is None:
+                            # The lock was just taken, its holder not yet noted: let it run.
+                            self._cond.wait(0.001)
+                        else:
+                            self._followers += 1
+                            try:
+                                self._cond.wait()
+                            finally:
+                                self._followers -= 1
+                if self._closed and not queue and rid not in replies:
+                    raise _wire.ChannelClosed("the parent has gone")
+        finally:
+            if not main:
+                self._queues.pop(rid, None)
+
+    def _read(self):
+        try:
+            tag, payload = self.channel.recv()
+        except (_wire.ChannelClosed, OSError):
+            with self._lock:
+                self._closed = True
+                self._cond.notify_all()
+            raise _wire.ChannelClosed("the parent has gone") from None
+        return self.codec.loads(tag, payload)
+
+    def _route(self, msg, mine):
+        """Hand a message to whoever it is for: a waiting thread, or the main thread."""
+        kind = msg[0]
+        if kind == _wire.REPLY:
+            target = None
+        elif kind == _wire.NESTED:
+            target = self._queues.get(msg[2], self._main_queue)
+        else:  # REQUEST, and RELEASE: the child's objects are used in the main thread only
+            target = self._main_queue
+        if target is mine:
+            mine.append(msg)
+            return
+        with self._lock:
+            if target is None:
+                self._replies[msg[1]] = msg
+            else:
+                target.append(msg)
+            if self._followers:
+                self._cond.notify_all()
+
+    def _run_next(self, queue):
+        msg = queue.popleft()
+        kind = msg[0]
+        if kind == _wire.RELEASE:
+            self.table.release(msg[1])
+            return
+        if kind == _wire.NESTED:
+            rid, op, operands = msg[1], msg[3], msg[4:]
+        else:
+            rid, op, operands = msg[1], msg[2], msg[3:]
+        msg = None
+        codec = self.codec
+        main = queue is self._main_queue
+        if main:
+            outer = self.serving
+            self.serving = rid
+            self.running += 1
+        else:
+            outer = getattr(self._local, "serving", None)
+            self._local.serving = rid
+        data = None
+        try:
+            try:
+                how, payload = OPS[op](self, *operands)
+            finally:
+                # The arguments go before the reply does: the parent objects among them
+                # are released with it, not with some later message.
+                operands = None
             if how == MAYBE:
-                frame = codec.reply_by_value(rid, payload)
-                if frame is None:
+                data = codec.reply_by_value(rid, payload)  # (tag, pickle, out-of-band buffers)
+                if data is None:
                     how, payload = _wire.REF, self.ref(payload)
-                else:
-                    how = None
-        except (SystemExit, GeneratorExit):
+            elif how == BATCH:
+                items, end, ref = payload
+                data = codec.dumps_values(lambda values: (_wire.REPLY, rid, _wire.VALUE, (values, end, ref)), items)
+        except SystemExit:
             raise
         except BaseException as exc:
-            how, payload = _wire.ERROR, codec.encode_exception(exc)
+            how, payload, data = _wire.ERROR, codec.encode_exception(exc), None
             exc = None
         finally:
-            self.running -= 1
-        try:
-            if how is None:
-                self.channel.send(_wire.TAG_PICKLE, frame[0], None, None, frame[1])
+            if main:
+                self.serving = outer
+                self.running -= 1
             else:
-                self.channel.send(*codec.dumps((_wire.REPLY, rid, how, payload)))
+                self._local.serving = outer
+        if data is None:
+            data = codec.dumps((_wire.REPLY, rid, how, payload))
+        try:
+            # The result is let go of only once sent: a parent's object it holds must not
+            # be released before the reply that names it.
+            self._send(*data)
         except _wire.ChannelClosed:
-            raise SystemExit(0) from None
-        except OSError as err:
-            if getattr(err, "errno", None) == 32:  # EPIPE: the parent has gone
+            if main:
                 raise SystemExit(0) from None
             raise
+        finally:
+            payload = None
+
+    def _send(self, tag, data, buffers=None):
+        """Send a frame (None: only the pending releases), releases first."""
+        with self._send_lock:
+            try:
+                if self.releases:
+                    batch = []
+                    releases = self.releases
+                    while releases:
+                        batch.append(releases.popleft())
+                    self.channel.send(*self.codec.dumps((_wire.RELEASE, batch)))
+                if tag is not None:
+                    self.channel.send(tag, data, None, None, buffers)
+            except _wire.ChannelClosed:
+                raise
+            except OSError as err:
+                if getattr(err, "errno", None) in (9, 32, 104):  # EBADF, EPIPE, ECONNRESET: the parent has gone
+                    raise _wire.ChannelClosed("the parent has gone") from None
+                raise
+
+    # -- calling the parent ---------------------------------------------------------
+
+    def request(self, op, *operands):
+        """Ask the parent something; serve its requests meant for this thread until the answer comes."""
+        return self._request(op, lambda values: tuple(values), list(operands))
+
+    def call_parent(self, target, args, kwargs):
+        """Call an object of the parent's; arguments it cannot rebuild travel by reference."""
+        keys = list(kwargs)
+        n = len(args)
+        values = list(args)
+        values.extend(kwargs[k] for k in keys)
+        return self._request("call", lambda vs: (target, tuple(vs[:n]), dict(zip(keys, vs[n:]))), values)
+
+    def _request(self, op, make, values):
+        rid = next(self._ids)
+        if threading.get_ident() == self._main_ident:
+            outer = self.serving
+        else:
+            outer = getattr(self._local, "serving", None)
+        head = (_wire.REQUEST, rid, op) if outer is None else (_wire.NESTED, rid, outer, op)
+        tag, data, buffers = self.codec.dumps_values(lambda vs: head + make(vs), values)
+        try:
+            self._send(tag, data, buffers)
+            reply = self._wait(rid)
+        except _wire.ChannelClosed:
+            if threading.get_ident() == self._main_ident:
+                raise SystemExit(0) from None
+            raise ConnectionError("the parent process has gone; %s cannot run there" % op) from None
+        if reply[2] == _wire.ERROR:
+            raise rebuild_parent_exception(reply[3])
+        return reply[3]
 
     # -- helpers ----------------------------------------------------------------
 
@@ -203,6 +455,9 @@ class Child:
         return base, obj
 
     def _resolve_ref(self, pid):
+        if pid[0] == "local":
+            kind = CallableParentRef if pid[2] else ParentRef
+            return kind(self, pid[1], pid[3], None, pid[4])
         return self._resolve(pid[1])[1]
 
     def _ask_importable(self, modules):
@@ -233,6 +488,10 @@ class Child:
 
 # Internal to the child: send by value if the parent can rebuild it, else by reference.
 MAYBE = -1
+# Internal: a batch of items (see op_batch), each by value or by reference.
+BATCH = -2
+# A batch ends after this many seconds, so that a slow iterator hands out what it made.
+BATCH_SECONDS = 0.01
 
 
 # -- operations: each returns (how, payload) ------------------------------------
@@ -296,6 +555,48 @@ def op_load(child, definition):
     return _wire.VALUE, (oid, key, info, names)
 
 
+def op_batch(child, target, n, call_iter):
+    """Take up to `n` items from an iterator (iter(target) if `call_iter`): (items, end, ref).
+
+    `end` is None while items may follow, True at the end, or the encoded
+    exception the iterator raised after the items; `ref` is the reference of
+    the iterator iter() made when it is not the target itself, else None.
+    """
+    obj = child._resolve(target)[1]
+    it, ref = obj, None
+    if call_iter:
+        it = iter(obj)
+        if it is not obj:
+            ref = child.ref(it)
+    step = getattr(it, "__next__", None)
+    if step is None:
+        raise TypeError("'%s' object is not an iterator" % type(it).__name__)
+    items = []
+    append = items.append
+    clock = time.monotonic
+    limit = clock() + BATCH_SECONDS
+    end = None
+    try:
+        while len(items) < n:
+            append(step())
+            if clock() > limit:
+                break
+    except StopIteration:
+        end = True
+    except SystemExit:
+        raise
+    except BaseException as exc:
+        end = child.codec.encode_exception(exc)
+    return BATCH, (items, end, ref)
+
+
+def op_close(child, target):
+    close = getattr(child._resolve(target)[1], "close", None)
+    if close is not None:
+        close()
+    return _wire.VALUE, None
+
+
 def op_ping(child, value=None):
     return _wire.VALUE, value
 
@@ -314,6 +615,8 @@ OPS = {
     "dir": op_dir,
     "signature": op_signature,
     "load": op_load,
+    "batch": op_batch,
+    "close": op_close,
     "ping": op_ping,
     "stats": op_stats,
 }

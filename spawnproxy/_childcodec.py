@@ -31,6 +31,22 @@ _OWN_FILES = "<spawnproxy-child:"
 _STAND_INS = (_wire._OutOfBand, _wire._ViewOf)
 
 
+class NeedsRefs(Exception):
+    """Raised by pickling an object that only travels as a persistent id (a parent's object)."""
+
+
+class AsRef(object):
+    """Marks a value to be sent by reference: the parent gets a proxy of it."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def __reduce_ex__(self, protocol):
+        raise NeedsRefs("sent by reference")
+
+
 class _Collector(pickle.Pickler):
     """A pickler that notes every module whose names the pickle refers to."""
 
@@ -50,6 +66,26 @@ class _Collector(pickle.Pickler):
         return NotImplemented
 
 
+class _RefCollector(_Collector):
+    """A collector that also writes persistent ids: the parent's objects, and values marked AsRef.
+
+    A separate class because a Python-level persistent_id costs a call for
+    every object pickled, even an int: only messages that need it pay for it.
+    """
+
+    def __init__(self, file, ref, buffer_callback=None):
+        _Collector.__init__(self, file, buffer_callback)
+        self._ref = ref  # obj -> (oid, type key, type info)
+
+    def persistent_id(self, obj):
+        tp = type(obj)
+        if tp is AsRef:
+            return ("ref",) + tuple(self._ref(obj.obj))
+        if getattr(tp, "_sp_parent_", False):
+            return ("local", obj._sp_target)
+        return None
+
+
 class _RefUnpickler(pickle.Unpickler):
     def __init__(self, data, resolve, buffers=None):
         pickle.Unpickler.__init__(self, io.BytesIO(data), buffers=buffers)
@@ -62,8 +98,9 @@ class _RefUnpickler(pickle.Unpickler):
 class Codec:
     """Encode replies and decode requests for one child."""
 
-    def __init__(self, resolve_ref, ask_importable, import_dill):
-        self._resolve_ref = resolve_ref  # ("ref", target) -> object
+    def __init__(self, resolve_ref, ask_importable, import_dill, ref):
+        self._resolve_ref = resolve_ref  # a persistent id ("ref"/"local", ...) -> object
+        self._ref = ref  # obj -> (oid, type key, type info), counted in the child's table
         self._ask_importable = ask_importable  # [module names] -> [bool]
         self._import_dill = import_dill  # () -> the dill module
         self._importable = {"builtins": True, "copyreg": True, "_codecs": True}
@@ -89,7 +126,7 @@ class Codec:
                     return resolve(pid)
 
             return _DillRefUnpickler(io.BytesIO(payload)).load()
-        if tag == b"R":
+        if tag == _wire.TAG_REFS:
             return _RefUnpickler(payload, self._resolve_ref).load()
         raise ValueError("unknown frame tag %r" % (tag,))
 
@@ -102,30 +139,60 @@ class Codec:
         """Return the pickle of `value` if the parent can rebuild it, else None."""
         if isinstance(value, _BY_REFERENCE):
             return None
-        return self._checked_pickle(value, value)
+        if type(value) in _PLAIN:
+            return pickle.dumps(value, PROTOCOL)
+        found = self._checked_pickle(value)
+        return None if found is None else found[1]
 
     def reply_by_value(self, rid, value):
-        """Return (pickle, out-of-band buffers) of a reply carrying `value`, or None (see by_value)."""
+        """Return (tag, pickle, out-of-band buffers) of a reply carrying `value`, or None (see by_value)."""
         if isinstance(value, _BY_REFERENCE):
             return None
-        buffers = []
-        data = self._checked_pickle(value, (_wire.REPLY, rid, _wire.VALUE, _wire.out_of_band(value)), buffers)
-        return None if data is None else (data, buffers)
+        carried = _wire.out_of_band(value)
+        message = (_wire.REPLY, rid, _wire.VALUE, carried)
+        if type(value) in _PLAIN and carried is value:
+            return _wire.TAG_PICKLE, pickle.dumps(message, PROTOCOL), None
+        return self._checked_pickle(message, [])
 
-    def _checked_pickle(self, value, message, buffers=None):
-        if type(value) in _PLAIN:
-            if buffers is None or message[3] is value:
-                return pickle.dumps(message, PROTOCOL)
-            return pickle.dumps(message, PROTOCOL, buffer_callback=_wire.buffer_taker(buffers))
+    def dumps_values(self, make, values):
+        """Return (tag, pickle, None) of `make(values)`: each value by value if the parent can
+        rebuild it, else by reference (the parent gets a proxy)."""
+        found = self._checked_pickle(make(values))
+        if found is None:
+            values = [
+                v if not isinstance(v, _BY_REFERENCE) and self.by_value(v) is not None else AsRef(v) for v in values
+            ]
+            found = self._checked_pickle(make(values))
+            if found is None:
+                raise TypeError("the values cannot be sent to the parent, not even by reference")
+        return found
+
+    def _checked_pickle(self, message, buffers=None):
+        """(tag, pickle, buffers) of a message whose modules the parent can import, or None.
+
+        With a `buffers` list, large buffers (out-of-band stand-ins) are taken into it.
+        """
+        taker = None if buffers is None else _wire.buffer_taker(buffers)
         buf = io.BytesIO()
-        collector = _Collector(buf, None if buffers is None else _wire.buffer_taker(buffers))
+        collector = _Collector(buf, taker)
+        tag = _wire.TAG_PICKLE
         try:
             collector.dump(message)
+        except NeedsRefs:
+            if buffers:
+                del buffers[:]
+            buf = io.BytesIO()
+            collector = _RefCollector(buf, self._ref, taker)
+            tag = _wire.TAG_REFS
+            try:
+                collector.dump(message)
+            except Exception:
+                return None
         except Exception:
             return None
         if not self.parent_can_import(collector.modules):
             return None
-        return buf.getvalue()
+        return tag, buf.getvalue(), buffers
 
     def parent_can_import(self, modules):
         known = self._importable
@@ -155,6 +222,8 @@ class Codec:
         frames = []
         for frame, lineno in traceback.walk_tb(tb):
             code = frame.f_code
+            if code.co_filename.startswith(_OWN_FILES):
+                continue  # the machinery of a call to the parent, between the caller and its frames
             frames.append((code.co_filename, code.co_name, lineno, frame.f_globals.get("__name__", "?")))
         try:
             text = "".join(traceback.format_exception(type(exc), exc, tb))

@@ -15,12 +15,14 @@ read through a proxy are reached by path, so `p.method(x)` is one round trip.
 from __future__ import annotations
 
 import collections
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import wrapt
 
 from . import _serialize, _wire
-from ._errors import SerializationError
+from ._errors import CallTimeoutError, SerializationError
+from ._session import _UNLOADABLE, FAILED
 
 if TYPE_CHECKING:
     from ._daemon import DaemonProxy
@@ -66,6 +68,7 @@ class _Remote:
         "_sp_names",
         "_sp_ref",
         "_sp_session",
+        "_sp_stream",
         "_sp_target",
     )
 
@@ -92,6 +95,7 @@ class _Remote:
         setter(self, "_sp_label", label)
         setter(self, "_sp_cache", {})
         setter(self, "_sp_callable", is_callable)
+        setter(self, "_sp_stream", None)  # the batches read ahead of a remote iterator
 
     @staticmethod
     def _spawnproxy_ref_(handle: _Remote) -> tuple[Session, Target]:
@@ -112,6 +116,20 @@ class _Remote:
         how = reply[2]
         if how == _wire.VALUE:
             return reply[3]
+        return self._sp_result(how, reply[3], what)
+
+    def _sp_reply(self, reply: tuple[Any, ...], what: object) -> Any:
+        """The result a reply carries (any kind, those that never travel included)."""
+        how = reply[2]
+        if how == _wire.VALUE:
+            return reply[3]
+        if how == FAILED:
+            raise reply[3]
+        if how == _UNLOADABLE:
+            error = reply[3]
+            raise SerializationError(
+                f"the result of {what} cannot be rebuilt in the parent: {type(error).__name__}: {error}"
+            ) from error
         return self._sp_result(how, reply[3], what)
 
     def _sp_result(self, how: int, payload: Any, what: object) -> Any:
@@ -237,6 +255,140 @@ class _Remote:
             return self._sp_op("pow", other)
         return self._sp_op("pow", other, modulo)
 
+    # -- iteration: batches, read ahead ---------------------------------------------------
+
+    def _sp_iter(self) -> Stream:
+        stream: Stream | None = self._sp_stream
+        if stream is not None:
+            return stream
+        stream = Stream(self, call_iter=True)
+        if stream.own:
+            # iter(x) is x: x is an iterator, and next(p) must take from the same batches.
+            object.__setattr__(self, "_sp_stream", stream)
+        return stream
+
+    def _sp_next(self) -> Any:
+        stream = self._sp_stream
+        if stream is None:
+            stream = Stream(self, call_iter=False)
+            object.__setattr__(self, "_sp_stream", stream)
+        return next(stream)
+
+
+# Items in the first batch of a stream, and the most in any batch; each batch is
+# STEP times the last, so that a short loop stays short and a long one goes fast.
+FIRST_BATCH = 16
+MAX_BATCH = 4096
+STEP = 4
+
+
+def batch_sizes() -> Iterator[int]:
+    """The sizes of the batches a stream asks for, after the first."""
+    size = FIRST_BATCH
+    while True:
+        size = min(size * STEP, MAX_BATCH)
+        yield size
+
+
+class Stream:
+    """A local iterator over a remote one: items come in batches, the next batch asked for
+    before the current one is handed out (so the child makes it while the parent consumes).
+
+    Dropping the stream (a `break` out of the loop) gives up the batch asked for and
+    releases the remote iterator: a remote generator no one else holds is closed there,
+    and its `finally` runs.  `close()` closes it explicitly.
+    """
+
+    __slots__ = ("__weakref__", "_buffer", "_end", "_pending", "_ref", "_session", "_sizes", "_target", "_what", "own")
+
+    def __init__(self, handle: _Remote, call_iter: bool) -> None:
+        session = handle._sp_session
+        self._session = session
+        self._what = _Label("iterating over {}", handle._sp_label)
+        self._sizes = batch_sizes()
+        self._pending: int | None = None
+        self._ref: _Ref | None = None
+        self._buffer: collections.deque[Any] = collections.deque()
+        reply = session.request("batch", (handle._sp_target, FIRST_BATCH, call_iter), self._what)
+        items, end, ref = handle._sp_reply(reply, self._what)
+        if ref is None:
+            self.own = True
+            self._target = handle._sp_target
+            self._ref = handle._sp_ref
+        else:
+            # iter() made a new iterator in the child: it is held there for this stream.
+            self.own = False
+            oid, key, info = ref
+            if info is not None:
+                session.types[key] = info
+            self._target = oid
+            self._ref = _Ref(oid, session.releases)
+        self._take(items, end)
+
+    def _take(self, items: list[Any], end: Any) -> None:
+        self._end = end
+        if end is None:
+            self._pending = self._session.submit("batch", (self._target, next(self._sizes), False), self._what)
+        self._buffer.extend(items)
+
+    def __iter__(self) -> Stream:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            return self._buffer.popleft()
+        except IndexError:
+            return self._refill()
+
+    def _refill(self) -> Any:
+        while not self._buffer:
+            end = self._end
+            if end is not None:
+                if end is True:
+                    raise StopIteration
+                self._end = True  # the exception ended the iterator: it is raised once
+                raise _serialize.rebuild_exception(end)
+            rid = self._pending
+            self._pending = None
+            if rid is None:  # the last batch request failed: ask again
+                rid = self._session.submit("batch", (self._target, next(self._sizes), False), self._what)
+            try:
+                reply = self._session.collect(rid, self._what, keep_on_timeout=True)
+            except CallTimeoutError:
+                self._pending = rid  # still coming: the next call to next() waits for it again
+                raise
+            if reply[2] != _wire.VALUE:
+                self._end = True
+                if reply[2] == _wire.ERROR:
+                    raise _serialize.rebuild_exception(reply[3])
+                raise SerializationError(f"unexpected reply kind {reply[2]!r} to {self._what}")
+            items, end, _ = reply[3]
+            self._take(items, end)
+        return self._buffer.popleft()
+
+    def close(self) -> None:
+        """Stop iterating and close the remote iterator (a generator's `finally` runs)."""
+        rid, self._pending = self._pending, None
+        if rid is not None:
+            self._session.abandon(rid)
+        self._buffer.clear()
+        if self._end is None:
+            self._end = True
+            self._session.request("close", (self._target,), _Label("closing {}", self._what))
+
+    def __del__(self) -> None:
+        try:
+            rid = self._pending
+            session = self._session
+        except AttributeError:
+            return  # the first batch failed
+        if rid is not None:
+            session.abandon_later(rid)
+        # Dropping the reference now (it may be the last one) and sending its release at
+        # once closes an abandoned remote generator now, not at the next call.
+        self._ref = None
+        session.flush_releases_nowait()
+
 
 class _Label:
     """A request's name for error messages, formatted only if an error needs it."""
@@ -359,10 +511,10 @@ class ObjectProxy(wrapt.BaseObjectProxy):  # type: ignore[misc,type-arg]
         return type(self)
 
     def __iter__(self) -> Any:
-        return self.__wrapped__._sp_op("iter")
+        return self.__wrapped__._sp_iter()
 
     def __next__(self) -> Any:
-        return self.__wrapped__._sp_op("next")
+        return self.__wrapped__._sp_next()
 
     def __reduce_ex__(self, protocol: Any) -> Any:
         return self.__wrapped__.__reduce_ex__(protocol)

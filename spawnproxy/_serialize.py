@@ -14,10 +14,12 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import io
+import os
 import pickle
 import sys
+import types
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import tblib
 
@@ -26,6 +28,8 @@ from ._errors import RemoteError, SerializationError
 
 PROTOCOL = 5
 _MAIN = b"__main__"
+# What the child never gets by value from the parent's answers: calling it must run here.
+_BY_REFERENCE = (type, types.ModuleType)
 _SCAN_LIMIT = 1 << 20
 
 
@@ -37,7 +41,37 @@ class NeedsReferences(SerializationError):
     """
 
 
-def _ref_id(obj: Any, owner: object) -> tuple[str, Any] | None:
+class ByRef:
+    """A local object passed to a child by reference; made by `spawnproxy.by_ref`."""
+
+    __slots__ = ("obj", "weak")
+
+    def __init__(self, obj: Any, weak: bool = False) -> None:
+        self.obj = obj
+        self.weak = weak
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise NeedsReferences(
+            f"by_ref({_short_repr(self.obj)}) cannot be pickled: it only travels as an argument of a call to a child"
+        )
+
+    def __repr__(self) -> str:
+        return f"by_ref({_short_repr(self.obj)}{', weak=True' if self.weak else ''})"
+
+
+class Owner(Protocol):
+    """What an encoder sends for: a session, which holds the parent's exported objects."""
+
+    def export(self, obj: Any, weak: bool) -> tuple[Any, ...]: ...
+
+    def unexport(self, oids: list[int]) -> None: ...
+
+
+def _ref_id(obj: Any, owner: Owner, exported: list[int]) -> tuple[Any, ...] | None:
+    if type(obj) is ByRef:
+        pid = owner.export(obj.obj, obj.weak)
+        exported.append(pid[1])
+        return pid
     marker = getattr(type(obj), "_spawnproxy_ref_", None)
     if marker is None:
         return None
@@ -48,12 +82,13 @@ def _ref_id(obj: Any, owner: object) -> tuple[str, Any] | None:
 
 
 class _RefPickler(pickle.Pickler):
-    def __init__(self, file: io.BytesIO, owner: object, buffer_callback: Any = None) -> None:
+    def __init__(self, file: io.BytesIO, owner: Owner, exported: list[int], buffer_callback: Any = None) -> None:
         super().__init__(file, PROTOCOL, buffer_callback=buffer_callback)
         self._owner = owner
+        self._exported = exported
 
-    def persistent_id(self, obj: Any) -> tuple[str, Any] | None:  # type: ignore[override]
-        return _ref_id(obj, self._owner)
+    def persistent_id(self, obj: Any) -> tuple[Any, ...] | None:  # type: ignore[override]
+        return _ref_id(obj, self._owner, self._exported)
 
 
 _BUFFER_TYPES = _wire._BUFFER_TYPES
@@ -88,14 +123,54 @@ def _big_buffers_out_of_band(message: tuple[Any, ...]) -> tuple[Any, ...]:
 class Encoder:
     """Encode the requests sent to one child."""
 
-    def __init__(self, owner: object, child_version: tuple[int, ...]) -> None:
+    def __init__(self, owner: Owner, child_version: tuple[int, ...]) -> None:
         self._owner = owner
         self._child_version = tuple(child_version[:2])
 
     def encode(
         self, message: tuple[Any, ...], operands: Callable[[], Sequence[tuple[str, Any]]]
     ) -> tuple[bytes, bytes, list[pickle.PickleBuffer]]:
-        """Return (tag, payload, out-of-band buffers); `operands` names the parts for error messages."""
+        """Return (tag, payload, out-of-band buffers); `operands` names the parts for error messages.
+
+        Objects passed with by_ref are counted in the owner's table as they are
+        pickled; if the message cannot be encoded, they are given back.
+        """
+        exported: list[int] = []
+        try:
+            return self._encode(message, operands, exported)
+        except BaseException:
+            if exported:
+                self._owner.unexport(exported)
+            raise
+
+    def encode_result(self, head: tuple[Any, ...], value: Any) -> tuple[bytes, bytes, list[pickle.PickleBuffer]]:
+        """Encode an answer to the child: `head + (value,)`, the value by reference unless
+        the standard pickle can carry it (the rule the child follows for its results).
+
+        Callables, classes and modules always go by reference, so that calling them runs
+        here; dill is not used: it would make copies of objects tied to this process.
+        """
+        if not isinstance(value, _BY_REFERENCE) and not callable(value):
+            exported: list[int] = []
+            message = head + (value,)
+            try:
+                try:
+                    data, tag = pickle.dumps(message, PROTOCOL), _wire.TAG_PICKLE
+                except NeedsReferences:
+                    buf = io.BytesIO()
+                    _RefPickler(buf, self._owner, exported).dump(message)
+                    data, tag = buf.getvalue(), _wire.TAG_REFS
+                if _MAIN not in data or not _names_main(message, self._owner):
+                    return tag, data, []
+            except Exception:
+                pass
+            if exported:
+                self._owner.unexport(exported)
+        return self.encode(head + (ByRef(value),), lambda: [("the result", value)])
+
+    def _encode(
+        self, message: tuple[Any, ...], operands: Callable[[], Sequence[tuple[str, Any]]], exported: list[int]
+    ) -> tuple[bytes, bytes, list[pickle.PickleBuffer]]:
         buffers: list[pickle.PickleBuffer] = []
         message = _big_buffers_out_of_band(message)
         try:
@@ -105,19 +180,25 @@ class Encoder:
             del buffers[:]
             try:
                 buf = io.BytesIO()
-                _RefPickler(buf, self._owner, _wire.buffer_taker(buffers)).dump(message)
+                _RefPickler(buf, self._owner, exported, _wire.buffer_taker(buffers)).dump(message)
             except SerializationError:
                 raise
             except Exception as exc:
-                return self._encode_slow(message, operands, exc)
-            data, tag = buf.getvalue(), b"R"
+                if exported:  # the slow path pickles again, and counts again
+                    self._owner.unexport(exported)
+                    del exported[:]
+                return self._encode_slow(message, operands, exc, exported)
+            data, tag = buf.getvalue(), _wire.TAG_REFS
         except Exception as exc:
-            return self._encode_slow(message, operands, exc)
+            return self._encode_slow(message, operands, exc, exported)
         if len(data) < _SCAN_LIMIT and _MAIN in data:
             # Something defined in the parent's __main__: pickle names it, but the
             # child's __main__ is not the parent's.  dill carries it by value.  (Large
             # payloads are not scanned: that would cost more than sending them.)
-            return self._encode_slow(message, operands, None)
+            if exported:
+                self._owner.unexport(exported)
+                del exported[:]
+            return self._encode_slow(message, operands, None, exported)
         return tag, data, buffers
 
     def _encode_slow(
@@ -125,6 +206,7 @@ class Encoder:
         message: tuple[Any, ...],
         operands: Callable[[], Sequence[tuple[str, Any]]],
         pickle_error: Exception | None,
+        exported: list[int],
     ) -> tuple[bytes, bytes, list[pickle.PickleBuffer]]:
         if self._child_version != tuple(sys.version_info[:2]):
             culprit, error = self._find_culprit(operands(), pickle_error)
@@ -140,8 +222,8 @@ class Encoder:
         owner = self._owner
 
         class _DillRefPickler(dill.Pickler):  # type: ignore[misc,name-defined]
-            def persistent_id(self, obj: Any) -> tuple[str, Any] | None:
-                return _ref_id(obj, owner)
+            def persistent_id(self, obj: Any) -> tuple[Any, ...] | None:
+                return _ref_id(obj, owner, exported)
 
         try:
             buf = io.BytesIO()
@@ -156,17 +238,49 @@ class Encoder:
     def _find_culprit(self, operands: Sequence[tuple[str, Any]], error: Exception | None) -> tuple[str, str]:
         """Name the first operand that pickle refuses (or that refers to the parent's __main__)."""
         for name, value in operands:
+            counted: list[int] = []
             try:
                 buf = io.BytesIO()
-                _RefPickler(buf, self._owner).dump(value)
+                _RefPickler(buf, self._owner, counted).dump(value)
             except SerializationError:
                 raise
             except Exception as exc:
                 return f"{name} ({_short_repr(value)})", f"pickle refuses it ({_describe(exc)})"
+            finally:
+                if counted:
+                    self._owner.unexport(counted)
             if _MAIN in buf.getvalue():
                 return f"{name} ({_short_repr(value)})", "it is defined in the parent's __main__"
         reason = "pickle refuses it" if error is None else f"pickle refuses it ({_describe(error)})"
         return "the request", reason
+
+
+class _MainFinder(_RefPickler):
+    """Pickles to nowhere, noting whether anything is named from the parent's __main__."""
+
+    def __init__(self, owner: Owner) -> None:
+        super().__init__(io.BytesIO(), owner, [])
+        self.found = False
+
+    def reducer_override(self, obj: Any) -> Any:
+        module = getattr(obj if isinstance(obj, (type, types.FunctionType)) else type(obj), "__module__", None)
+        if module == "__main__":
+            self.found = True
+        return NotImplemented
+
+    def persistent_id(self, obj: Any) -> Any:
+        # What travels by reference names nothing: no export is counted for this dry run.
+        return "ref" if type(obj) is ByRef or hasattr(type(obj), "_spawnproxy_ref_") else None
+
+
+def _names_main(message: Any, owner: Owner) -> bool:
+    """Whether a pickle of `message` refers to the parent's __main__ (not merely contains the bytes)."""
+    finder = _MainFinder(owner)
+    try:
+        finder.dump(message)
+    except Exception:
+        return True
+    return finder.found
 
 
 def _describe(exc: BaseException) -> str:
@@ -186,14 +300,26 @@ def dumps(message: Any) -> bytes:
     return pickle.dumps(message, PROTOCOL)
 
 
-def decode(tag: bytes, payload: Any) -> Any:
-    """Load a frame the child sent."""
+class _ChildRefUnpickler(pickle.Unpickler):
+    def __init__(self, data: Any, resolve: Callable[[Any], Any], buffers: Any = None) -> None:
+        super().__init__(io.BytesIO(data), buffers=buffers)
+        self._resolve = resolve
+
+    def persistent_load(self, pid: Any) -> Any:
+        return self._resolve(pid)
+
+
+def decode(tag: bytes, payload: Any, resolve: Callable[[Any], Any] | None = None) -> Any:
+    """Load a frame the child sent; `resolve` turns its persistent ids into objects."""
     if tag == _wire.TAG_PICKLE:
         return pickle.loads(payload)
+    buffers = None
     if tag == _wire.TAG_BUFFERS:
-        tag, data, buffers = _wire.split_buffers(payload)
+        tag, payload, buffers = _wire.split_buffers(payload)
         if tag == _wire.TAG_PICKLE:
-            return pickle.loads(data, buffers=buffers)
+            return pickle.loads(payload, buffers=buffers)
+    if tag == _wire.TAG_REFS and resolve is not None:
+        return _ChildRefUnpickler(payload, resolve, buffers).load()
     raise SerializationError(f"the child sent a frame with an unknown tag {tag!r}")
 
 
@@ -215,20 +341,20 @@ class _HeaderUnpickler(pickle.Unpickler):
         return None
 
 
-def reply_id(tag: bytes, payload: Any) -> int | None:
-    """The request id of a reply that `decode` could not load (its classes stubbed out), or None."""
+def message_head(tag: bytes, payload: Any) -> tuple[int | None, int | None]:
+    """(kind, request id) of a message that `decode` could not load (its classes stubbed out)."""
     buffers = None
     if tag == _wire.TAG_BUFFERS:
         tag, payload, buffers = _wire.split_buffers(payload)
-    if tag != _wire.TAG_PICKLE:
-        return None
+    if tag != _wire.TAG_PICKLE and tag != _wire.TAG_REFS:
+        return None, None
     try:
         message = _HeaderUnpickler(io.BytesIO(payload), buffers=buffers).load()
     except Exception:
-        return None
-    if type(message) is tuple and len(message) > 1 and message[0] == _wire.REPLY and type(message[1]) is int:
-        return message[1]
-    return None
+        return None, None
+    if type(message) is tuple and len(message) > 1 and type(message[0]) is int and type(message[1]) is int:
+        return message[0], message[1]
+    return None, None
 
 
 def can_import(modules: Sequence[str]) -> list[bool]:
@@ -248,9 +374,49 @@ def can_import(modules: Sequence[str]) -> list[bool]:
 # -- exceptions ---------------------------------------------------------------------
 
 
+class ParentTraceback(Exception):
+    """The parent's own traceback of an exception raised in a callback, relayed by the child.
+
+    It is the cause of the exception a call raises when a callback it made
+    failed: the printed traceback shows the parent's frames, then the child's.
+    """
+
+    def __str__(self) -> str:
+        return "\n\nTraceback in the parent:\n" + str(self.args[0]).rstrip() if self.args else ""
+
+
+_CHILD_PARENT_TRACEBACK = ("_spawnproxy_child._child", "ParentTraceback")
+_OWN_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def encode_exception(exc: BaseException) -> tuple[Any, ...]:
+    """Encode an exception raised in the parent for the child (which needs nothing but pickle)."""
+    import traceback
+
+    tp = type(exc)
+    try:
+        data: bytes | None = pickle.dumps(exc, PROTOCOL)
+    except Exception:
+        data = None
+    try:
+        message = str(exc)
+    except Exception:
+        message = "<str() of the exception failed>"
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_OWN_DIR):
+        tb = tb.tb_next  # the session's frames that ran the callback
+    try:
+        text = "".join(traceback.format_exception(tp, exc, tb))
+    except Exception as err:
+        text = f"{tp.__name__}: {message} (its traceback could not be formatted: {err!r})\n"
+    return (tp.__module__, tp.__qualname__, message, data, text)
+
+
 def rebuild_exception(encoded: tuple[Any, ...]) -> BaseException:
     """Turn an exception encoded by the child into a local one with remote frames."""
     module, qualname, message, data, frames, text, cause, context = encoded
+    if (module, qualname) == _CHILD_PARENT_TRACEBACK:
+        return ParentTraceback(message.split("Traceback in the parent:\n", 1)[-1])
     exc: BaseException | None = None
     if data is not None:
         try:

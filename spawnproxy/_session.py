@@ -4,9 +4,22 @@ Any number of threads may call at once.  Each request gets its own id; the
 thread that finds the receive lock free reads the channel for everyone
 ("leader/follower"): a single caller thus reads its own answer with no thread
 hand-off, and answers for other threads are handed over through a condition.
-While it waits, the leader also serves the requests the child sends (the
-protocol is symmetric), and it watches the child's exit handle, so a child
-that dies becomes an error at once instead of a hang.
+The leader watches the child's exit handle, so a child that dies becomes an
+error at once instead of a hang.
+
+The protocol is symmetric, and the child's requests are routed like answers:
+
+- a NESTED request (a callback made by the child while it runs one of our
+  requests) is run by the thread that waits for that request, never while it
+  holds the receive lock: a callback may call the child again, to any depth;
+- a plain REQUEST (a callback from a thread the child started), and a nested
+  one whose caller no longer waits (timed out, abandoned, awaited by asyncio),
+  runs on the session's worker thread, one at a time;
+- RELEASE gives back the parent's objects the child held (`by_ref`).
+
+When nobody else reads but someone must (the child holds the parent's objects
+and may call them at any time, or asyncio waiters expect answers), a reader
+thread leads; it lingers a little after it is last needed, then ends.
 """
 
 from __future__ import annotations
@@ -14,7 +27,9 @@ from __future__ import annotations
 import collections
 import importlib.util
 import itertools
+import logging
 import pickle
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -28,19 +43,33 @@ from ._errors import (
     SerializationError,
     SpawnProxyError,
 )
+from ._exports import ExportTable
+from ._operators import OPERATORS
 from ._options import current_timeout
 from ._peer import Peer
 from ._process import describe_exit
 
+log = logging.getLogger("spawnproxy")
+
 # The kind of a reply that arrived but could not be loaded here (never on the wire).
 _UNLOADABLE = -1
+# The kind of a reply that never came: the child ended (never on the wire); payload: the error.
+FAILED = -2
 # Packages the child may ask its parent for when it lacks them (pure Python).
 SHIPPABLE = frozenset({"dill"})
 _NO_OPERANDS: Callable[[], Sequence[tuple[str, Any]]] = lambda: ()  # noqa: E731
+# How long (s) the reader and the worker stay after their last use, and how often the reader looks up.
+LINGER = 1.0
+_POLL = 0.2
+_UNSET: Any = object()
+
+
+class _Local(threading.local):
+    serving: int | None = None  # the child's request this thread runs (a default: no AttributeError to pay)
 
 
 class Session:
-    """Requests to one child and the answers to them."""
+    """Requests to one child and the answers to them; the child's requests to us."""
 
     def __init__(self, process: Peer, call_timeout: float | None) -> None:
         self.process = process
@@ -51,6 +80,9 @@ class Session:
         self.encoder = _serialize.Encoder(self, self.child_version)
         self.types: dict[int, Any] = {}  # type key -> type info sent by the child
         self.releases: collections.deque[int] = collections.deque()
+        self.exports = ExportTable()  # the parent's objects the child holds (by_ref)
+        # Makes the proxy of a child's object that arrived inside a message: (oid, type info) -> proxy.
+        self.make_proxy: Callable[[int, Any], Any] | None = None
         self._send_lock = threading.Lock()
         self._recv_lock = threading.Lock()
         # One lock guards the replies and the waiting set; followers wait on a
@@ -62,8 +94,15 @@ class Session:
         self._followers = 0
         self._replies: dict[int, tuple[Any, ...]] = {}
         self._waiting: set[int] = set()
+        self._nested: dict[int, collections.deque[tuple[Any, ...]]] = {}  # waited-for id -> child requests
+        self._async: dict[int, Callable[[tuple[Any, ...]], None]] = {}  # id -> what to do with its reply
+        self._abandoned: collections.deque[int] = collections.deque()  # dropped by finalizers, not yet forgotten
+        self._local = _Local()
         self._ids = itertools.count(1)
         self._failure: Callable[[object], SpawnProxyError] | None = None
+        self._reader: threading.Thread | None = None
+        self._jobs: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._worker: threading.Thread | None = None
 
     # -- calling -------------------------------------------------------------------
 
@@ -75,17 +114,78 @@ class Session:
         describe: Callable[[], Sequence[tuple[str, Any]]] = _NO_OPERANDS,
     ) -> tuple[Any, ...]:
         """Send a request and return the child's reply; `what` names it in errors."""
+        timeout = current_timeout(self.call_timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout  # bounds the send too
+        rid = self.submit(op, operands, what, describe, None, deadline, timeout)
+        return self.collect(rid, what, False, deadline, timeout)
+
+    def submit(
+        self,
+        op: str,
+        operands: tuple[Any, ...],
+        what: object,
+        describe: Callable[[], Sequence[tuple[str, Any]]] = _NO_OPERANDS,
+        on_reply: Callable[[tuple[Any, ...]], None] | None = None,
+        deadline: float | None = _UNSET,
+        timeout: float | None = None,
+    ) -> int:
+        """Send a request now and return its id.
+
+        Its reply is for `collect(id)` (prefetching) or, with `on_reply`, is
+        handed to `on_reply(reply)` by whichever thread reads it (asyncio).
+        Either way `abandon(id)` gives it up, as a timeout does.
+        """
         if self._failure is not None:
             raise self._failure(what)
-        timeout = current_timeout(self.call_timeout)
+        if self._abandoned:
+            self._forget_abandoned()
         rid = next(self._ids)
-        tag, payload, buffers = self.encoder.encode((_wire.REQUEST, rid, op) + operands, describe)
+        outer = self._local.serving
+        head = (_wire.REQUEST, rid, op) if outer is None else (_wire.NESTED, rid, outer, op)
+        tag, payload, buffers = self.encoder.encode(head + operands, describe)
         with self._lock:
-            self._waiting.add(rid)
-        deadline = None if timeout is None else time.monotonic() + timeout
+            if on_reply is None:
+                self._waiting.add(rid)
+            else:
+                self._async[rid] = on_reply
+        if deadline is _UNSET:
+            timeout = current_timeout(self.call_timeout)
+            deadline = None if timeout is None else time.monotonic() + timeout
         try:
             self._send(tag, payload, what, deadline, timeout, buffers)
-            reply = self._wait(rid, what, deadline, timeout)
+        except BaseException:
+            self.abandon(rid)
+            raise
+        if on_reply is not None:
+            # No thread of ours waits for this answer: someone must read it.  (A blocking
+            # caller reads for itself, and routes what comes meanwhile.)
+            self._ensure_reader()
+        return rid
+
+    def collect(
+        self,
+        rid: int,
+        what: object,
+        keep_on_timeout: bool = False,
+        deadline: float | None = _UNSET,
+        timeout: float | None = None,
+    ) -> tuple[Any, ...]:
+        """Wait for the reply to a request sent with `submit`, serving its callbacks meanwhile.
+
+        The deadline is the call's (from `request`), else the timeout starts now.  With
+        `keep_on_timeout`, a timeout leaves the request pending: it may be collected
+        again later (a stream goes on where it was).
+        """
+        if deadline is _UNSET:
+            timeout = current_timeout(self.call_timeout)
+            deadline = None if timeout is None else time.monotonic() + timeout
+        kept = False
+        try:
+            try:
+                reply = self._wait(rid, what, deadline, timeout)
+            except CallTimeoutError:
+                kept = keep_on_timeout
+                raise
             if reply[2] == _UNLOADABLE:
                 error = reply[3]
                 raise SerializationError(
@@ -93,9 +193,41 @@ class Session:
                 ) from error
             return reply
         finally:
-            with self._lock:
-                self._waiting.discard(rid)
-                self._replies.pop(rid, None)
+            if not kept:
+                self._forget(rid)
+            if self.exports.objects and self._reader is None:
+                # The child kept an object of ours: it may call it while no one here reads.
+                self._ensure_reader()
+
+    def abandon(self, rid: int) -> None:
+        """Give up a request: its late reply is dropped, a reference in it released."""
+        with self._lock:
+            self._async.pop(rid, None)
+        self._forget(rid)
+
+    def abandon_later(self, rid: int) -> None:
+        """`abandon` for finalizers: takes no lock, never blocks."""
+        self._abandoned.append(rid)
+
+    def _forget(self, rid: int) -> None:
+        with self._lock:
+            self._waiting.discard(rid)
+            reply = self._replies.pop(rid, None)
+            orphans = self._nested.pop(rid, None)
+        if reply is not None and reply[2] == _wire.REF:
+            self.releases.append(reply[3][0])
+        if orphans:
+            # The child still waits for their answers: someone must give them.
+            for message in orphans:
+                self._to_worker(message)
+
+    def _forget_abandoned(self) -> None:
+        while self._abandoned:
+            try:
+                rid = self._abandoned.popleft()
+            except IndexError:
+                return
+            self.abandon(rid)
 
     def _send(
         self,
@@ -148,15 +280,31 @@ class Session:
                     self._cond.notify_all()
         return True
 
+    def flush_releases_nowait(self) -> None:
+        """Send the pending releases now if the channel is free (for finalizers: never blocks on a lock)."""
+        if self._failure is None and self.releases and self._send_lock.acquire(False):
+            try:
+                self._send_releases(None)
+            except (EOFError, OSError, _wire.SendTimeout):
+                pass  # the child is gone: the next read says so
+            finally:
+                self._send_lock.release()
+
     def _wait(self, rid: int, what: object, deadline: float | None, timeout: float | None) -> tuple[Any, ...]:
         interrupted = False
         while True:
             try:
+                job = None
                 with self._lock:
                     while True:
                         reply = self._replies.pop(rid, None)
                         if reply is not None:
                             return reply
+                        if self._nested:
+                            inbox = self._nested.get(rid)
+                            if inbox:
+                                job = inbox.popleft()
+                                break
                         if self._failure is not None:
                             raise self._failure(what)
                         if self._recv_lock.acquire(False):
@@ -169,13 +317,19 @@ class Session:
                             self._cond.wait(remaining)
                         finally:
                             self._followers -= 1
-                try:
-                    return self._lead(rid, what, deadline, timeout)
-                finally:
-                    with self._lock:
-                        self._recv_lock.release()
-                        if self._followers:
-                            self._cond.notify_all()
+                if job is None:
+                    try:
+                        job = self._lead(rid, what, deadline, timeout)
+                    finally:
+                        with self._lock:
+                            self._recv_lock.release()
+                            if self._followers:
+                                self._cond.notify_all()
+                    if job[0] == _wire.REPLY:
+                        return job
+                # A callback of this call: run here, where a call it makes to the child
+                # can read its own answer (the receive lock is free again).
+                self._serve(job)
             except KeyboardInterrupt:
                 # First Ctrl-C: interrupt the call in the child, whose answer is then a
                 # KeyboardInterrupt raised there.  A second one abandons the call.
@@ -185,6 +339,7 @@ class Session:
                 self.process.interrupt()
 
     def _lead(self, rid: int, what: object, deadline: float | None, timeout: float | None) -> tuple[Any, ...]:
+        """Read until the reply to `rid`, or a request nested in it, arrives; route all else."""
         channel = self.channel
         while True:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -195,38 +350,88 @@ class Session:
                 raise self._timeout(what, timeout)
             if ready[0] != channel.fd:
                 raise self._fail(what)  # only the exit handle is ready: the child is gone
-            try:
-                tag, payload = channel.recv()
-            except (EOFError, OSError):
-                raise self._fail(what) from None
-            try:
-                message: tuple[Any, ...] = _serialize.decode(tag, payload)
-            except Exception as exc:
-                # The answer to some call that cannot be rebuilt here: it must reach its
-                # own caller as an error (or be dropped if late), not fail whoever reads.
-                reply_id = _serialize.reply_id(tag, payload)
-                if reply_id is None:
-                    raise
-                message = (_wire.REPLY, reply_id, _UNLOADABLE, exc)
+            message = self._receive(what)
             kind = message[0]
             if kind == _wire.REPLY:
-                if message[2] == _wire.REF and message[3][2] is not None:
-                    # A type is described once: keep it even if this answer is dropped.
-                    self.types[message[3][1]] = message[3][2]
                 if message[1] == rid:
                     return message
-                with self._lock:
-                    if message[1] in self._waiting:
-                        self._replies[message[1]] = message
-                        if self._followers:
-                            self._cond.notify_all()
-                        continue
-                # The late answer of a call that timed out: dropped, and a reference
-                # the child counted for it is given back.
-                if message[2] == _wire.REF:
-                    self.releases.append(message[3][0])
-            elif kind == _wire.REQUEST:
-                self._serve(message)
+                self._route_reply(message)
+            elif kind == _wire.NESTED and message[2] == rid:
+                return message
+            else:
+                self._route(message)
+
+    def _receive(self, what: object) -> tuple[Any, ...]:
+        try:
+            tag, payload = self.channel.recv()
+        except (EOFError, OSError):
+            raise self._fail(what) from None
+        try:
+            message: tuple[Any, ...] = _serialize.decode(tag, payload, self._resolve_pid)
+        except Exception as exc:
+            # The answer to some call that cannot be rebuilt here: it must reach its
+            # own caller as an error (or be dropped if late), not fail whoever reads.
+            kind, rid = _serialize.message_head(tag, payload)
+            if kind == _wire.REPLY:
+                message = (_wire.REPLY, rid, _UNLOADABLE, exc)
+            elif kind in (_wire.REQUEST, _wire.NESTED):
+                # A request of the child's we cannot load: it gets the error as its answer.
+                error = _serialize.encode_exception(exc)
+                self._send(_wire.TAG_PICKLE, _serialize.dumps((_wire.REPLY, rid, _wire.ERROR, error)), what, None, None)
+                message = (_wire.RELEASE, [])
+            else:
+                raise
+        if message[0] == _wire.REPLY and message[2] == _wire.REF and message[3][2] is not None:
+            # A type is described once: keep it even if this answer is dropped.
+            self.types[message[3][1]] = message[3][2]
+        return message
+
+    def _resolve_pid(self, pid: Any) -> Any:
+        """The object a persistent id in the child's message stands for."""
+        if pid[0] == "local":
+            return self.exports.get(pid[1])
+        _, oid, key, info = pid
+        if info is not None:
+            self.types[key] = info
+        else:
+            info = self.types.get(key)
+        make = self.make_proxy
+        if make is None:
+            self.releases.append(oid)
+            return None
+        return make(oid, info)
+
+    def _route_reply(self, message: tuple[Any, ...]) -> None:
+        if self._abandoned:
+            self._forget_abandoned()
+        rid = message[1]
+        with self._lock:
+            if rid in self._waiting:
+                self._replies[rid] = message
+                if self._followers:
+                    self._cond.notify_all()
+                return
+            on_reply = self._async.pop(rid, None)
+        if on_reply is not None:
+            on_reply(message)
+        elif message[2] == _wire.REF:
+            # The late answer of a call that timed out: dropped, and a reference
+            # the child counted for it is given back.
+            self.releases.append(message[3][0])
+
+    def _route(self, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == _wire.RELEASE:
+            self.exports.release(message[1])
+            return
+        if kind == _wire.NESTED:
+            with self._lock:
+                if message[2] in self._waiting:
+                    self._nested.setdefault(message[2], collections.deque()).append(message)
+                    if self._followers:
+                        self._cond.notify_all()
+                    return
+        self._to_worker(message)
 
     def _timeout(self, what: object, timeout: float | None) -> CallTimeoutError:
         return CallTimeoutError(
@@ -236,24 +441,148 @@ class Session:
 
     # -- the child's requests -------------------------------------------------------
 
+    def export(self, obj: Any, weak: bool) -> tuple[Any, ...]:
+        """Hold a local object for the child (by_ref); return the persistent id that names it."""
+        return self.exports.add(obj, weak)
+
+    def unexport(self, oids: list[int]) -> None:
+        """Give back references counted for a message that was never sent."""
+        self.exports.release(list(oids))
+
     def _serve(self, message: tuple[Any, ...]) -> None:
-        rid, op, operands = message[1], message[2], message[3:]
-        how: int
-        payload: Any
+        """Run a request of the child's and send the answer (never while holding the receive lock)."""
+        if message[0] == _wire.NESTED:
+            rid, op, operands = message[1], message[3], message[4:]
+        else:
+            rid, op, operands = message[1], message[2], message[3:]
+        message = ()
+        local = self._local
+        outer = local.serving
+        local.serving = rid  # what this thread asks the child meanwhile is nested in it
+        value: Any = None
         try:
-            if op == "importable":
-                how, payload = _wire.VALUE, _serialize.can_import(operands[0])
-            elif op == "source":
-                how, payload = _wire.VALUE, _module_source(operands[0])
-            else:
-                raise ValueError(f"unknown request {op!r} from the child")
-        except Exception as exc:
-            how, payload = _wire.ERROR, f"{type(exc).__name__}: {exc}"
-        with self._send_lock:
+            value = _SERVE[op](self, *operands)
+            how = _wire.VALUE
+        except BaseException as exc:  # a KeyboardInterrupt too: it reaches the child's call, then ours
+            how, value = _wire.ERROR, _serialize.encode_exception(exc)
+            del exc
+        finally:
+            local.serving = outer
+            operands = ()
+        buffers: list[pickle.PickleBuffer] = []
+        if how == _wire.ERROR:
+            tag, payload = _wire.TAG_PICKLE, _serialize.dumps((_wire.REPLY, rid, how, value))
+        else:
+            # What cannot travel by value goes by reference: the child gets a stand-in.
+            tag, payload, buffers = self.encoder.encode_result((_wire.REPLY, rid, how), value)
+        del value
+        try:
+            self._send(tag, payload, "answering the child", None, None, buffers)
+        except SpawnProxyError:
+            pass  # the child is gone: the next read says so, with its exit code
+
+    def _to_worker(self, message: tuple[Any, ...]) -> None:
+        """Queue a child's request that no waiting thread of ours will run."""
+        self._jobs.put(message)
+        with self._lock:
+            if self._worker is None and self._failure is None:
+                self._worker = threading.Thread(target=self._work, name=f"spawnproxy-callbacks-{self.pid}", daemon=True)
+                self._worker.start()
+
+    def _work(self) -> None:
+        while True:
             try:
-                self.channel.send(_wire.TAG_PICKLE, _serialize.dumps((_wire.REPLY, rid, how, payload)))
-            except (EOFError, OSError):
-                pass  # the child is gone: the next read says so, with its exit code
+                message = self._jobs.get(timeout=LINGER)
+            except queue.Empty:
+                with self._lock:
+                    if self._jobs.empty() or self._failure is not None:
+                        self._worker = None
+                        return
+                continue
+            if self._failure is None:
+                self._serve(message)
+            del message
+
+    # -- the reader: for when the child may speak while no caller reads -------------------
+
+    def _needs_reader(self) -> bool:
+        return bool(self._async or self.exports.objects)
+
+    def _ensure_reader(self) -> None:
+        with self._lock:
+            if self._failure is not None:
+                return
+            if self._reader is None:
+                self._reader = threading.Thread(
+                    target=self._read_loop, name=f"spawnproxy-reader-{self.pid}", daemon=True
+                )
+                self._reader.start()
+            elif self._followers:
+                self._cond.notify_all()  # a lingering reader: needed again
+
+    def _read_loop(self) -> None:
+        idle_since: float | None = None
+        while True:
+            with self._lock:
+                while True:
+                    if self._failure is not None:
+                        self._reader = None
+                        return
+                    if self._needs_reader():
+                        idle_since = None
+                        if self._recv_lock.acquire(False):
+                            break
+                        wait: float | None = None
+                    else:
+                        now = time.monotonic()
+                        if idle_since is None:
+                            idle_since = now
+                        wait = LINGER - (now - idle_since)
+                        if wait <= 0:
+                            # Decided under the lock that ensure_reader takes: no request is left unread.
+                            self._reader = None
+                            return
+                    self._followers += 1
+                    try:
+                        self._cond.wait(wait)
+                    finally:
+                        self._followers -= 1
+            try:
+                self._pump()
+            except SpawnProxyError:
+                pass  # the child ended: every waiter has been told
+            except Exception:
+                log.exception("spawnproxy: the reader of child %d failed", self.pid)
+                self._fail("reading the child's messages")
+            finally:
+                with self._lock:
+                    self._recv_lock.release()
+                    if self._followers:
+                        self._cond.notify_all()
+
+    def _pump(self) -> None:
+        """Read and route messages while someone needs it, letting callers lead otherwise."""
+        channel = self.channel
+        while self._needs_reader():
+            if self.releases:
+                with self._send_lock:
+                    try:
+                        self._send_releases(None)
+                    except (EOFError, OSError):
+                        raise self._fail("sending releases") from None
+            if self._failure is not None:
+                return
+            ready = channel.wait(_POLL)
+            if ready is None:
+                continue
+            if ready[0] != channel.fd:
+                raise self._fail("reading the child's messages")
+            message = self._receive("reading the child's messages")
+            if message[0] == _wire.REPLY:
+                self._route_reply(message)
+            else:
+                self._route(message)
+            del message
 
     # -- ending --------------------------------------------------------------------
 
@@ -279,6 +608,7 @@ class Session:
             first = DaemonDiedError(f"child {pid} ended by itself ({text}) during {what}{tail}", code)
             with self._cond:
                 self._cond.notify_all()
+            self._end_waiters()
             return first
         return self._failure(what)
 
@@ -291,7 +621,20 @@ class Session:
             )
         with self._cond:
             self._cond.notify_all()
-        return self.process.shutdown(timeout)
+        code = self.process.shutdown(timeout)
+        self._end_waiters()
+        return code
+
+    def _end_waiters(self) -> None:
+        """The child has ended: asyncio waiters get the error, the parent's objects are let go."""
+        failure = self._failure
+        assert failure is not None
+        with self._lock:
+            waiters = list(self._async.items())
+            self._async.clear()
+        for rid, on_reply in waiters:
+            on_reply((_wire.REPLY, rid, FAILED, failure("the call")))
+        self.exports.clear()
 
 
 def _module_source(name: str) -> tuple[str, bool] | None:
@@ -302,3 +645,44 @@ def _module_source(name: str) -> tuple[str, bool] | None:
         return None
     with open(spec.origin, encoding="utf-8") as f:
         return f.read(), spec.submodule_search_locations is not None
+
+
+# -- what the child may ask of the parent: each returns the value of the answer ----------
+
+
+def _serve_call(session: Session, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return session.exports.get(target)(*args, **kwargs)
+
+
+def _serve_getattr(session: Session, target: Any, name: str) -> Any:
+    value = getattr(session.exports.get(target), name)
+    return value  # by value if pickle can carry it; what is callable stays here (encode_result)
+
+
+def _serve_setattr(session: Session, target: Any, name: str, value: Any) -> None:
+    setattr(session.exports.get(target), name, value)
+
+
+def _serve_delattr(session: Session, target: Any, name: str) -> None:
+    delattr(session.exports.get(target), name)
+
+
+def _serve_dir(session: Session, target: Any) -> list[str]:
+    return sorted(dir(session.exports.get(target)))
+
+
+def _serve_op(session: Session, target: Any, name: str, args: tuple[Any, ...]) -> Any:
+    operator: Callable[..., Any] = OPERATORS[name]  # type: ignore[assignment]
+    return operator(session.exports.get(target), *args)
+
+
+_SERVE: dict[str, Callable[..., Any]] = {
+    "importable": lambda session, modules: _serialize.can_import(modules),
+    "source": lambda session, name: _module_source(name),
+    "call": _serve_call,
+    "getattr": _serve_getattr,
+    "setattr": _serve_setattr,
+    "delattr": _serve_delattr,
+    "dir": _serve_dir,
+    "op": _serve_op,
+}

@@ -28,8 +28,22 @@ receive loop of each side also serves requests (callbacks, streaming and the
 child asking its parent for module sources all ride on this).
 
     (REQUEST, request_id, op, *operands)
+    (NESTED, request_id, outer_id, op, *operands)
     (REPLY, request_id, how, payload)     how: VALUE, REF, PATH, SAME, BASE, ERROR
     (RELEASE, [object ids])              one-way, never answered
+
+The parent's request ids are positive, the child's negative.  NESTED is a
+request made while serving the other side's request `outer_id` (a callback
+made by a call, a call made by a callback): the receiver runs it on the thread
+that waits for `outer_id`, which is what lets calls and callbacks nest to any
+depth without either side deadlocking on its own reading.
+
+An object one side holds for the other travels inside a pickle as a
+persistent id (frame tag b"R"):
+
+    ("ref", target)                     the receiver's own object (a proxy sent back)
+    ("ref", oid, type key, type info)   the child's object, new to the parent: a proxy there
+    ("local", oid, callable, methods)   the parent's object (by_ref), new to the child
 """
 
 import collections.abc
@@ -43,6 +57,7 @@ import time
 REQUEST = 0
 REPLY = 1
 RELEASE = 2
+NESTED = 3
 
 # How a reply carries its result.
 VALUE = 0  # payload is the value itself
@@ -53,6 +68,7 @@ BASE = 4  # the result is the object the request's path starts from (a method re
 ERROR = 5  # payload is an encoded exception
 
 TAG_PICKLE = b"P"
+TAG_REFS = b"R"
 TAG_DILL = b"D"
 
 TAG_MEMFD = b"M"

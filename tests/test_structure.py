@@ -26,6 +26,8 @@ PUBLIC = {
     "Server",
     "SpawnProxyError",
     "__version__",
+    "aio",
+    "by_ref",
     "call_timeout",
     "connect",
     "daemon_of",

@@ -1,0 +1,335 @@
+"""`aio(proxy)`: an asyncio view of a proxy.
+
+An awaited request is sent at once from the event loop's thread; its answer is
+read by the session's reader thread (or by any blocking caller that happens to
+be reading) and handed to the loop with `call_soon_threadsafe`: no thread per
+await, and the loop never waits on the channel.  Cancelling the awaiting task
+abandons the request exactly as a timeout does: a late answer is dropped and a
+reference in it released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Coroutine, Generator
+from typing import Any
+
+from . import _serialize, _wire
+from ._errors import SerializationError
+from ._options import current_timeout
+from ._proxy import FIRST_BATCH, ObjectProxy, _Label, _operands, _Ref, _Remote, batch_sizes, handle_of
+from ._session import Session
+
+__all__ = ["AsyncProxy", "aio"]
+
+
+def aio(proxy: ObjectProxy) -> AsyncProxy:
+    """Return an asyncio view of a proxy: its calls, attribute reads and iteration are awaitable.
+
+    `await aio(p).method(x)` calls, `await aio(p).attr` reads an attribute,
+    `await aio(p)(x)` calls `p` itself, and `async for x in aio(p).gen()` (or
+    `async for x in aio(p)`) iterates in batches read ahead. Awaiting never
+    blocks the event loop. A timeout (the `call_timeout` option, or
+    `spawnproxy.call_timeout()` around the await) raises `CallTimeoutError`;
+    cancelling the awaiting task (`asyncio.timeout`, `wait_for`) abandons the
+    call as a timeout does. Results are what the blocking call returns: values,
+    or proxies (wrap them in `aio()` again to await their methods).
+
+    Example:
+        >>> import asyncio, spawnproxy
+        >>> mod = spawnproxy.run_script('''
+        ... import time
+        ... def slow_square(x):
+        ...     time.sleep(0.1)
+        ...     return x * x
+        ... def count(n):
+        ...     yield from range(n)
+        ... ''')
+        >>> async def main():
+        ...     squares = await asyncio.gather(*(aio(mod).slow_square(i) for i in range(3)))
+        ...     counted = [x async for x in aio(mod).count(4)]
+        ...     return squares, counted
+        >>> from spawnproxy import aio
+        >>> asyncio.run(main())
+        ([0, 1, 4], [0, 1, 2, 3])
+        >>> mod.terminate_daemon()
+    """
+    return AsyncProxy(handle_of(proxy))
+
+
+class AsyncProxy:
+    """The asyncio view of one proxy (see `aio`)."""
+
+    __slots__ = ("_handle",)
+
+    def __init__(self, handle: _Remote) -> None:
+        self._handle = handle
+
+    def __getattr__(self, name: str) -> AsyncAttribute:
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        return AsyncAttribute(self._handle, name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> AsyncCall:
+        return AsyncCall(self._handle, args, kwargs)
+
+    def __aiter__(self) -> AsyncStream:
+        return AsyncStream(self._handle)
+
+    def __repr__(self) -> str:
+        return f"aio({self._handle._sp_label})"
+
+
+class AsyncAttribute:
+    """`aio(p).name`: await it to read the attribute, call it to call it, or iterate over it."""
+
+    __slots__ = ("_handle", "_name")
+
+    def __init__(self, handle: _Remote, name: str) -> None:
+        self._handle = handle
+        self._name = name
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return _getattr(self._handle, self._name).__await__()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> AsyncCall:
+        method = handle_of(self._handle._sp_path(self._name, True))
+        return AsyncCall(method, args, kwargs)
+
+    def __aiter__(self) -> AsyncStream:
+        return AsyncStream(self._handle, _getattr(self._handle, self._name))
+
+    def __getattr__(self, name: str) -> AsyncAttribute:
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        return AsyncAttribute(handle_of(self._handle._sp_path(self._name, False)), name)
+
+
+class AsyncCall:
+    """`aio(p).f(x)`: await it for the result, or `async for` over the result."""
+
+    __slots__ = ("_args", "_handle", "_kwargs")
+
+    def __init__(self, handle: _Remote, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self._handle = handle
+        self._args = args
+        self._kwargs = kwargs
+
+    def _call(self) -> Coroutine[Any, Any, Any]:
+        handle, args, kwargs = self._handle, self._args, self._kwargs
+        return request(
+            handle, "call", (args, kwargs), _Label("{}()", handle._sp_label), lambda: _operands(args, kwargs)
+        )
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._call().__await__()
+
+    def __aiter__(self) -> AsyncStream:
+        return AsyncStream(self._handle, self._call())
+
+
+async def _getattr(handle: _Remote, name: str) -> Any:
+    """The attribute read of `_Remote.__getattr__`, awaited."""
+    session = handle._sp_session
+    session.check(f"reading {handle._sp_label}.{name}")
+    cached = handle._sp_cache.get(name)
+    if cached is not None:
+        return cached
+    what = f"reading {handle._sp_label}.{name}"
+    names = handle._sp_names
+    if names is not None:
+        if name not in names:
+            names[name] = await request(handle, "attrinfo", (name,), what)
+        return handle.__getattr__(name)  # known now: no round trip
+    info = handle._sp_info
+    if info is not None and name in info[2]:
+        return handle.__getattr__(name)
+    reply = await _reply(session, "getattr", (handle._sp_target, name), what)
+    if reply[2] == _wire.PATH:
+        proxy = handle._sp_cache[name] = handle._sp_path(name, reply[3])
+        return proxy
+    return handle._sp_reply(reply, what)
+
+
+async def request(handle: _Remote, op: str, operands: tuple[Any, ...], what: object, describe: Any = None) -> Any:
+    """Send a request about `handle`'s object and await its result."""
+    reply = await _reply(handle._sp_session, op, (handle._sp_target, *operands), what, describe)
+    return handle._sp_reply(reply, what)
+
+
+def _submit(
+    session: Session, op: str, operands: tuple[Any, ...], what: object, describe: Any = None
+) -> tuple[int, asyncio.Future[tuple[Any, ...]]]:
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[tuple[Any, ...]] = loop.create_future()
+
+    def on_reply(reply: tuple[Any, ...]) -> None:
+        try:
+            loop.call_soon_threadsafe(_settle, future, reply)
+        except RuntimeError:
+            pass  # the loop is closed: no one awaits this any more
+
+    named = describe if callable(describe) else (lambda: describe or [])
+    rid = session.submit(op, operands, what, named, on_reply)
+    return rid, future
+
+
+def _settle(future: asyncio.Future[tuple[Any, ...]], reply: tuple[Any, ...]) -> None:
+    if not future.done():
+        future.set_result(reply)
+
+
+async def _await(session: Session, rid: int, future: asyncio.Future[tuple[Any, ...]], what: object) -> tuple[Any, ...]:
+    """Await a submitted request's reply; on timeout or cancellation, abandon it."""
+    timeout = current_timeout(session.call_timeout)
+    timer = None
+    if timeout is not None:
+        timer = asyncio.get_running_loop().call_later(timeout, _expire, future, session, what, timeout)
+    try:
+        return await future
+    except BaseException:
+        session.abandon(rid)
+        raise
+    finally:
+        if timer is not None:
+            timer.cancel()
+
+
+def _expire(future: asyncio.Future[tuple[Any, ...]], session: Session, what: object, timeout: float) -> None:
+    if not future.done():
+        future.set_exception(session._timeout(what, timeout))
+
+
+async def _reply(
+    session: Session, op: str, operands: tuple[Any, ...], what: object, describe: Any = None
+) -> tuple[Any, ...]:
+    rid, future = _submit(session, op, operands, what, describe)
+    return await _await(session, rid, future, what)
+
+
+class AsyncStream:
+    """`async for` over a remote iterable: batches read ahead, as `Stream` does.
+
+    Made from a handle, or from an awaitable whose result is iterated (a call
+    or an attribute read): a proxy is streamed, a local value iterated here.
+    Dropping it (a `break`) releases the remote iterator; `aclose()` closes it.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_buffer",
+        "_end",
+        "_handle",
+        "_local",
+        "_pending",
+        "_ref",
+        "_session",
+        "_sizes",
+        "_source",
+        "_target",
+        "_what",
+    )
+
+    def __init__(self, handle: _Remote, source: Any = None) -> None:
+        self._handle: _Remote | None = handle if source is None else None
+        self._source = source  # an awaitable whose result is iterated
+        self._session = handle._sp_session
+        self._buffer: collections.deque[Any] = collections.deque()
+        self._end: Any = None
+        self._pending: tuple[int, asyncio.Future[tuple[Any, ...]]] | None = None
+        self._ref: _Ref | None = None
+        self._local: Any = None
+        self._target: Any = None
+        self._sizes = batch_sizes()
+        self._what = _Label("iterating over {}", handle._sp_label)
+
+    def __aiter__(self) -> AsyncStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._buffer:
+            return self._buffer.popleft()
+        if self._local is not None:
+            try:
+                return next(self._local)
+            except StopIteration:
+                raise StopAsyncIteration from None
+        if self._target is None:
+            await self._open()
+            if self._local is not None:
+                return await self.__anext__()
+        while not self._buffer:
+            end = self._end
+            if end is not None:
+                if end is True:
+                    raise StopAsyncIteration
+                self._end = True
+                raise _serialize.rebuild_exception(end)
+            pending, self._pending = self._pending, None
+            if pending is None:
+                pending = _submit(self._session, "batch", (self._target, next(self._sizes), False), self._what)
+            reply = await _await(self._session, pending[0], pending[1], self._what)
+            items, end = self._unpack(reply)[:2]
+            self._take(items, end)
+        return self._buffer.popleft()
+
+    async def _open(self) -> None:
+        handle = self._handle
+        if handle is None:
+            result = await self._source
+            self._source = None
+            if not isinstance(result, ObjectProxy):
+                self._local = iter(result)
+                return
+            handle = handle_of(result)
+        reply = await _reply(self._session, "batch", (handle._sp_target, FIRST_BATCH, True), self._what)
+        items, end, ref = self._unpack(reply)
+        if ref is None:
+            self._target = handle._sp_target
+            self._ref = handle._sp_ref
+        else:
+            oid, key, info = ref
+            if info is not None:
+                self._session.types[key] = info
+            self._target = oid
+            self._ref = _Ref(oid, self._session.releases)
+        self._handle = None
+        self._take(items, end)
+
+    def _unpack(self, reply: tuple[Any, ...]) -> tuple[Any, Any, Any]:
+        if reply[2] == _wire.VALUE:
+            return reply[3]  # type: ignore[no-any-return]
+        self._end = True
+        if reply[2] == _wire.ERROR:
+            raise _serialize.rebuild_exception(reply[3])
+        if isinstance(reply[3], BaseException):
+            raise reply[3]
+        raise SerializationError(f"unexpected reply kind {reply[2]!r} to {self._what}")
+
+    def _take(self, items: list[Any], end: Any) -> None:
+        self._end = end
+        if end is None:
+            self._pending = _submit(self._session, "batch", (self._target, next(self._sizes), False), self._what)
+        self._buffer.extend(items)
+
+    async def aclose(self) -> None:
+        """Stop iterating and close the remote iterator (a generator's `finally` runs)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self._session.abandon(pending[0])
+        self._buffer.clear()
+        if self._end is None and self._target is not None:
+            self._end = True
+            await _reply(self._session, "close", (self._target,), _Label("closing {}", self._what))
+
+    def __del__(self) -> None:
+        try:
+            pending = self._pending
+            session = self._session
+        except AttributeError:
+            return
+        if pending is not None:
+            session.abandon_later(pending[0])
+        self._ref = None
+        session.flush_releases_nowait()
