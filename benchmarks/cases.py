@@ -35,6 +35,8 @@ CASES = [
     "threads_2",
     "threads_8",
     "refs",
+    "stream_1M",
+    "async_1000",
 ]
 ECHO_SIZES = {"echo_1KiB": KIB, "echo_1MiB": MIB, "echo_64MiB": 64 * MIB, "echo_numpy_64MiB": 64 * MIB}
 
@@ -50,13 +52,26 @@ class Settings:
     thread_calls: int
     refs: int
     hang_s: float
+    stream_items: int = 1_000_000
+    step_items: int = 20_000
+    async_rounds: int = 10
 
     @classmethod
     def make(cls, quick: bool) -> Settings:
         """Few iterations for ``--quick``, enough for stable medians otherwise."""
         if quick:
             reps = {"echo_1KiB": 200, "echo_1MiB": 20, "echo_64MiB": 3, "echo_numpy_64MiB": 3}
-            return cls(startups=3, latency=200, warmup=50, echo_reps=reps, thread_calls=100, refs=1000, hang_s=10.0)
+            return cls(
+                startups=3,
+                latency=200,
+                warmup=50,
+                echo_reps=reps,
+                thread_calls=100,
+                refs=1000,
+                hang_s=10.0,
+                step_items=5000,
+                async_rounds=3,
+            )
         reps = {"echo_1KiB": 2000, "echo_1MiB": 100, "echo_64MiB": 5, "echo_numpy_64MiB": 5}
         return cls(startups=20, latency=2000, warmup=200, echo_reps=reps, thread_calls=1000, refs=10_000, hang_s=60.0)
 
@@ -227,8 +242,50 @@ def refs(h: Handle, s: Settings) -> dict[str, Any]:
     return {**res, "value": s.refs / ((sum(samples) + flush) * 1e-9), "unit": "refs/s", "better": "higher"}
 
 
+def streaming(h: Handle, s: Settings) -> dict[str, Any]:
+    """Iterate ``p.numbers(10**6)`` (small ints) to the end; items/s.
+
+    Also times one round trip per item (``p.next_of(g)``, which calls ``next(g)`` in the server,
+    on fewer items) and reports ``speedup``: how many times faster streaming is than that.
+    """
+    n = s.stream_items
+    t0 = time.perf_counter_ns()
+    total = h.stream_sum(n)
+    streamed = time.perf_counter_ns() - t0
+    _check(total == n * (n - 1) // 2, f"sum of {n} streamed items")
+    k = s.step_items
+    t0 = time.perf_counter_ns()
+    total = h.step_sum(k)
+    stepped = time.perf_counter_ns() - t0
+    _check(total == k * (k - 1) // 2, f"sum of {k} items one by one")
+    rate, step_rate = n / (streamed * 1e-9), k / (stepped * 1e-9)
+    return {
+        "value": rate,
+        "unit": "items/s",
+        "better": "higher",
+        "n": n,
+        "per_item_round_trip": step_rate,
+        "speedup": rate / step_rate,
+    }
+
+
+def async_calls(h: Handle, s: Settings) -> dict[str, Any]:
+    """1,000 concurrent awaits of ``p.add(i, 1)`` gathered on one child; calls/s (median of rounds)."""
+    samples = []
+    for _ in range(s.async_rounds):
+        t0 = time.perf_counter_ns()
+        h.gather_adds(1000)
+        samples.append(time.perf_counter_ns() - t0)
+    res = summarize(samples, 1e6, "ms")
+    return {**res, "value": 1000 / (res["median_ms"] * 1e-3), "unit": "calls/s", "better": "higher"}
+
+
 def run(h: Handle, case: str, s: Settings) -> dict[str, Any]:
     """Run one steady-state case on an open handle."""
+    if case == "stream_1M":
+        return streaming(h, s)
+    if case == "async_1000":
+        return async_calls(h, s)
     if case in ECHO_SIZES:
         return bandwidth(h, case, s)
     if case.startswith("threads_"):

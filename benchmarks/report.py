@@ -19,6 +19,8 @@ LABELS = {
     "threads_2": ("2 threads, one proxy", "calls/s"),
     "threads_8": ("8 threads, one proxy", "calls/s"),
     "refs": ("create + drop a remote reference", "refs/s"),
+    "stream_1M": ("iterate a remote generator of 10⁶ ints", "items/s"),
+    "async_1000": ("1,000 concurrent awaits (asyncio)", "calls/s"),
 }
 
 HOW_TO_READ = f"""\

@@ -143,7 +143,8 @@ def describe(res: dict[str, Any]) -> str:
     """One line for the console."""
     if res["status"] != "ok":
         return f"{res['status']}: {res.get('error', '')[:120]}"
-    return f"{res['value']:.4g} {res['unit']}"
+    extra = f" ({res['speedup']:.0f}x one round trip per item)" if "speedup" in res else ""
+    return f"{res['value']:.4g} {res['unit']}{extra}"
 
 
 def add_ratios(peers: dict[str, Any], baseline: str, floor: dict[str, Any]) -> None:

@@ -30,6 +30,14 @@ class Target:
         """Return the argument unchanged (bandwidth cases)."""
         return x
 
+    def numbers(self, n: int) -> Any:
+        """Yield 0, 1, ..., n - 1 (streaming cases)."""
+        yield from range(n)
+
+    def next_of(self, iterator: Any) -> Any:
+        """``next(iterator)``: one item per call (the streaming case's one-round-trip-per-item baseline)."""
+        return next(iterator)
+
     def make(self) -> Holder:
         """Return an unpicklable object, which must come back as a remote reference."""
         return Holder()

@@ -47,6 +47,15 @@ class Handle(Protocol):
     def for_thread(self) -> Handle:
         """A handle to use from another thread (``self`` where one proxy may be shared)."""
 
+    def stream_sum(self, n: int) -> int:
+        """Sum ``p.numbers(n)`` by iterating it (streamed where the peer can)."""
+
+    def step_sum(self, n: int) -> int:
+        """Sum ``p.numbers(n)`` with one round trip per item."""
+
+    def gather_adds(self, n: int) -> None:
+        """Await ``n`` concurrent ``p.add(i, 1)`` calls (asyncio)."""
+
     def close(self) -> None:
         """End the server process."""
 
@@ -81,6 +90,15 @@ class ProxyHandle:
 
     def for_thread(self) -> Any:
         return self
+
+    def stream_sum(self, n: int) -> int:
+        raise Unsupported("streaming is measured for spawnproxy only")
+
+    def step_sum(self, n: int) -> int:
+        raise Unsupported("streaming is measured for spawnproxy only")
+
+    def gather_adds(self, n: int) -> None:
+        raise Unsupported("asyncio throughput is measured for spawnproxy only")
 
 
 def socket_path() -> str:

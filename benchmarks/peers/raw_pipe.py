@@ -13,6 +13,8 @@ import threading
 from multiprocessing.connection import Connection
 from typing import Any
 
+from benchmarks.peers.base import Unsupported
+
 DIST = None
 NOTES = [
     "multiprocessing.get_context('spawn').Process echoing `conn.send(conn.recv())` on a duplex Pipe",
@@ -68,6 +70,14 @@ class RawHandle:
 
     def for_thread(self) -> RawHandle:
         return self
+
+    def stream_sum(self, n: int) -> int:
+        raise Unsupported("the raw echo has no generators")
+
+    step_sum = stream_sum
+
+    def gather_adds(self, n: int) -> None:
+        raise Unsupported("the raw echo has no asyncio interface")
 
     def close(self) -> None:
         self._conn.close()
