@@ -14,7 +14,7 @@ from ._errors import CallTimeoutError, DaemonStartError, RemoteError
 from ._options import Options, call_timeout, check_logger
 from ._peer import Peer
 from ._process import STEP, ChildProcess, reap_later
-from ._proxy import ObjectProxy, _Ref, _Remote, handle_of, make_proxy
+from ._proxy import ObjectProxy, _Remote, handle_of, make_proxy, proxy_maker
 from ._serialize import rebuild_exception
 from ._session import Session
 
@@ -110,7 +110,7 @@ class DaemonProxy:
             ) from error
         oid, key, info, names = reply[3]
         session.types[key] = info
-        session.make_proxy = _proxy_maker(weakref.ref(self))
+        session.make_proxy = proxy_maker(weakref.ref(self))
         self._root = (oid, info, names, label)
         self._proxy_ref: weakref.ref[ObjectProxy] | None = None
 
@@ -166,31 +166,6 @@ class DaemonProxy:
     def __repr__(self) -> str:
         state = "alive" if self.is_alive() else f"ended, exit code {self.exitcode}"
         return f"<DaemonProxy pid={self.pid} {self._root[3]} python={self._process.executable} {state}>"
-
-
-def _proxy_maker(daemon_ref: weakref.ref[DaemonProxy]) -> Any:
-    """How the session makes the proxy of a child's object sent inside a message (a weak link:
-    the session must not keep its DaemonProxy alive)."""
-
-    def make(oid: int, info: Any) -> ObjectProxy | None:
-        daemon = daemon_ref()
-        if daemon is None:
-            return None
-        session = daemon._session
-        handle = _Remote(
-            daemon,
-            session,
-            oid,
-            _Ref(oid, session.releases),
-            info,
-            None,
-            None,
-            "an object of the child's",
-            bool(info and info[3]),
-        )
-        return make_proxy(handle)
-
-    return make
 
 
 def daemon_of(proxy: ObjectProxy) -> DaemonProxy:

@@ -40,7 +40,7 @@ from ._errors import AuthenticationError, ConnectError, DaemonStartError, SpawnP
 from ._options import check_timeout
 from ._output import OutputLog
 from ._process import reap_later
-from ._proxy import ObjectProxy, _Remote, make_proxy
+from ._proxy import ObjectProxy, _Remote, make_proxy, proxy_maker
 
 __all__ = ["Server", "connect", "serve"]
 
@@ -222,6 +222,7 @@ class Connection(DaemonProxy):
             raise _serialize.rebuild_exception(reply[3])
         oid, key, info, names = reply[3]
         session.types[key] = info
+        session.make_proxy = proxy_maker(weakref.ref(self))
         self._root = (oid, info, names, label)
         self._proxy_ref = None
 

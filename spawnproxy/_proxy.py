@@ -573,6 +573,27 @@ for _cls in (ObjectProxy, CallableObjectProxy):
     type.__setattr__(_cls, "__doc__", _Doc(_cls.__doc__))
 
 
+def proxy_maker(owner_ref: Any) -> Any:
+    """How a session makes the proxy of a child's object sent inside a message.
+
+    `owner_ref` is a weak reference to the owner of the session (a `DaemonProxy`, or a
+    network connection): the session must not keep it alive.
+    """
+
+    def make(oid: int, info: Any) -> ObjectProxy | None:
+        owner = owner_ref()
+        if owner is None:
+            return None
+        session = owner._session
+        label = "an object of the child's"
+        handle = _Remote(
+            owner, session, oid, _Ref(oid, session.releases), info, None, None, label, bool(info and info[3])
+        )
+        return make_proxy(handle)
+
+    return make
+
+
 def make_proxy(handle: _Remote) -> ObjectProxy:
     if handle._sp_callable:
         return CallableObjectProxy(handle)

@@ -385,3 +385,32 @@ def test_callback_into_a_child_of_each_version(child_python: str) -> None:
         assert exports(mod) == 0
     finally:
         mod.terminate_daemon()
+
+
+def test_two_way_over_a_network_connection() -> None:
+    """Callbacks (also from the daemon's threads), streaming and aio work for a client of serve()."""
+    import asyncio
+
+    server = spawnproxy.serve(spawnproxy.ScriptDefinition(SCRIPT))
+    try:
+        remote = server.connect()
+        seen: list[int] = []
+        remote.each(spawnproxy.by_ref(seen.append), 3)
+        assert seen == [0, 1, 2]
+
+        def down(n: int) -> int:
+            return remote.bounce(spawnproxy.by_ref(down), n)
+
+        assert down(10) == 10
+        assert remote.in_thread(spawnproxy.by_ref(lambda x: x * 2), 21) == 42
+        ticks: list[int] = []
+        remote.ticker(spawnproxy.by_ref(ticks.append), 3, 0.01)
+        assert wait_until(lambda: ticks == [0, 1, 2])
+        assert sum(remote.apply(lambda n: (i for i in range(n)), 10_000)) == sum(range(10_000))
+
+        async def awaited() -> int:
+            return await spawnproxy.aio(remote).apply(spawnproxy.by_ref(lambda x: x + 1), 1)  # type: ignore[no-any-return]
+
+        assert asyncio.run(awaited()) == 2
+    finally:
+        server.terminate()
