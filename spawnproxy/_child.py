@@ -632,6 +632,11 @@ def _watch_parent(lifeline_fd):
             pass
     except OSError:
         pass
+    flush_and_exit()
+
+
+def flush_and_exit():
+    """Exit at once, from any thread, after handing what is buffered to the parent."""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

@@ -432,12 +432,7 @@ def _watch_connection(read_fd, write_fd):
         events = poller.poll()
         if any(event & (select.POLLHUP | select.POLLERR | select.POLLNVAL) for _, event in events):
             break
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:
-            pass
-    os._exit(0)
+    _child.flush_and_exit()
 
 
 def main_stdio(fd, unused, bundle):

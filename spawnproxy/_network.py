@@ -40,7 +40,7 @@ from ._errors import AuthenticationError, ConnectError, DaemonStartError, SpawnP
 from ._options import check_timeout
 from ._output import OutputLog
 from ._process import reap_later
-from ._proxy import ObjectProxy, _Remote, make_proxy, proxy_maker
+from ._proxy import ObjectProxy, proxy_maker
 
 __all__ = ["Server", "connect", "serve"]
 
@@ -225,17 +225,6 @@ class Connection(DaemonProxy):
         session.make_proxy = proxy_maker(weakref.ref(self))
         self._root = (oid, info, names, label)
         self._proxy_ref = None
-
-    @property
-    def proxy(self) -> ObjectProxy:
-        """The root proxy: the object the daemon serves."""
-        proxy = None if self._proxy_ref is None else self._proxy_ref()
-        if proxy is None:
-            oid, info, names, label = self._root
-            handle = _Remote(self, self._session, oid, None, info, names, None, label, bool(info[3]))
-            proxy = make_proxy(handle)
-            self._proxy_ref = weakref.ref(proxy)
-        return proxy
 
     def stop_daemon(self) -> None:
         """End the daemon itself, for every client (its handle's `terminate()` does the same)."""
