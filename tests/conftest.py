@@ -135,6 +135,8 @@ def _make_certificate(directory: str, name: str, ca: tuple[str, str] | None = No
     if ca is None:
         command = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"]
         command += ["-keyout", key, "-out", cert, *subject]
+        # Its own trust anchor, or a CA: Python 3.13 (VERIFY_X509_STRICT) wants the key usage said.
+        command += ["-addext", "keyUsage=critical,digitalSignature,keyEncipherment,keyCertSign"]
     else:
         csr = os.path.join(directory, f"{name}.csr")
         subprocess.run(
@@ -143,8 +145,16 @@ def _make_certificate(directory: str, name: str, ca: tuple[str, str] | None = No
             capture_output=True,
             timeout=60,
         )
+        # The extensions Python 3.13's default context insists on (VERIFY_X509_STRICT).
+        extensions = os.path.join(directory, f"{name}.ext")
+        with open(extensions, "w") as f:
+            f.write(
+                "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
+                "extendedKeyUsage=clientAuth,serverAuth\nsubjectKeyIdentifier=hash\n"
+                "authorityKeyIdentifier=keyid,issuer\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n"
+            )
         command = ["openssl", "x509", "-req", "-in", csr, "-CA", ca[0], "-CAkey", ca[1], "-CAcreateserial"]
-        command += ["-days", "2", "-out", cert]
+        command += ["-days", "2", "-out", cert, "-extfile", extensions]
     subprocess.run(command, check=True, capture_output=True, timeout=60)
     return cert, key
 
