@@ -13,7 +13,7 @@ from typing import Any
 
 import spawny
 
-from benchmarks.peers.base import Unsupported
+from benchmarks.peers.base import ProxyHandle, Unsupported
 from benchmarks.target import Target
 
 DIST = "spawny"
@@ -27,21 +27,12 @@ _QUIET = logging.getLogger("benchmarks.spawny")
 _QUIET.setLevel(logging.WARNING)
 
 
-class SpawnyHandle:
+class SpawnyHandle(ProxyHandle):
     """A spawny proxy of a `Target`."""
 
     def __init__(self) -> None:
         multiprocessing.set_start_method("spawn", force=True)
         self._p: Any = spawny.run_object(Target(), logger=_QUIET)
-
-    def noop(self) -> None:
-        self._p.noop()
-
-    def add(self, a: int, b: int) -> Any:
-        return self._p.add(a, b)
-
-    def get_value(self) -> Any:
-        return self._p.value
 
     def set_value(self, v: int) -> None:
         raise Unsupported(
@@ -49,18 +40,12 @@ class SpawnyHandle:
             "on the proxy (ObjectProxy.__setattr__ is a TODO in its source)"
         )
 
-    def echo(self, x: Any) -> Any:
-        return self._p.echo(x)
-
     def make_ref(self) -> None:
         try:
             ref = self._p.make()
         except spawny.DaemonCouldNotSendMsgError as exc:
             raise Unsupported(f"spawny returns call results only by value: {exc}") from exc
         del ref
-
-    def for_thread(self) -> SpawnyHandle:
-        return self
 
     def close(self) -> None:
         self._p.terminate_daemon()
