@@ -91,19 +91,22 @@ class _RefPickler(pickle.Pickler):
         return _ref_id(obj, self._owner, self._exported)
 
 
-_BUFFER_TYPES = _wire._BUFFER_TYPES
+_BUFFER_TYPES = frozenset(_wire._BUFFER_TYPES)
 
 
 def _big_buffers_out_of_band(message: tuple[Any, ...]) -> tuple[Any, ...]:
     """Swap the large buffers among a request's operands (and their args and kwargs) for stand-ins
     that send them out of band; nested deeper, they travel in the pickle."""
+    # Every request passes here: the search for a buffer runs in C (map, isdisjoint).
     for item in message[3:]:
         kind = type(item)
-        if (
-            kind in _BUFFER_TYPES
-            or (kind is tuple and any(type(x) in _BUFFER_TYPES for x in item))
-            or (kind is dict and any(type(x) in _BUFFER_TYPES for x in item.values()))
-        ):
+        if kind is tuple:
+            if not _BUFFER_TYPES.isdisjoint(map(type, item)):
+                break
+        elif kind is dict:
+            if not _BUFFER_TYPES.isdisjoint(map(type, item.values())):
+                break
+        elif kind in _BUFFER_TYPES:
             break
     else:
         return message

@@ -135,7 +135,6 @@ class Channel:
         # mapping is gone it carries the next large frame sent, in either direction, so
         # that a steady exchange of large data allocates no new shared memory.
         self._spare = []
-        self._mappings = {}
         self._out_poller = None
         self._poller = select.poll()
         self._poller.register(fd, select.POLLIN)
@@ -209,14 +208,9 @@ class Channel:
                     written = 0
                 if written:
                     fresh = False
-                    # The kernel may take only part of a large frame: resume after it.
-                    while parts and written >= len(parts[0]):
-                        written -= len(parts[0])
-                        del parts[0]
-                    if written:
-                        parts[0] = parts[0][written:]
-                    continue
-                self._wait_room(deadline, on_blocked)
+                    _advance(parts, written)
+                else:
+                    self._wait_room(deadline, on_blocked)
         except BaseException:
             if fresh:
                 del parts[:]  # nothing of it went out: the frame is simply not sent
@@ -261,11 +255,7 @@ class Channel:
             while parts:
                 written = os.pwritev(memfd, parts[:512], done)
                 done += written
-                while parts and written >= len(parts[0]):
-                    written -= len(parts[0])
-                    del parts[0]
-                if written:
-                    parts[0] = parts[0][written:]
+                _advance(parts, written)
             header = _HEADER.pack(1 + _SIZE.size) + TAG_MEMFD + _SIZE.pack(done)
             fds = array.array("i", [memfd])
             while True:
@@ -302,16 +292,14 @@ class Channel:
         if size <= _SPARE_MAX:
             import weakref
 
-            key = id(mapped)
-            self._mappings[key] = weakref.ref(mapped, lambda _, key=key, fd=memfd: self._unmapped(key, fd, size))
+            weakref.finalize(mapped, self._unmapped, memfd, size).atexit = False
         else:
             os.close(memfd)
         view = memoryview(mapped)
         return bytes(view[:1]), view[1:]
 
-    def _unmapped(self, key, memfd, size):
+    def _unmapped(self, memfd, size):
         """The mapping of a received memfd is gone: keep the memfd for the next large frame."""
-        self._mappings.pop(key, None)
         if self.fd != -1 and not self._spare:
             self._spare.append((memfd, size))
         else:
@@ -396,7 +384,10 @@ class Channel:
         return tag, memoryview(frame)[1:]
 
     def _fill(self) -> None:
-        n, ancillary, _, _ = self._recvmsg_into([self._chunk], _ANCILLARY)
+        self._take(*self._recvmsg_into([self._chunk], _ANCILLARY)[:2])
+
+    def _take(self, n, ancillary):
+        """Buffer `n` bytes just read into the chunk, and the descriptors that came with them."""
         if ancillary:
             self._take_fds(ancillary)
         if not n:
@@ -415,14 +406,10 @@ class Channel:
     def read_ahead(self) -> None:
         """Take what has arrived into the buffer, without blocking (for a sender that waits)."""
         try:
-            n, ancillary, _, _ = self.sock.recvmsg_into([self._chunk], _ANCILLARY, _DONTWAIT)
+            received = self.sock.recvmsg_into([self._chunk], _ANCILLARY, _DONTWAIT)
         except BlockingIOError:
             return
-        if ancillary:
-            self._take_fds(ancillary)
-        if not n:
-            raise ChannelClosed("the other end closed the channel")
-        self._buf += self._chunk_view[:n]
+        self._take(*received[:2])
 
     def close(self) -> None:
         del self._pending[:]
@@ -433,6 +420,15 @@ class Channel:
         for fd in self._fds:
             os.close(fd)
         del self._fds[:]
+
+
+def _advance(parts, written):
+    """Drop from `parts` the `written` bytes the kernel took (it may take part of one)."""
+    while parts and written >= len(parts[0]):
+        written -= len(parts[0])
+        del parts[0]
+    if written:
+        parts[0] = parts[0][written:]
 
 
 def _buffer_parts(tag, payload, buffers):
