@@ -32,6 +32,7 @@ import time
 import weakref
 from collections.abc import Mapping
 from multiprocessing import AuthenticationError as _MpAuthenticationError
+from multiprocessing.connection import answer_challenge, deliver_challenge
 from typing import Any
 
 from . import _netchild, _serialize, _wire
@@ -363,73 +364,63 @@ def _secure(
     timeout: float,
     keepalive: int,
 ) -> _wire.Channel:
-    """TLS (if asked), then the mutual key check; a channel ready for frames.  Closes `sock` on failure."""
-    holder = [sock]
-    try:
-        return _secure_socket(holder, where, text, key, ssl_context, server_hostname, timeout, keepalive)
-    except BaseException:
-        holder[0].close()
-        raise
-
-
-def _secure_socket(
-    holder: list[socket.socket],
-    where: tuple[str, int] | str,
-    text: str,
-    key: bytes,
-    ssl_context: ssl.SSLContext | None,
-    server_hostname: str | None,
-    timeout: float,
-    keepalive: int,
-) -> _wire.Channel:
-    sock = holder[0]
+    """TLS (if asked), then the mutual key check; a channel ready for frames.  Closes the socket on failure."""
     deadline = time.monotonic() + timeout
-    if ssl_context is not None:
-        hostname = server_hostname or (where[0] if isinstance(where, tuple) else "localhost")
-        try:
-            sock.settimeout(timeout)
-            sock = holder[0] = ssl_context.wrap_socket(sock, server_hostname=hostname, do_handshake_on_connect=False)
-            sock.do_handshake()
-        except ssl.SSLCertVerificationError as exc:
-            raise ConnectError(
-                f"the daemon at {text} presented a certificate this client does not trust: "
-                f"{exc.verify_message or exc}; give connect() an ssl_context that trusts it "
-                "(its CA file, or the daemon's own certificate)"
-            ) from None
-        except (ssl.SSLError, OSError, EOFError) as exc:
-            raise ConnectError(
-                f"the TLS handshake with {text} failed ({type(exc).__name__}: {exc}); does the daemon serve TLS, "
-                "and does it require a client certificate?"
-            ) from None
-    conn = _netchild._HandshakeConnection(sock, deadline)
-    from multiprocessing.connection import answer_challenge, deliver_challenge
-
     try:
-        try:
-            answer_challenge(conn, key)  # type: ignore[arg-type]
-        except _MpAuthenticationError as exc:
-            if "rejected" in str(exc):
-                raise AuthenticationError(f"the daemon at {text} refused the key (authentication failed)") from None
-            raise ConnectError(f"{text} does not speak the spawnproxy handshake ({exc})") from None
-        try:
-            deliver_challenge(conn, key)  # type: ignore[arg-type]
-        except _MpAuthenticationError:
-            raise AuthenticationError(
-                f"the daemon at {text} did not prove that it holds the key: not talking to it"
-            ) from None
-    except ConnectError:
+        if ssl_context is not None:
+            hostname = server_hostname or (where[0] if isinstance(where, tuple) else "localhost")
+            sock.settimeout(timeout)  # ssl bounds the whole handshake by it
+            sock = ssl_context.wrap_socket(sock, server_hostname=hostname, do_handshake_on_connect=False)
+            _tls_handshake(sock, text)
+        _authenticate(sock, key, deadline, text, ssl_context is not None)
+    except BaseException:
+        sock.close()
         raise
-    except (EOFError, OSError) as exc:
-        plain = ssl_context is None
-        hint = " (does it expect TLS?)" if plain else ""
-        raise ConnectError(
-            f"the daemon at {text} closed the connection during the handshake{hint}: {type(exc).__name__}: {exc}"
-        ) from None
     sock.settimeout(None)
     _netchild.tune_tcp(sock, keepalive)
     if isinstance(sock, ssl.SSLSocket):
         return _netchild.TLSChannel(sock)
     return _wire.Channel(sock)
+
+
+def _tls_handshake(sock: ssl.SSLSocket, text: str) -> None:
+    try:
+        sock.do_handshake()
+    except ssl.SSLCertVerificationError as exc:
+        raise ConnectError(
+            f"the daemon at {text} presented a certificate this client does not trust: "
+            f"{exc.verify_message or exc}; give connect() an ssl_context that trusts it "
+            "(its CA file, or the daemon's own certificate)"
+        ) from None
+    except (ssl.SSLError, OSError, EOFError) as exc:
+        raise ConnectError(
+            f"the TLS handshake with {text} failed ({type(exc).__name__}: {exc}); does the daemon serve TLS, "
+            "and does it require a client certificate?"
+        ) from None
+
+
+def _authenticate(sock: socket.socket, key: bytes, deadline: float, text: str, tls: bool) -> None:
+    """The client's half of `_netchild.authenticate`, step by step: each failure has its own message."""
+    conn: Any = _netchild._HandshakeConnection(sock, deadline)
+    answered = False
+    try:
+        answer_challenge(conn, key)
+        answered = True
+        deliver_challenge(conn, key)
+    except (_MpAuthenticationError, AssertionError) as exc:
+        # (Before 3.12, answer_challenge asserts that what came is a challenge.)
+        if answered:
+            raise AuthenticationError(
+                f"the daemon at {text} did not prove that it holds the key: not talking to it"
+            ) from None
+        if "rejected" in str(exc):
+            raise AuthenticationError(f"the daemon at {text} refused the key (authentication failed)") from None
+        raise ConnectError(f"{text} does not speak the spawnproxy handshake ({exc})") from None
+    except (EOFError, OSError) as exc:
+        hint = "" if tls else " (does it expect TLS?)"
+        raise ConnectError(
+            f"the daemon at {text} closed the connection during the handshake{hint}: {type(exc).__name__}: {exc}"
+        ) from None
 
 
 # -- the serving side -------------------------------------------------------------------------------
