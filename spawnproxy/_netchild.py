@@ -1,7 +1,8 @@
 """The child side of serving over a network and of running on an SSH host.
 
-Shipped to the child as source (see `_bootstrap`): standard library only,
-CPython 3.8 syntax.  The parent imports it too, for the transports and the
+Shipped to the child as source (see `_bootstrap`), but run there only in a
+child told to listen or reached through ssh: standard library only, CPython
+3.8 syntax.  The parent imports it too, for the transports and the
 handshake, which both ends share.
 
 - `TLSChannel` and `PipeChannel`: `_wire.Channel` over an `ssl` socket and
@@ -238,8 +239,8 @@ def op_stop(child):
     return _wire.VALUE, os.getpid()
 
 
+# The ops of network clients; "listen" itself is `_child`'s, which loads this module.
 _child.OPS["root"] = op_root
-_child.OPS["listen"] = op_listen
 _child.OPS["stop"] = op_stop
 
 _socket_paths = []
@@ -435,7 +436,7 @@ def _watch_connection(read_fd, write_fd):
     _child.flush_and_exit()
 
 
-def main_stdio(fd, unused, bundle):
+def main_stdio():
     """Serve the parent over stdin/stdout (ssh's pipes); the child's output goes to stderr, marked."""
     read_fd, write_fd, err_fd = os.dup(0), os.dup(1), os.dup(2)
     null = os.open(os.devnull, os.O_RDONLY)
