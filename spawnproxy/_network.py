@@ -376,11 +376,8 @@ def _secure(
     except BaseException:
         sock.close()
         raise
-    sock.settimeout(None)
-    _netchild.tune_tcp(sock, keepalive)
-    if isinstance(sock, ssl.SSLSocket):
-        return _netchild.TLSChannel(sock)
-    return _wire.Channel(sock)
+    channel: _wire.Channel = _netchild.open_channel(sock, keepalive)
+    return channel
 
 
 def _tls_handshake(sock: ssl.SSLSocket, text: str) -> None:
