@@ -21,6 +21,7 @@ import logging
 import os
 import pickle
 import secrets
+import select
 import signal
 import socket
 import ssl
@@ -700,22 +701,21 @@ def _start_detached(
     finally:
         os.close(log_fd)
     assert proc.stdin is not None and proc.stdout is not None
+    # The supervisor reports one line once the daemon listens (or failed to).  The process
+    # started here exits at once, leaving the supervisor to its forked child: it is the
+    # wait that is bounded, as killing that process would end nothing.
+    limit = None if start_timeout is None else start_timeout + 5
     try:
         proc.stdin.write(data)
         proc.stdin.close()
-        timer = threading.Timer(start_timeout + 5 if start_timeout else 3600, proc.kill)
-        timer.start()
-        try:
-            line = proc.stdout.readline()
-        finally:
-            timer.cancel()
+        line = proc.stdout.readline() if select.select([proc.stdout], [], [], limit)[0] else b""
     finally:
         proc.stdout.close()
         proc.wait()
     try:
         report = json.loads(line)
     except ValueError:
-        raise DaemonStartError(f"the detached daemon did not start (see {log_path})") from None
+        raise DaemonStartError(f"the detached daemon did not report that it listens (see {log_path})") from None
     if not report.get("ok"):
         raise DaemonStartError(report.get("error", "the detached daemon did not start"))
     address = report["address"]
@@ -775,21 +775,20 @@ def _supervise() -> None:
         os._exit(1)
     server.supervisor = os.getpid()
     server.state_file = spec["state_file"]
-    write_private(spec["state_file"], json.dumps(server.state(), indent=2) + "\n")
     state = server.state()
-    report.write(json.dumps({"ok": True, **state}) + "\n")
-    report.close()
+    write_private(spec["state_file"], json.dumps(state, indent=2) + "\n")
+    try:
+        report.write(json.dumps({"ok": True, **state}) + "\n")
+        report.close()
+    except OSError:  # the starter gave up waiting: nobody knows of this daemon
+        server.terminate()
+        os._exit(1)
     log.info("daemon %d serves %s on %s", server.pid, type(spec["definition"]).__name__, format_address(server.address))
     while not stop.wait(0.5):
         if not server.is_alive():
             log.warning("daemon %d ended by itself", server.pid)
             break
-    server._daemon and server._daemon.terminate()
-    with contextlib.suppress(OSError):
-        os.unlink(spec["state_file"])
-    if isinstance(server.address, str):
-        with contextlib.suppress(OSError):
-            os.unlink(server.address)
+    server.terminate()  # the daemon, its Unix socket and the state file
     log.info("daemon %d stopped", server.pid)
     logging.shutdown()
     os._exit(0)
