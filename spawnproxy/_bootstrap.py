@@ -1,8 +1,10 @@
 """What the parent hands a new child: a tiny `-c` program and the child-side sources.
 
 The child needs nothing installed: `python -c BOOTSTRAP <fd> <lifeline fd>`
-(or `<fd> stdio` for a child reached through ssh) reads one frame holding the sources of the child-side modules, loads them as
-the package `_spawnproxy_child` and runs its serve loop.  The program is
+(or `0 stdio` for a child reached through ssh) reads one frame holding the
+sources of the child-side modules, loads them as the package
+`_spawnproxy_child` and runs its serve loop.  The modules in `ON_DEMAND` come
+along but are run only when needed (`package.load(name)`).  The program is
 written so that even Python 2 can parse it and report a clear error.
 """
 
@@ -15,6 +17,9 @@ from typing import Any
 
 # Child-side modules, in the order they must be loaded.
 CHILD_MODULES = ("_wire", "_operators", "_table", "_loader", "_childcodec", "_child", "_netchild")
+# Shipped, but compiled and run only when needed: the network side, by a child told to
+# listen (`_child.op_listen`) or reached through ssh.  The other children skip that work.
+ON_DEMAND = ("_netchild",)
 CHILD_PACKAGE = "_spawnproxy_child"
 MIN_CHILD_VERSION = (3, 8)
 TOO_OLD_EXIT = 78
@@ -39,21 +44,26 @@ bundle = pickle.loads(_read(struct.unpack("!i", _read(4))[0])[1:])
 package = types.ModuleType(%(pkg)r)
 package.__path__ = []
 sys.modules[%(pkg)r] = package
-for name, source in bundle["modules"]:
+package.sources = dict(bundle.pop("modules"))
+def load(name):
     module = types.ModuleType(%(pkg)r + "." + name)
     module.__package__ = %(pkg)r
     module.__file__ = "<spawnproxy-child:%%s.py>" %% name
     sys.modules[module.__name__] = module
     setattr(package, name, module)
+    source = package.sources.pop(name)
     if isinstance(source, bytes):
         import marshal
         code = marshal.loads(source)
     else:
         code = compile(source, module.__file__, "exec", dont_inherit=True)
     exec(code, module.__dict__)
-del bundle["modules"]
+    return module
+package.load = load
+for name in bundle.pop("start"):
+    load(name)
 if sys.argv[2] == "stdio":
-    package._netchild.main_stdio(fd, None, bundle)
+    load("_netchild").main_stdio()
 else:
     package._child.main(fd, int(sys.argv[2]), bundle)
 """ % {
@@ -82,4 +92,5 @@ def child_code() -> tuple[tuple[str, bytes], ...]:
 
 def bundle(own_interpreter: bool, sys_path: list[str] | None) -> dict[str, Any]:
     """The first frame a child receives: compiled code when it runs the parent's own interpreter."""
-    return {"modules": child_code() if own_interpreter else child_sources(), "sys_path": sys_path}
+    start = tuple(name for name in CHILD_MODULES if name not in ON_DEMAND)
+    return {"modules": child_code() if own_interpreter else child_sources(), "start": start, "sys_path": sys_path}

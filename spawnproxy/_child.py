@@ -605,6 +605,13 @@ def op_stats(child):
     return _wire.VALUE, {"objects": len(child.table), "threads": threading.active_count()}
 
 
+def op_listen(child, config):
+    """Serve network clients: the network side (`_netchild`) is loaded now, as few children listen."""
+    package = sys.modules[__package__]
+    netchild = getattr(package, "_netchild", None) or package.load("_netchild")
+    return netchild.op_listen(child, config)
+
+
 OPS = {
     "getattr": op_getattr,
     "attrinfo": op_attrinfo,
@@ -619,6 +626,7 @@ OPS = {
     "close": op_close,
     "ping": op_ping,
     "stats": op_stats,
+    "listen": op_listen,
 }
 
 

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from . import _network
 from ._definitions import InstanceDefinition, ModuleDefinition, ScriptDefinition
-from ._errors import AuthenticationError, SpawnProxyError
+from ._errors import AuthenticationError, ConnectError, SpawnProxyError
 from ._version import __version__
 
 DEFAULT_STATE_FILE = "spawnproxy.json"
@@ -48,12 +50,21 @@ NAME instead of calling it."""
 
 STOP_DESCRIPTION = """\
 Stop a daemon: by the process id in its state file, when it runs on this machine, or
-else by asking it over an authenticated connection."""
+else by asking it over an authenticated connection. A state file whose daemon has ended
+(its process is gone and nothing answers at its local address) is removed."""
 
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
     # A fixed width: the help is the same in every terminal (docs/cli.md quotes it).
     return argparse.RawDescriptionHelpFormatter(prog, width=HELP_WIDTH, max_help_position=32)
+
+
+def _file_options(parser: argparse.ArgumentParser, title: str, helps: dict[str, str]) -> argparse._ArgumentGroup:
+    """A group of options that each name a file: {"--flag": help}."""
+    group = parser.add_argument_group(title)
+    for flag, text in helps.items():
+        group.add_argument(flag, metavar="FILE", help=text)
+    return group
 
 
 def _connection_options(parser: argparse.ArgumentParser) -> None:
@@ -65,10 +76,15 @@ def _connection_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--address", metavar="HOST:PORT|PATH", help="the daemon's address (with --authkey-file)")
     group.add_argument("--authkey-file", metavar="FILE", help="a file holding the daemon's key")
-    tls = parser.add_argument_group("TLS")
-    tls.add_argument("--cafile", metavar="FILE", help="trust the daemon's certificate if this CA (or file) signed it")
-    tls.add_argument("--certfile", metavar="FILE", help="a client certificate, for a daemon that requires one")
-    tls.add_argument("--keyfile", metavar="FILE", help="the client certificate's private key")
+    tls = _file_options(
+        parser,
+        "TLS",
+        {
+            "--cafile": "trust the daemon's certificate if this CA (or file) signed it",
+            "--certfile": "a client certificate, for a daemon that requires one",
+            "--keyfile": "the client certificate's private key",
+        },
+    )
     tls.add_argument("--server-hostname", metavar="NAME", help="the name to check the certificate against")
     parser.add_argument(
         "--wait", metavar="SECONDS", type=float, help="retry while nothing listens yet, up to this long"
@@ -101,10 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--detach", action="store_true", help="return once the daemon listens; it runs on")
     serve.add_argument("--log-file", metavar="FILE", help="a detached daemon's output (default: STATE_FILE.log)")
-    tls = serve.add_argument_group("TLS")
-    tls.add_argument("--certfile", metavar="FILE", help="serve TLS with this certificate (PEM)")
-    tls.add_argument("--keyfile", metavar="FILE", help="its private key, if not in the certificate file")
-    tls.add_argument("--cafile", metavar="FILE", help="require client certificates signed by this CA")
+    _file_options(
+        serve,
+        "TLS",
+        {
+            "--certfile": "serve TLS with this certificate (PEM)",
+            "--keyfile": "its private key, if not in the certificate file",
+            "--cafile": "require client certificates signed by this CA",
+        },
+    )
     serve.add_argument(
         "--handshake-timeout",
         metavar="SECONDS",
@@ -174,38 +195,37 @@ def definition_of(target: str, args: Sequence[str]) -> Any:
     return ModuleDefinition(target)
 
 
-def _connect(options: argparse.Namespace) -> Any:
-    import ssl
+def _state_file(options: argparse.Namespace) -> str | None:
+    """--state-file, else the default one unless --address says where the daemon is."""
+    if options.state_file is None and options.address is None:
+        return DEFAULT_STATE_FILE
+    return options.state_file  # type: ignore[no-any-return]
 
-    state_file = options.state_file
-    authkey = None
-    if options.authkey_file:
-        authkey = _network.read_authkey_file(options.authkey_file)
-    if options.address is None and state_file is None:
-        state_file = DEFAULT_STATE_FILE
+
+def _connect(options: argparse.Namespace) -> Any:
+    state_file = _state_file(options)
+    authkey = _network.read_authkey_file(options.authkey_file) if options.authkey_file else None
     if options.address is not None and authkey is None and state_file is None:
         raise SystemExit("spawnproxy: error: --address needs --authkey-file (or give --state-file)")
-    context: ssl.SSLContext | None = None
+    context = None
     if options.cafile or options.certfile:
         context = _network.client_context(options.cafile, options.certfile, options.keyfile)
-    attempts = None if options.wait else 1
-    connect_options: dict[str, Any] = {"ssl_context": context, "server_hostname": options.server_hostname}
-    if options.wait:
-        return _with_deadline(options.wait, options.address, authkey, state_file, attempts, connect_options)
-    return _network.connect(options.address, authkey, state_file=state_file, max_attempts=attempts, **connect_options)
-
-
-def _with_deadline(
-    seconds: float, address: Any, authkey: bytes | None, state_file: str | None, attempts: Any, options: dict[str, Any]
-) -> Any:
-    import time
-
-    deadline = time.monotonic() + seconds
+    # --wait retries here rather than with connect(max_attempts=None): until the deadline,
+    # a state file not written yet is worth waiting for too.
+    deadline = time.monotonic() + (options.wait or 0)
     while True:
         try:
-            return _network.connect(address, authkey, state_file=state_file, **options)
-        except SpawnProxyError as exc:
-            if isinstance(exc, AuthenticationError) or time.monotonic() >= deadline:
+            return _network.connect(
+                options.address,
+                authkey,
+                state_file=state_file,
+                ssl_context=context,
+                server_hostname=options.server_hostname,
+            )
+        except AuthenticationError:
+            raise  # a wrong key does not become right
+        except SpawnProxyError:
+            if time.monotonic() >= deadline:
                 raise
             time.sleep(0.2)
 
@@ -281,32 +301,48 @@ def cmd_call(options: argparse.Namespace) -> int:
 
 
 def cmd_stop(options: argparse.Namespace) -> int:
-    state_file = options.state_file
-    if options.address is None and state_file is None:
-        state_file = DEFAULT_STATE_FILE
+    state_file = _state_file(options)
+    stale = False
     if state_file is not None and options.address is None:
         state = _network.read_state_file(state_file)
         pid = state.get("pid")
         if isinstance(pid, int) and _network._pid_alive(pid) and _network._looks_like_supervisor(pid):
-            _network.stop_pid(pid)
-            try:
-                os.unlink(state_file)
-            except OSError:
-                pass
+            if not _network.stop_pid(pid):
+                print(
+                    f"spawnproxy: the daemon of {state_file} (pid {pid}) did not end, even on SIGKILL", file=sys.stderr
+                )
+                return 1
+            _remove(state_file)
             print(f"spawnproxy: stopped the daemon of {state_file} (pid {pid})")
             return 0
+        stale = isinstance(pid, int) and not _network._pid_alive(pid) and _is_local(state["address"])
     from ._daemon import daemon_of
 
-    root = _connect(options)
+    try:
+        root = _connect(options)
+    except ConnectError as exc:
+        if not stale or isinstance(exc, AuthenticationError):
+            raise
+        # The process that wrote it has ended and nothing answers there: the file is all that is left.
+        _remove(state_file)
+        print(f"spawnproxy: no daemon runs for {state_file} (pid {pid} has ended); removed the stale state file")
+        return 0
     handle = daemon_of(root)
     handle.stop_daemon()  # type: ignore[attr-defined]
     print(f"spawnproxy: asked daemon {handle.pid} to stop")
-    if state_file is not None:
-        try:
-            os.unlink(state_file)
-        except OSError:
-            pass
+    _remove(state_file)
     return 0
+
+
+def _is_local(address: Any) -> bool:
+    """Whether a state file's address is on this machine (a Unix socket, or loopback)."""
+    return isinstance(address, str) or address[0] in _network._LOOPBACK
+
+
+def _remove(path: str | None) -> None:
+    if path is not None:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 COMMANDS = {"serve": cmd_serve, "connect": cmd_connect, "call": cmd_call, "stop": cmd_stop}

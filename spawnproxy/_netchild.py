@@ -1,7 +1,8 @@
 """The child side of serving over a network and of running on an SSH host.
 
-Shipped to the child as source (see `_bootstrap`): standard library only,
-CPython 3.8 syntax.  The parent imports it too, for the transports and the
+Shipped to the child as source (see `_bootstrap`), but run there only in a
+child told to listen or reached through ssh: standard library only, CPython
+3.8 syntax.  The parent imports it too, for the transports and the
 handshake, which both ends share.
 
 - `TLSChannel` and `PipeChannel`: `_wire.Channel` over an `ssl` socket and
@@ -26,8 +27,6 @@ import time
 from . import _child, _wire
 
 _HEADER = struct.Struct("!i")
-# No message of the handshake is longer (multiprocessing.connection's own bound).
-HANDSHAKE_MAX = 256
 # Unauthenticated connections handled at once; more are closed at once, so a
 # flood of slow peers costs a bounded number of threads and buffers.
 MAX_PENDING = 32
@@ -184,6 +183,16 @@ def authenticate(sock, authkey, deadline, server):
         deliver_challenge(conn, authkey)
 
 
+def open_channel(sock, keepalive):
+    """The channel over a socket that passed the handshake (TLS or not): blocking again, tuned."""
+    sock.settimeout(None)
+    tune_tcp(sock, keepalive)
+    ssl = sys.modules.get("ssl")  # imported by whoever made a TLS socket
+    if ssl is not None and isinstance(sock, ssl.SSLSocket):
+        return TLSChannel(sock)
+    return _wire.Channel(sock)
+
+
 def tune_tcp(sock, keepalive):
     """No Nagle delay for small frames; keepalive probes notice a peer lost with the network."""
     if sock.family not in (socket.AF_INET, socket.AF_INET6):
@@ -214,10 +223,7 @@ def op_root(child):
 
 def op_listen(child, config):
     """Start accepting clients; answer with the address actually bound."""
-    root = child.table.get(config["root"])
-    listener = Listener(root, config)
-    child.listeners = getattr(child, "listeners", [])
-    child.listeners.append(listener)
+    listener = Listener(child.table.get(config["root"]), config)  # its accept thread keeps it
     return _wire.VALUE, listener.address
 
 
@@ -226,20 +232,15 @@ def op_stop(child):
 
     def stop():
         time.sleep(0.05)
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except Exception:
-                pass
         _unlink_sockets()
-        os._exit(0)
+        _child.flush_and_exit()
 
     threading.Thread(target=stop, name="spawnproxy-stop", daemon=True).start()
     return _wire.VALUE, os.getpid()
 
 
+# The ops of network clients; "listen" itself is `_child`'s, which loads this module.
 _child.OPS["root"] = op_root
-_child.OPS["listen"] = op_listen
 _child.OPS["stop"] = op_stop
 
 _socket_paths = []
@@ -302,14 +303,7 @@ class Listener:
             sock.close()
             raise
         self.sock = sock
-        self.clients = 0
         self._pending = threading.BoundedSemaphore(MAX_PENDING)
-        self._info = {
-            "pid": os.getpid(),
-            "version": tuple(sys.version_info[:3]),
-            "executable": sys.executable,
-            "implementation": sys.implementation.name,
-        }
         threading.Thread(target=self._accept, name="spawnproxy-listener", daemon=True).start()
 
     def _accept(self):
@@ -339,11 +333,7 @@ class Listener:
             except OSError:
                 pass
             return None
-        conn.settimeout(None)
-        tune_tcp(conn, self.keepalive)
-        if self.context is not None:
-            return TLSChannel(conn)
-        return _wire.Channel(conn)
+        return open_channel(conn, self.keepalive)
 
     def _serve(self, conn, peer):
         try:
@@ -353,20 +343,28 @@ class Listener:
         if channel is None:
             return
         child = ClientChild(channel, self.root)
-        self.clients += 1
         try:
-            channel.send(*child.codec.dumps(("hello", self._info)))
+            channel.send(*child.codec.dumps(("hello", hello())))
             child.serve()
         except BaseException as exc:
             # However the client went (reset, killed, keepalive timeout), only it is affected.
             if not isinstance(exc, (SystemExit, OSError, EOFError)):
                 _note("client %s ended with %s: %s" % (_describe(peer), type(exc).__name__, exc))
         finally:
-            self.clients -= 1
             channel.close()
             # Its references go with it: the objects only it held are freed now.
             child.table = None
             child.codec = None
+
+
+def hello():
+    """What this process tells a peer about itself in its first message."""
+    return {
+        "pid": os.getpid(),
+        "version": tuple(sys.version_info[:3]),
+        "executable": sys.executable,
+        "implementation": sys.implementation.name,
+    }
 
 
 def _describe(peer):
@@ -435,7 +433,7 @@ def _watch_connection(read_fd, write_fd):
     _child.flush_and_exit()
 
 
-def main_stdio(fd, unused, bundle):
+def main_stdio():
     """Serve the parent over stdin/stdout (ssh's pipes); the child's output goes to stderr, marked."""
     read_fd, write_fd, err_fd = os.dup(0), os.dup(1), os.dup(2)
     null = os.open(os.devnull, os.O_RDONLY)
@@ -462,14 +460,8 @@ def main_stdio(fd, unused, bundle):
     ).start()
     channel = PipeChannel(read_fd, write_fd)
     child = _child.Child(channel)
-    info = {
-        "pid": os.getpid(),
-        "version": tuple(sys.version_info[:3]),
-        "executable": sys.executable,
-        "implementation": sys.implementation.name,
-    }
     try:
-        channel.send(*child.codec.dumps(("hello", info)))
+        channel.send(*child.codec.dumps(("hello", hello())))
         child.serve()
     finally:
         for stream in (sys.stdout, sys.stderr):

@@ -21,6 +21,7 @@ import logging
 import os
 import pickle
 import secrets
+import select
 import signal
 import socket
 import ssl
@@ -32,6 +33,7 @@ import time
 import weakref
 from collections.abc import Mapping
 from multiprocessing import AuthenticationError as _MpAuthenticationError
+from multiprocessing.connection import answer_challenge, deliver_challenge
 from typing import Any
 
 from . import _netchild, _serialize, _wire
@@ -363,73 +365,60 @@ def _secure(
     timeout: float,
     keepalive: int,
 ) -> _wire.Channel:
-    """TLS (if asked), then the mutual key check; a channel ready for frames.  Closes `sock` on failure."""
-    holder = [sock]
-    try:
-        return _secure_socket(holder, where, text, key, ssl_context, server_hostname, timeout, keepalive)
-    except BaseException:
-        holder[0].close()
-        raise
-
-
-def _secure_socket(
-    holder: list[socket.socket],
-    where: tuple[str, int] | str,
-    text: str,
-    key: bytes,
-    ssl_context: ssl.SSLContext | None,
-    server_hostname: str | None,
-    timeout: float,
-    keepalive: int,
-) -> _wire.Channel:
-    sock = holder[0]
+    """TLS (if asked), then the mutual key check; a channel ready for frames.  Closes the socket on failure."""
     deadline = time.monotonic() + timeout
-    if ssl_context is not None:
-        hostname = server_hostname or (where[0] if isinstance(where, tuple) else "localhost")
-        try:
-            sock.settimeout(timeout)
-            sock = holder[0] = ssl_context.wrap_socket(sock, server_hostname=hostname, do_handshake_on_connect=False)
-            sock.do_handshake()
-        except ssl.SSLCertVerificationError as exc:
-            raise ConnectError(
-                f"the daemon at {text} presented a certificate this client does not trust: "
-                f"{exc.verify_message or exc}; give connect() an ssl_context that trusts it "
-                "(its CA file, or the daemon's own certificate)"
-            ) from None
-        except (ssl.SSLError, OSError, EOFError) as exc:
-            raise ConnectError(
-                f"the TLS handshake with {text} failed ({type(exc).__name__}: {exc}); does the daemon serve TLS, "
-                "and does it require a client certificate?"
-            ) from None
-    conn = _netchild._HandshakeConnection(sock, deadline)
-    from multiprocessing.connection import answer_challenge, deliver_challenge
-
     try:
-        try:
-            answer_challenge(conn, key)  # type: ignore[arg-type]
-        except _MpAuthenticationError as exc:
-            if "rejected" in str(exc):
-                raise AuthenticationError(f"the daemon at {text} refused the key (authentication failed)") from None
-            raise ConnectError(f"{text} does not speak the spawnproxy handshake ({exc})") from None
-        try:
-            deliver_challenge(conn, key)  # type: ignore[arg-type]
-        except _MpAuthenticationError:
+        if ssl_context is not None:
+            hostname = server_hostname or (where[0] if isinstance(where, tuple) else "localhost")
+            sock.settimeout(timeout)  # ssl bounds the whole handshake by it
+            sock = ssl_context.wrap_socket(sock, server_hostname=hostname, do_handshake_on_connect=False)
+            _tls_handshake(sock, text)
+        _authenticate(sock, key, deadline, text, ssl_context is not None)
+    except BaseException:
+        sock.close()
+        raise
+    channel: _wire.Channel = _netchild.open_channel(sock, keepalive)
+    return channel
+
+
+def _tls_handshake(sock: ssl.SSLSocket, text: str) -> None:
+    try:
+        sock.do_handshake()
+    except ssl.SSLCertVerificationError as exc:
+        raise ConnectError(
+            f"the daemon at {text} presented a certificate this client does not trust: "
+            f"{exc.verify_message or exc}; give connect() an ssl_context that trusts it "
+            "(its CA file, or the daemon's own certificate)"
+        ) from None
+    except (ssl.SSLError, OSError, EOFError) as exc:
+        raise ConnectError(
+            f"the TLS handshake with {text} failed ({type(exc).__name__}: {exc}); does the daemon serve TLS, "
+            "and does it require a client certificate?"
+        ) from None
+
+
+def _authenticate(sock: socket.socket, key: bytes, deadline: float, text: str, tls: bool) -> None:
+    """The client's half of `_netchild.authenticate`, step by step: each failure has its own message."""
+    conn: Any = _netchild._HandshakeConnection(sock, deadline)
+    answered = False
+    try:
+        answer_challenge(conn, key)
+        answered = True
+        deliver_challenge(conn, key)
+    except (_MpAuthenticationError, AssertionError) as exc:
+        # (Before 3.12, answer_challenge asserts that what came is a challenge.)
+        if answered:
             raise AuthenticationError(
                 f"the daemon at {text} did not prove that it holds the key: not talking to it"
             ) from None
-    except ConnectError:
-        raise
+        if "rejected" in str(exc):
+            raise AuthenticationError(f"the daemon at {text} refused the key (authentication failed)") from None
+        raise ConnectError(f"{text} does not speak the spawnproxy handshake ({exc})") from None
     except (EOFError, OSError) as exc:
-        plain = ssl_context is None
-        hint = " (does it expect TLS?)" if plain else ""
+        hint = "" if tls else " (does it expect TLS?)"
         raise ConnectError(
             f"the daemon at {text} closed the connection during the handshake{hint}: {type(exc).__name__}: {exc}"
         ) from None
-    sock.settimeout(None)
-    _netchild.tune_tcp(sock, keepalive)
-    if isinstance(sock, ssl.SSLSocket):
-        return _netchild.TLSChannel(sock)
-    return _wire.Channel(sock)
 
 
 # -- the serving side -------------------------------------------------------------------------------
@@ -712,22 +701,21 @@ def _start_detached(
     finally:
         os.close(log_fd)
     assert proc.stdin is not None and proc.stdout is not None
+    # The supervisor reports one line once the daemon listens (or failed to).  The process
+    # started here exits at once, leaving the supervisor to its forked child: it is the
+    # wait that is bounded, as killing that process would end nothing.
+    limit = None if start_timeout is None else start_timeout + 5
     try:
         proc.stdin.write(data)
         proc.stdin.close()
-        timer = threading.Timer(start_timeout + 5 if start_timeout else 3600, proc.kill)
-        timer.start()
-        try:
-            line = proc.stdout.readline()
-        finally:
-            timer.cancel()
+        line = proc.stdout.readline() if select.select([proc.stdout], [], [], limit)[0] else b""
     finally:
         proc.stdout.close()
         proc.wait()
     try:
         report = json.loads(line)
     except ValueError:
-        raise DaemonStartError(f"the detached daemon did not start (see {log_path})") from None
+        raise DaemonStartError(f"the detached daemon did not report that it listens (see {log_path})") from None
     if not report.get("ok"):
         raise DaemonStartError(report.get("error", "the detached daemon did not start"))
     address = report["address"]
@@ -787,21 +775,20 @@ def _supervise() -> None:
         os._exit(1)
     server.supervisor = os.getpid()
     server.state_file = spec["state_file"]
-    write_private(spec["state_file"], json.dumps(server.state(), indent=2) + "\n")
     state = server.state()
-    report.write(json.dumps({"ok": True, **state}) + "\n")
-    report.close()
+    write_private(spec["state_file"], json.dumps(state, indent=2) + "\n")
+    try:
+        report.write(json.dumps({"ok": True, **state}) + "\n")
+        report.close()
+    except OSError:  # the starter gave up waiting: nobody knows of this daemon
+        server.terminate()
+        os._exit(1)
     log.info("daemon %d serves %s on %s", server.pid, type(spec["definition"]).__name__, format_address(server.address))
     while not stop.wait(0.5):
         if not server.is_alive():
             log.warning("daemon %d ended by itself", server.pid)
             break
-    server._daemon and server._daemon.terminate()
-    with contextlib.suppress(OSError):
-        os.unlink(spec["state_file"])
-    if isinstance(server.address, str):
-        with contextlib.suppress(OSError):
-            os.unlink(server.address)
+    server.terminate()  # the daemon, its Unix socket and the state file
     log.info("daemon %d stopped", server.pid)
     logging.shutdown()
     os._exit(0)

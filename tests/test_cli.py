@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -111,6 +113,19 @@ def test_foreground_serve_ends_on_sigterm(calc: Path) -> None:
             if stream:
                 stream.close()
     assert not (calc / _cli.DEFAULT_STATE_FILE).exists()
+
+
+def test_stop_removes_a_stale_state_file(tmp_path: Path) -> None:
+    """A state file whose process has ended and whose address answers nothing is removed, with a message."""
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    state = tmp_path / _cli.DEFAULT_STATE_FILE
+    state.write_text(json.dumps({"address": ["127.0.0.1", port], "authkey": "00ff", "pid": int(ended.stdout)}))
+    stopped = spawnproxy_cli("stop", cwd=tmp_path)
+    assert stopped.returncode == 0 and "stale" in stopped.stdout, stopped.stderr
+    assert not state.exists()
 
 
 def test_bad_targets_fail_clearly(tmp_path: Path) -> None:

@@ -340,6 +340,19 @@ def test_nothing_listening_is_a_clear_error_at_once(tmp_path: Any) -> None:
     assert time.monotonic() - started < 1
 
 
+def test_only_a_listening_child_runs_the_network_side() -> None:
+    """`_netchild` is shipped to every child but run only in one told to listen (start-up work saved)."""
+    probe = "import sys\ndef loaded():\n    return '_spawnproxy_child._netchild' in sys.modules\n"
+    local = spawnproxy.run_script(probe)
+    try:
+        assert local.loaded() is False
+    finally:
+        local.terminate_daemon()
+    with spawnproxy.serve(ScriptDefinition(probe)) as server:
+        assert server.proxy.loaded() is True
+        assert server.connect().loaded() is True
+
+
 def test_bad_arguments_are_refused() -> None:
     """No key is no connection; a busy port is a DaemonStartError that names it."""
     with pytest.raises(TypeError, match="authkey"):

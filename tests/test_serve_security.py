@@ -210,6 +210,26 @@ def test_client_refuses_an_impostor_daemon(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
+def test_a_listener_that_is_not_a_daemon_is_a_connect_error(tmp_path: Path) -> None:
+    """Whatever else answers at the address (here: a frame that is no challenge), connect raises ConnectError."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def stranger() -> None:
+        conn, _ = listener.accept()
+        with conn, contextlib.suppress(OSError):
+            conn.sendall(_frame(b"hello, who are you?"))
+            conn.recv(256)
+
+    thread = threading.Thread(target=stranger)
+    thread.start()
+    try:
+        with pytest.raises(spawnproxy.ConnectError, match="does not speak the spawnproxy handshake"):
+            spawnproxy.connect(listener.getsockname(), b"a key")
+    finally:
+        thread.join(5)
+        listener.close()
+
+
 def test_more_pending_handshakes_than_allowed_are_shed(server: spawnproxy.Server) -> None:
     """Silent peers beyond the bound are closed at once; clients get in again once they are dropped."""
     socks = [_raw(server) for _ in range(60)]

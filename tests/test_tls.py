@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
+import time
 from typing import Any
 
 import pytest
@@ -106,3 +108,29 @@ def test_detached_tls_daemon_state_file_pins_its_certificate(tmp_path: Any, tls_
         assert root.echo("over tls") == "over tls"
     finally:
         server.terminate()
+
+
+def test_a_slow_tls_handshake_is_dropped_within_the_handshake_timeout(tls_server: Any) -> None:
+    """A peer that trickles its TLS hello byte by byte is dropped within handshake_timeout, like a plain one."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ssl.create_default_context().wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    hello = outgoing.read()
+    with socket.create_connection(tls_server.address, timeout=5) as sock:
+        started = time.monotonic()
+        sock.settimeout(0.3)
+        try:
+            for byte in hello[:-1]:  # never the whole hello: the daemon must not wait for it
+                sock.send(bytes([byte]))
+                time.sleep(0.1)
+                if time.monotonic() - started > 4:
+                    break
+            sock.settimeout(5)
+            while sock.recv(4096):
+                pass
+        except OSError:
+            pass
+        took = time.monotonic() - started
+    assert took < 1.0 + 0.5, f"dropped after {took:.2f} s"
+    assert tls_server.connect().echo(1) == 1
