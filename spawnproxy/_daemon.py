@@ -108,9 +108,13 @@ class DaemonProxy:
             raise DaemonStartError(
                 f"the {label} failed in child {process.pid}:\n{remote_tb.rstrip()}", remote_tb
             ) from error
-        oid, key, info, names = reply[3]
-        session.types[key] = info
-        session.make_proxy = proxy_maker(weakref.ref(self))
+        self._adopt_root(reply[3], label)
+
+    def _adopt_root(self, root: tuple[Any, ...], label: str) -> None:
+        """Take the child's description of its root object, from which `proxy` is made."""
+        oid, key, info, names = root
+        self._session.types[key] = info
+        self._session.make_proxy = proxy_maker(weakref.ref(self))
         self._root = (oid, info, names, label)
         self._proxy_ref: weakref.ref[ObjectProxy] | None = None
 

@@ -42,7 +42,7 @@ from ._errors import AuthenticationError, ConnectError, DaemonStartError, SpawnP
 from ._options import check_timeout
 from ._output import OutputLog
 from ._process import reap_later
-from ._proxy import ObjectProxy, proxy_maker
+from ._proxy import ObjectProxy
 
 __all__ = ["Server", "connect", "serve"]
 
@@ -222,11 +222,7 @@ class Connection(DaemonProxy):
         if reply[2] == _wire.ERROR:
             self.terminate()
             raise _serialize.rebuild_exception(reply[3])
-        oid, key, info, names = reply[3]
-        session.types[key] = info
-        session.make_proxy = proxy_maker(weakref.ref(self))
-        self._root = (oid, info, names, label)
-        self._proxy_ref = None
+        self._adopt_root(reply[3], label)
 
     def stop_daemon(self) -> None:
         """End the daemon itself, for every client (its handle's `terminate()` does the same)."""
