@@ -307,6 +307,8 @@ def connect(
     text = format_address(where)
     if max_attempts is not None and (not isinstance(max_attempts, int) or max_attempts < 1):
         raise ValueError(f"max_attempts must be a positive int or None, not {max_attempts!r}")
+    if isinstance(retry_interval, bool) or not isinstance(retry_interval, (int, float)) or not retry_interval > 0:
+        raise ValueError(f"retry_interval must be a positive number of seconds, not {retry_interval!r}")
     check_timeout(timeout, "timeout")
     check_timeout(call_timeout, "call_timeout")
     if ssl_context is None and tls:

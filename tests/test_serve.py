@@ -340,6 +340,16 @@ def test_nothing_listening_is_a_clear_error_at_once(tmp_path: Any) -> None:
     assert time.monotonic() - started < 1
 
 
+def test_bad_retry_options_are_refused_before_connecting() -> None:
+    """max_attempts and retry_interval that make no sense are a ValueError naming them."""
+    for bad in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="max_attempts"):
+            spawnproxy.connect(("127.0.0.1", 1), b"key", max_attempts=bad)
+    for bad in (0, -0.1, "1", True):
+        with pytest.raises(ValueError, match="retry_interval"):
+            spawnproxy.connect(("127.0.0.1", 1), b"key", retry_interval=bad)
+
+
 def test_only_a_listening_child_runs_the_network_side() -> None:
     """`_netchild` is shipped to every child but run only in one told to listen (start-up work saved)."""
     probe = "import sys\ndef loaded():\n    return '_spawnproxy_child._netchild' in sys.modules\n"
