@@ -461,20 +461,18 @@ class Session:
         local.serving = rid  # what this thread asks the child meanwhile is nested in it
         value: Any = None
         try:
-            value = _SERVE[op](self, *operands)
-            how = _wire.VALUE
-        except BaseException as exc:  # a KeyboardInterrupt too: it reaches the child's call, then ours
-            how, value = _wire.ERROR, _serialize.encode_exception(exc)
-            del exc
-        finally:
-            local.serving = outer
-            operands = ()
-        buffers: list[pickle.PickleBuffer] = []
-        if how == _wire.ERROR:
-            tag, payload = _wire.TAG_PICKLE, _serialize.dumps((_wire.REPLY, rid, how, value))
-        else:
+            try:
+                value = _SERVE[op](self, *operands)
+            finally:
+                local.serving = outer
+                operands = ()
             # What cannot travel by value goes by reference: the child gets a stand-in.
-            tag, payload, buffers = self.encoder.encode_result((_wire.REPLY, rid, how), value)
+            tag, payload, buffers = self.encoder.encode_result((_wire.REPLY, rid, _wire.VALUE), value)
+        except BaseException as exc:  # a KeyboardInterrupt too: it reaches the child's call, then ours
+            # Also when the answer cannot be encoded: the child waits for one, whatever happens.
+            error = _serialize.encode_exception(exc)
+            del exc
+            tag, payload, buffers = _wire.TAG_PICKLE, _serialize.dumps((_wire.REPLY, rid, _wire.ERROR, error)), []
         del value
         try:
             self._send(tag, payload, "answering the child", None, None, buffers)
