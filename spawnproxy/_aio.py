@@ -19,7 +19,7 @@ from . import _serialize, _wire
 from ._errors import SerializationError
 from ._options import current_timeout
 from ._proxy import FIRST_BATCH, ObjectProxy, _Label, _operands, _Ref, _Remote, batch_sizes, handle_of
-from ._session import Session
+from ._session import _UNLOADABLE, FAILED, Session, unloadable
 
 __all__ = ["AsyncProxy", "aio"]
 
@@ -166,17 +166,24 @@ def _submit(
 
     def on_reply(reply: tuple[Any, ...]) -> None:
         try:
-            loop.call_soon_threadsafe(_settle, future, reply)
+            loop.call_soon_threadsafe(_settle, session, future, reply, what)
         except RuntimeError:
-            pass  # the loop is closed: no one awaits this any more
+            session.drop(reply)  # the loop is closed: no one awaits this any more
 
     named = describe if callable(describe) else (lambda: describe or [])
     rid = session.submit(op, operands, what, named, on_reply)
     return rid, future
 
 
-def _settle(future: asyncio.Future[tuple[Any, ...]], reply: tuple[Any, ...]) -> None:
-    if not future.done():
+def _settle(session: Session, future: asyncio.Future[tuple[Any, ...]], reply: tuple[Any, ...], what: object) -> None:
+    """Hand a reply to its future, in the loop's thread; the kinds that never travel become errors."""
+    if future.done():
+        session.drop(reply)  # cancelled or timed out while the reply was on its way
+    elif reply[2] == FAILED:
+        future.set_exception(reply[3])
+    elif reply[2] == _UNLOADABLE:
+        future.set_exception(unloadable(what, reply[3]))
+    else:
         future.set_result(reply)
 
 
@@ -303,8 +310,6 @@ class AsyncStream:
         self._end = True
         if reply[2] == _wire.ERROR:
             raise _serialize.rebuild_exception(reply[3])
-        if isinstance(reply[3], BaseException):
-            raise reply[3]
         raise SerializationError(f"unexpected reply kind {reply[2]!r} to {self._what}")
 
     def _take(self, items: list[Any], end: Any) -> None:

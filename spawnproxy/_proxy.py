@@ -22,7 +22,6 @@ import wrapt
 
 from . import _serialize, _wire
 from ._errors import CallTimeoutError, SerializationError
-from ._session import _UNLOADABLE, FAILED
 
 if TYPE_CHECKING:
     from ._daemon import DaemonProxy
@@ -119,17 +118,10 @@ class _Remote:
         return self._sp_result(how, reply[3], what)
 
     def _sp_reply(self, reply: tuple[Any, ...], what: object) -> Any:
-        """The result a reply carries (any kind, those that never travel included)."""
+        """The result a reply carries: a value, a proxy, or the remote exception raised."""
         how = reply[2]
         if how == _wire.VALUE:
             return reply[3]
-        if how == FAILED:
-            raise reply[3]
-        if how == _UNLOADABLE:
-            error = reply[3]
-            raise SerializationError(
-                f"the result of {what} cannot be rebuilt in the parent: {type(error).__name__}: {error}"
-            ) from error
         return self._sp_result(how, reply[3], what)
 
     def _sp_result(self, how: int, payload: Any, what: object) -> Any:

@@ -187,10 +187,7 @@ class Session:
                 kept = keep_on_timeout
                 raise
             if reply[2] == _UNLOADABLE:
-                error = reply[3]
-                raise SerializationError(
-                    f"the result of {what} cannot be rebuilt in the parent: {type(error).__name__}: {error}"
-                ) from error
+                raise unloadable(what, reply[3])
             return reply
         finally:
             if not kept:
@@ -214,8 +211,8 @@ class Session:
             self._waiting.discard(rid)
             reply = self._replies.pop(rid, None)
             orphans = self._nested.pop(rid, None)
-        if reply is not None and reply[2] == _wire.REF:
-            self.releases.append(reply[3][0])
+        if reply is not None:
+            self.drop(reply)
         if orphans:
             # The child still waits for their answers: someone must give them.
             for message in orphans:
@@ -414,10 +411,13 @@ class Session:
             on_reply = self._async.pop(rid, None)
         if on_reply is not None:
             on_reply(message)
-        elif message[2] == _wire.REF:
-            # The late answer of a call that timed out: dropped, and a reference
-            # the child counted for it is given back.
-            self.releases.append(message[3][0])
+        else:
+            self.drop(message)  # the late answer of a call that timed out
+
+    def drop(self, reply: tuple[Any, ...]) -> None:
+        """Let go of a reply no one will take: a reference the child counted for it is given back."""
+        if reply[2] == _wire.REF:
+            self.releases.append(reply[3][0])
 
     def _route(self, message: tuple[Any, ...]) -> None:
         kind = message[0]
@@ -633,6 +633,13 @@ class Session:
         for rid, on_reply in waiters:
             on_reply((_wire.REPLY, rid, FAILED, failure("the call")))
         self.exports.clear()
+
+
+def unloadable(what: object, error: BaseException) -> SerializationError:
+    """The error of a call whose result arrived but cannot be rebuilt here (`error` says why)."""
+    exc = SerializationError(f"the result of {what} cannot be rebuilt in the parent: {type(error).__name__}: {error}")
+    exc.__cause__ = error
+    return exc
 
 
 def _module_source(name: str) -> tuple[str, bool] | None:

@@ -56,6 +56,16 @@ def apply(f, x):
 
 def die():
     os._exit(5)
+
+class Unloadable:
+    # Pickles fine in the child; loading it in the parent raises ValueError.
+    def __reduce__(self):
+        return (int, ("not a number",))
+
+Unloadable.__module__ = "json"  # so that the child believes the parent can load it
+
+def unloadables():
+    yield Unloadable()
 """
 
 
@@ -127,6 +137,21 @@ def test_remote_exception_is_raised_with_its_type(mod) -> None:
     asyncio.run(main())
 
 
+def test_a_result_that_cannot_be_rebuilt_raises_serialization_error(mod) -> None:
+    """As in a blocking call or loop: SerializationError naming the call, and the child stays usable."""
+    with pytest.raises(spawnproxy.SerializationError, match="cannot be rebuilt"):
+        list(mod.unloadables())
+
+    async def main() -> None:
+        with pytest.raises(spawnproxy.SerializationError, match="cannot be rebuilt"):
+            await aio(mod).Unloadable()
+        with pytest.raises(spawnproxy.SerializationError, match="cannot be rebuilt"):
+            [x async for x in aio(mod).unloadables()]
+        assert await aio(mod).add(1, 1) == 2
+
+    asyncio.run(main())
+
+
 def test_cancelling_abandons_the_call_and_the_child_stays_usable(mod) -> None:
     """asyncio.timeout and wait_for cancel the await: the call is abandoned like a timeout, its
     late answer (a reference) is dropped and released, and the child answers the next call."""
@@ -151,6 +176,25 @@ def test_cancelling_abandons_the_call_and_the_child_stays_usable(mod) -> None:
     while child_objects(mod) != baseline and time.monotonic() < deadline:
         time.sleep(0.05)
     assert child_objects(mod) == baseline  # the late locks were released
+
+
+def test_a_reply_for_a_closed_loop_is_dropped_and_released(mod) -> None:
+    """The loop was closed while a call was awaited: its late answer (a reference) is released."""
+    baseline = child_objects(mod)
+    loop = asyncio.new_event_loop()
+
+    async def awaited() -> object:
+        return await aio(mod).make_lock(0.2)
+
+    task = loop.create_task(awaited())  # held: its coroutine still waits when the answer comes
+    loop.run_until_complete(asyncio.sleep(0.05))
+    loop.close()
+    deadline = time.monotonic() + 5
+    while child_objects(mod) != baseline and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert child_objects(mod) == baseline
+    assert not task.done()
+    task._log_destroy_pending = False  # type: ignore[attr-defined]  # on purpose: its loop is gone
 
 
 def test_call_timeout_applies_to_awaits(mod) -> None:
