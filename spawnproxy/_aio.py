@@ -16,9 +16,19 @@ from collections.abc import Coroutine, Generator
 from typing import Any
 
 from . import _serialize, _wire
-from ._errors import SerializationError
 from ._options import current_timeout
-from ._proxy import FIRST_BATCH, ObjectProxy, _Label, _operands, _Ref, _Remote, batch_sizes, handle_of
+from ._proxy import (
+    FIRST_BATCH,
+    ObjectProxy,
+    _Label,
+    _operands,
+    _Ref,
+    _Remote,
+    batch_of,
+    batch_sizes,
+    handle_of,
+    iterator_of,
+)
 from ._session import _UNLOADABLE, FAILED, Session, unloadable
 
 __all__ = ["AsyncProxy", "aio"]
@@ -132,24 +142,18 @@ class AsyncCall:
 async def _getattr(handle: _Remote, name: str) -> Any:
     """The attribute read of `_Remote.__getattr__`, awaited."""
     session = handle._sp_session
-    session.check(f"reading {handle._sp_label}.{name}")
+    what = _Label("reading {}.{}", handle._sp_label, name)
+    session.check(what)
     cached = handle._sp_cache.get(name)
     if cached is not None:
         return cached
-    what = f"reading {handle._sp_label}.{name}"
     names = handle._sp_names
-    if names is not None:
-        if name not in names:
-            names[name] = await request(handle, "attrinfo", (name,), what)
-        return handle.__getattr__(name)  # known now: no round trip
-    info = handle._sp_info
-    if info is not None and name in info[2]:
-        return handle.__getattr__(name)
-    reply = await _reply(session, "getattr", (handle._sp_target, name), what)
-    if reply[2] == _wire.PATH:
-        proxy = handle._sp_cache[name] = handle._sp_path(name, reply[3])
-        return proxy
-    return handle._sp_reply(reply, what)
+    if names is not None and name not in names:
+        names[name] = await request(handle, "attrinfo", (name,), what)
+    known = handle._sp_known(name)
+    if known is not None:
+        return known
+    return handle._sp_attribute(name, await _reply(session, "getattr", (handle._sp_target, name), what), what)
 
 
 async def request(handle: _Remote, op: str, operands: tuple[Any, ...], what: object, describe: Any = None) -> Any:
@@ -292,25 +296,14 @@ class AsyncStream:
             handle = handle_of(result)
         reply = await _reply(self._session, "batch", (handle._sp_target, FIRST_BATCH, True), self._what)
         items, end, ref = self._unpack(reply)
-        if ref is None:
-            self._target = handle._sp_target
-            self._ref = handle._sp_ref
-        else:
-            oid, key, info = ref
-            if info is not None:
-                self._session.types[key] = info
-            self._target = oid
-            self._ref = _Ref(oid, self._session.releases)
+        self._target, self._ref = iterator_of(handle, ref)
         self._handle = None
         self._take(items, end)
 
-    def _unpack(self, reply: tuple[Any, ...]) -> tuple[Any, Any, Any]:
-        if reply[2] == _wire.VALUE:
-            return reply[3]  # type: ignore[no-any-return]
-        self._end = True
-        if reply[2] == _wire.ERROR:
-            raise _serialize.rebuild_exception(reply[3])
-        raise SerializationError(f"unexpected reply kind {reply[2]!r} to {self._what}")
+    def _unpack(self, reply: tuple[Any, ...]) -> tuple[list[Any], Any, Any]:
+        if reply[2] != _wire.VALUE:
+            self._end = True
+        return batch_of(reply, self._what)
 
     def _take(self, items: list[Any], end: Any) -> None:
         self._end = end
