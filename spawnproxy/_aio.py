@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any
 
 from . import _serialize, _wire
@@ -108,7 +108,7 @@ class AsyncAttribute:
         return AsyncCall(method, args, kwargs)
 
     def __aiter__(self) -> AsyncStream:
-        return AsyncStream(self._handle, _getattr(self._handle, self._name))
+        return AsyncStream(self._handle, lambda: _getattr(self._handle, self._name))
 
     def __getattr__(self, name: str) -> AsyncAttribute:
         if name.startswith("__") and name.endswith("__"):
@@ -136,7 +136,7 @@ class AsyncCall:
         return self._call().__await__()
 
     def __aiter__(self) -> AsyncStream:
-        return AsyncStream(self._handle, self._call())
+        return AsyncStream(self._handle, self._call)
 
 
 async def _getattr(handle: _Remote, name: str) -> Any:
@@ -222,8 +222,9 @@ async def _reply(
 class AsyncStream:
     """`async for` over a remote iterable: batches read ahead, as `Stream` does.
 
-    Made from a handle, or from an awaitable whose result is iterated (a call
-    or an attribute read): a proxy is streamed, a local value iterated here.
+    Made from a handle, or from a function making the awaitable whose result is
+    iterated (a call or an attribute read, made when iteration starts): a proxy
+    is streamed, a local value iterated here.
     Dropping it (a `break`) releases the remote iterator; `aclose()` closes it.
     """
 
@@ -242,9 +243,9 @@ class AsyncStream:
         "_what",
     )
 
-    def __init__(self, handle: _Remote, source: Any = None) -> None:
+    def __init__(self, handle: _Remote, source: Callable[[], Awaitable[Any]] | None = None) -> None:
         self._handle: _Remote | None = handle if source is None else None
-        self._source = source  # an awaitable whose result is iterated
+        self._source = source  # makes the awaitable whose result is iterated (when iteration starts)
         self._session = handle._sp_session
         self._buffer: collections.deque[Any] = collections.deque()
         self._end: Any = None
@@ -288,7 +289,9 @@ class AsyncStream:
     async def _open(self) -> None:
         handle = self._handle
         if handle is None:
-            result = await self._source
+            source = self._source
+            assert source is not None  # made from a source, not from a handle
+            result = await source()
             self._source = None
             if not isinstance(result, ObjectProxy):
                 self._local = iter(result)

@@ -226,6 +226,14 @@ def test_async_iteration_streams_and_break_closes(mod) -> None:
     assert daemon.logs.count("count closed") >= 3
 
 
+def test_an_async_iterator_never_iterated_leaves_nothing_behind(mod) -> None:
+    """No request is made, and no coroutine is left never awaited (a RuntimeWarning)."""
+    unused = [aio(mod).count(3).__aiter__(), aio(mod).data.__aiter__()]
+    del unused
+    gc.collect()
+    assert mod.add(1, 1) == 2
+
+
 def test_blocking_and_async_on_the_same_child_at_once(mod) -> None:
     """Threads make blocking calls while the loop awaits: every answer is right."""
     errors: list[BaseException] = []
