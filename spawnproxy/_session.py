@@ -114,8 +114,9 @@ class Session:
         describe: Callable[[], Sequence[tuple[str, Any]]] = _NO_OPERANDS,
     ) -> tuple[Any, ...]:
         """Send a request and return the child's reply; `what` names it in errors."""
+        # One deadline bounds the send and the wait (`_deadline`, inline: every call pays here).
         timeout = current_timeout(self.call_timeout)
-        deadline = None if timeout is None else time.monotonic() + timeout  # bounds the send too
+        deadline = None if timeout is None else time.monotonic() + timeout
         rid = self.submit(op, operands, what, describe, None, deadline, timeout)
         return self.collect(rid, what, False, deadline, timeout)
 
@@ -149,8 +150,7 @@ class Session:
             else:
                 self._async[rid] = on_reply
         if deadline is _UNSET:
-            timeout = current_timeout(self.call_timeout)
-            deadline = None if timeout is None else time.monotonic() + timeout
+            deadline, timeout = self._deadline()
         try:
             self._send(tag, payload, what, deadline, timeout, buffers)
         except BaseException:
@@ -177,8 +177,7 @@ class Session:
         again later (a stream goes on where it was).
         """
         if deadline is _UNSET:
-            timeout = current_timeout(self.call_timeout)
-            deadline = None if timeout is None else time.monotonic() + timeout
+            deadline, timeout = self._deadline()
         kept = False
         try:
             try:
@@ -195,6 +194,11 @@ class Session:
             if self.exports.objects and self._reader is None:
                 # The child kept an object of ours: it may call it while no one here reads.
                 self._ensure_reader()
+
+    def _deadline(self) -> tuple[float | None, float | None]:
+        """(deadline, timeout) of a call this thread starts now."""
+        timeout = current_timeout(self.call_timeout)
+        return (None if timeout is None else time.monotonic() + timeout), timeout
 
     def abandon(self, rid: int) -> None:
         """Give up a request: its late reply is dropped, a reference in it released."""
