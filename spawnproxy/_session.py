@@ -369,7 +369,7 @@ class Session:
             raise self._fail(what) from None
         try:
             message: tuple[Any, ...] = _serialize.decode(tag, payload, self._resolve_pid)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # a sys.exit pickled by reference: no reason to exit here
             # The answer to some call that cannot be rebuilt here: it must reach its
             # own caller as an error (or be dropped if late), not fail whoever reads.
             kind, rid = _serialize.message_head(tag, payload)
@@ -553,7 +553,8 @@ class Session:
                 self._pump()
             except SpawnProxyError:
                 pass  # the child ended: every waiter has been told
-            except Exception:
+            except BaseException:  # a SystemExit too, which would end this thread silently
+                # Never a reader that is gone but still registered: asyncio waiters would hang.
                 log.exception("spawnproxy: the reader of child %d failed", self.pid)
                 self._fail("reading the child's messages")
             finally:

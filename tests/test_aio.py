@@ -18,7 +18,7 @@ from spawnproxy import aio
 pytestmark = pytest.mark.timeout(60)
 
 SCRIPT = """
-import os, threading, time
+import os, sys, threading, time
 
 value = 41
 data = [1, 2, 3]
@@ -66,6 +66,13 @@ Unloadable.__module__ = "json"  # so that the child believes the parent can load
 
 def unloadables():
     yield Unloadable()
+
+class Exits:
+    # Loading it in the parent calls sys.exit.
+    def __reduce__(self):
+        return (sys.exit, ("loaded",))
+
+Exits.__module__ = "json"
 """
 
 
@@ -147,6 +154,20 @@ def test_a_result_that_cannot_be_rebuilt_raises_serialization_error(mod) -> None
             await aio(mod).Unloadable()
         with pytest.raises(spawnproxy.SerializationError, match="cannot be rebuilt"):
             [x async for x in aio(mod).unloadables()]
+        assert await aio(mod).add(1, 1) == 2
+
+    asyncio.run(main())
+
+
+def test_a_result_that_raises_system_exit_when_loaded_is_an_error_not_an_exit(mod) -> None:
+    """Loading a reply runs code the child chose (sys.exit here): that is the call's error, whether
+    the caller reads the reply or the reader thread does (which must not die of it)."""
+    with pytest.raises(spawnproxy.SerializationError, match="SystemExit: loaded"):
+        mod.Exits()
+
+    async def main() -> None:
+        with pytest.raises(spawnproxy.SerializationError, match="SystemExit: loaded"):
+            await asyncio.wait_for(aio(mod).Exits(), 10)
         assert await aio(mod).add(1, 1) == 2
 
     asyncio.run(main())
