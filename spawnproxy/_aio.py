@@ -12,14 +12,24 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any
 
 from . import _serialize, _wire
-from ._errors import SerializationError
 from ._options import current_timeout
-from ._proxy import FIRST_BATCH, ObjectProxy, _Label, _operands, _Ref, _Remote, batch_sizes, handle_of
-from ._session import Session
+from ._proxy import (
+    FIRST_BATCH,
+    ObjectProxy,
+    _Label,
+    _operands,
+    _Ref,
+    _Remote,
+    batch_of,
+    batch_sizes,
+    handle_of,
+    iterator_of,
+)
+from ._session import _UNLOADABLE, FAILED, Session, unloadable
 
 __all__ = ["AsyncProxy", "aio"]
 
@@ -98,7 +108,7 @@ class AsyncAttribute:
         return AsyncCall(method, args, kwargs)
 
     def __aiter__(self) -> AsyncStream:
-        return AsyncStream(self._handle, _getattr(self._handle, self._name))
+        return AsyncStream(self._handle, lambda: _getattr(self._handle, self._name))
 
     def __getattr__(self, name: str) -> AsyncAttribute:
         if name.startswith("__") and name.endswith("__"):
@@ -126,30 +136,24 @@ class AsyncCall:
         return self._call().__await__()
 
     def __aiter__(self) -> AsyncStream:
-        return AsyncStream(self._handle, self._call())
+        return AsyncStream(self._handle, self._call)
 
 
 async def _getattr(handle: _Remote, name: str) -> Any:
     """The attribute read of `_Remote.__getattr__`, awaited."""
     session = handle._sp_session
-    session.check(f"reading {handle._sp_label}.{name}")
+    what = _Label("reading {}.{}", handle._sp_label, name)
+    session.check(what)
     cached = handle._sp_cache.get(name)
     if cached is not None:
         return cached
-    what = f"reading {handle._sp_label}.{name}"
     names = handle._sp_names
-    if names is not None:
-        if name not in names:
-            names[name] = await request(handle, "attrinfo", (name,), what)
-        return handle.__getattr__(name)  # known now: no round trip
-    info = handle._sp_info
-    if info is not None and name in info[2]:
-        return handle.__getattr__(name)
-    reply = await _reply(session, "getattr", (handle._sp_target, name), what)
-    if reply[2] == _wire.PATH:
-        proxy = handle._sp_cache[name] = handle._sp_path(name, reply[3])
-        return proxy
-    return handle._sp_reply(reply, what)
+    if names is not None and name not in names:
+        names[name] = await request(handle, "attrinfo", (name,), what)
+    known = handle._sp_known(name)
+    if known is not None:
+        return known
+    return handle._sp_attribute(name, await _reply(session, "getattr", (handle._sp_target, name), what), what)
 
 
 async def request(handle: _Remote, op: str, operands: tuple[Any, ...], what: object, describe: Any = None) -> Any:
@@ -166,17 +170,24 @@ def _submit(
 
     def on_reply(reply: tuple[Any, ...]) -> None:
         try:
-            loop.call_soon_threadsafe(_settle, future, reply)
+            loop.call_soon_threadsafe(_settle, session, future, reply, what)
         except RuntimeError:
-            pass  # the loop is closed: no one awaits this any more
+            session.drop(reply)  # the loop is closed: no one awaits this any more
 
     named = describe if callable(describe) else (lambda: describe or [])
     rid = session.submit(op, operands, what, named, on_reply)
     return rid, future
 
 
-def _settle(future: asyncio.Future[tuple[Any, ...]], reply: tuple[Any, ...]) -> None:
-    if not future.done():
+def _settle(session: Session, future: asyncio.Future[tuple[Any, ...]], reply: tuple[Any, ...], what: object) -> None:
+    """Hand a reply to its future, in the loop's thread; the kinds that never travel become errors."""
+    if future.done():
+        session.drop(reply)  # cancelled or timed out while the reply was on its way
+    elif reply[2] == FAILED:
+        future.set_exception(reply[3])
+    elif reply[2] == _UNLOADABLE:
+        future.set_exception(unloadable(what, reply[3]))
+    else:
         future.set_result(reply)
 
 
@@ -211,8 +222,9 @@ async def _reply(
 class AsyncStream:
     """`async for` over a remote iterable: batches read ahead, as `Stream` does.
 
-    Made from a handle, or from an awaitable whose result is iterated (a call
-    or an attribute read): a proxy is streamed, a local value iterated here.
+    Made from a handle, or from a function making the awaitable whose result is
+    iterated (a call or an attribute read, made when iteration starts): a proxy
+    is streamed, a local value iterated here.
     Dropping it (a `break`) releases the remote iterator; `aclose()` closes it.
     """
 
@@ -231,9 +243,9 @@ class AsyncStream:
         "_what",
     )
 
-    def __init__(self, handle: _Remote, source: Any = None) -> None:
+    def __init__(self, handle: _Remote, source: Callable[[], Awaitable[Any]] | None = None) -> None:
         self._handle: _Remote | None = handle if source is None else None
-        self._source = source  # an awaitable whose result is iterated
+        self._source = source  # makes the awaitable whose result is iterated (when iteration starts)
         self._session = handle._sp_session
         self._buffer: collections.deque[Any] = collections.deque()
         self._end: Any = None
@@ -277,7 +289,9 @@ class AsyncStream:
     async def _open(self) -> None:
         handle = self._handle
         if handle is None:
-            result = await self._source
+            source = self._source
+            assert source is not None  # made from a source, not from a handle
+            result = await source()
             self._source = None
             if not isinstance(result, ObjectProxy):
                 self._local = iter(result)
@@ -285,27 +299,14 @@ class AsyncStream:
             handle = handle_of(result)
         reply = await _reply(self._session, "batch", (handle._sp_target, FIRST_BATCH, True), self._what)
         items, end, ref = self._unpack(reply)
-        if ref is None:
-            self._target = handle._sp_target
-            self._ref = handle._sp_ref
-        else:
-            oid, key, info = ref
-            if info is not None:
-                self._session.types[key] = info
-            self._target = oid
-            self._ref = _Ref(oid, self._session.releases)
+        self._target, self._ref = iterator_of(handle, ref)
         self._handle = None
         self._take(items, end)
 
-    def _unpack(self, reply: tuple[Any, ...]) -> tuple[Any, Any, Any]:
-        if reply[2] == _wire.VALUE:
-            return reply[3]  # type: ignore[no-any-return]
-        self._end = True
-        if reply[2] == _wire.ERROR:
-            raise _serialize.rebuild_exception(reply[3])
-        if isinstance(reply[3], BaseException):
-            raise reply[3]
-        raise SerializationError(f"unexpected reply kind {reply[2]!r} to {self._what}")
+    def _unpack(self, reply: tuple[Any, ...]) -> tuple[list[Any], Any, Any]:
+        if reply[2] != _wire.VALUE:
+            self._end = True
+        return batch_of(reply, self._what)
 
     def _take(self, items: list[Any], end: Any) -> None:
         self._end = end

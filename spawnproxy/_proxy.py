@@ -22,7 +22,6 @@ import wrapt
 
 from . import _serialize, _wire
 from ._errors import CallTimeoutError, SerializationError
-from ._session import _UNLOADABLE, FAILED
 
 if TYPE_CHECKING:
     from ._daemon import DaemonProxy
@@ -119,17 +118,10 @@ class _Remote:
         return self._sp_result(how, reply[3], what)
 
     def _sp_reply(self, reply: tuple[Any, ...], what: object) -> Any:
-        """The result a reply carries (any kind, those that never travel included)."""
+        """The result a reply carries: a value, a proxy, or the remote exception raised."""
         how = reply[2]
         if how == _wire.VALUE:
             return reply[3]
-        if how == FAILED:
-            raise reply[3]
-        if how == _UNLOADABLE:
-            error = reply[3]
-            raise SerializationError(
-                f"the result of {what} cannot be rebuilt in the parent: {type(error).__name__}: {error}"
-            ) from error
         return self._sp_result(how, reply[3], what)
 
     def _sp_result(self, how: int, payload: Any, what: object) -> Any:
@@ -184,30 +176,40 @@ class _Remote:
         cached = self._sp_cache.get(name)
         if cached is not None:
             return cached
-        what = f"{self._sp_label}.{name}"
+        what = _Label("reading {}.{}", self._sp_label, name)
+        names = self._sp_names
+        if names is not None and name not in names:
+            names[name] = self._sp_request("attrinfo", (name,), what)
+        known = self._sp_known(name)
+        if known is not None:
+            return known
+        return self._sp_attribute(name, session.request("getattr", (self._sp_target, name), what), what)
+
+    # The steps of an attribute read that `aio` shares (it awaits the requests between them).
+
+    def _sp_known(self, name: str) -> Any:
+        """The attribute's proxy if it is reached by path with no round trip (then cached), else None."""
         names = self._sp_names
         if names is not None:
             # The root: its first-level attributes are proxies, reached by path.
-            if name in names:
-                is_callable = names[name]
-            else:
-                is_callable = self._sp_request("attrinfo", (name,), f"reading {what}")
-                names[name] = is_callable
-            proxy = self._sp_cache[name] = self._sp_path(name, is_callable)
-            return proxy
-        info = self._sp_info
-        if info is not None and name in info[2]:
-            proxy = self._sp_cache[name] = self._sp_path(name, True)
-            return proxy
-        reply = self._sp_session.request("getattr", (self._sp_target, name), f"reading {what}")
+            is_callable = names.get(name)
+            if is_callable is None:
+                return None
+        elif self._sp_info is not None and name in self._sp_info[2]:
+            is_callable = True  # a method of the object's type
+        else:
+            return None
+        proxy = self._sp_cache[name] = self._sp_path(name, is_callable)
+        return proxy
+
+    def _sp_attribute(self, name: str, reply: tuple[Any, ...], what: object) -> Any:
+        """The attribute a `getattr` reply gives."""
         if reply[2] == _wire.PATH:
             # Something callable: remembered, so that the next `p.x.method()` is one
             # round trip.  It is reached by path at each use, so it never goes stale.
             proxy = self._sp_cache[name] = self._sp_path(name, reply[3])
             return proxy
-        if reply[2] == _wire.VALUE:
-            return reply[3]
-        return self._sp_result(reply[2], reply[3], f"reading {what}")
+        return self._sp_reply(reply, what)
 
     def __setattr__(self, name: str, value: Any) -> None:
         self._sp_cache.pop(name, None)
@@ -290,6 +292,27 @@ def batch_sizes() -> Iterator[int]:
         yield size
 
 
+def batch_of(reply: tuple[Any, ...], what: object) -> tuple[list[Any], Any, Any]:
+    """(items, end, new iterator) of the reply to a `batch` request; raises the error it carries."""
+    if reply[2] == _wire.VALUE:
+        return reply[3]  # type: ignore[no-any-return]
+    if reply[2] == _wire.ERROR:
+        raise _serialize.rebuild_exception(reply[3])
+    raise SerializationError(f"unexpected reply kind {reply[2]!r} to {what}")
+
+
+def iterator_of(handle: _Remote, ref: Any) -> tuple[Target, _Ref | None]:
+    """The target and reference of the iterator a stream takes its batches from (after the first)."""
+    if ref is None:
+        return handle._sp_target, handle._sp_ref  # the object is its own iterator
+    # iter() made a new iterator in the child: it is held there for this stream.
+    oid, key, info = ref
+    session = handle._sp_session
+    if info is not None:
+        session.types[key] = info
+    return oid, _Ref(oid, session.releases)
+
+
 class Stream:
     """A local iterator over a remote one: items come in batches, the next batch asked for
     before the current one is handed out (so the child makes it while the parent consumes).
@@ -310,19 +333,9 @@ class Stream:
         self._ref: _Ref | None = None
         self._buffer: collections.deque[Any] = collections.deque()
         reply = session.request("batch", (handle._sp_target, FIRST_BATCH, call_iter), self._what)
-        items, end, ref = handle._sp_reply(reply, self._what)
-        if ref is None:
-            self.own = True
-            self._target = handle._sp_target
-            self._ref = handle._sp_ref
-        else:
-            # iter() made a new iterator in the child: it is held there for this stream.
-            self.own = False
-            oid, key, info = ref
-            if info is not None:
-                session.types[key] = info
-            self._target = oid
-            self._ref = _Ref(oid, session.releases)
+        items, end, ref = batch_of(reply, self._what)
+        self.own = ref is None
+        self._target, self._ref = iterator_of(handle, ref)
         self._take(items, end)
 
     def _take(self, items: list[Any], end: Any) -> None:
@@ -359,10 +372,7 @@ class Stream:
                 raise
             if reply[2] != _wire.VALUE:
                 self._end = True
-                if reply[2] == _wire.ERROR:
-                    raise _serialize.rebuild_exception(reply[3])
-                raise SerializationError(f"unexpected reply kind {reply[2]!r} to {self._what}")
-            items, end, _ = reply[3]
+            items, end, _ = batch_of(reply, self._what)
             self._take(items, end)
         return self._buffer.popleft()
 

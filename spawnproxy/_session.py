@@ -114,8 +114,9 @@ class Session:
         describe: Callable[[], Sequence[tuple[str, Any]]] = _NO_OPERANDS,
     ) -> tuple[Any, ...]:
         """Send a request and return the child's reply; `what` names it in errors."""
+        # One deadline bounds the send and the wait (`_deadline`, inline: every call pays here).
         timeout = current_timeout(self.call_timeout)
-        deadline = None if timeout is None else time.monotonic() + timeout  # bounds the send too
+        deadline = None if timeout is None else time.monotonic() + timeout
         rid = self.submit(op, operands, what, describe, None, deadline, timeout)
         return self.collect(rid, what, False, deadline, timeout)
 
@@ -149,8 +150,7 @@ class Session:
             else:
                 self._async[rid] = on_reply
         if deadline is _UNSET:
-            timeout = current_timeout(self.call_timeout)
-            deadline = None if timeout is None else time.monotonic() + timeout
+            deadline, timeout = self._deadline()
         try:
             self._send(tag, payload, what, deadline, timeout, buffers)
         except BaseException:
@@ -177,8 +177,7 @@ class Session:
         again later (a stream goes on where it was).
         """
         if deadline is _UNSET:
-            timeout = current_timeout(self.call_timeout)
-            deadline = None if timeout is None else time.monotonic() + timeout
+            deadline, timeout = self._deadline()
         kept = False
         try:
             try:
@@ -187,10 +186,7 @@ class Session:
                 kept = keep_on_timeout
                 raise
             if reply[2] == _UNLOADABLE:
-                error = reply[3]
-                raise SerializationError(
-                    f"the result of {what} cannot be rebuilt in the parent: {type(error).__name__}: {error}"
-                ) from error
+                raise unloadable(what, reply[3])
             return reply
         finally:
             if not kept:
@@ -198,6 +194,11 @@ class Session:
             if self.exports.objects and self._reader is None:
                 # The child kept an object of ours: it may call it while no one here reads.
                 self._ensure_reader()
+
+    def _deadline(self) -> tuple[float | None, float | None]:
+        """(deadline, timeout) of a call this thread starts now."""
+        timeout = current_timeout(self.call_timeout)
+        return (None if timeout is None else time.monotonic() + timeout), timeout
 
     def abandon(self, rid: int) -> None:
         """Give up a request: its late reply is dropped, a reference in it released."""
@@ -214,8 +215,8 @@ class Session:
             self._waiting.discard(rid)
             reply = self._replies.pop(rid, None)
             orphans = self._nested.pop(rid, None)
-        if reply is not None and reply[2] == _wire.REF:
-            self.releases.append(reply[3][0])
+        if reply is not None:
+            self.drop(reply)
         if orphans:
             # The child still waits for their answers: someone must give them.
             for message in orphans:
@@ -368,7 +369,7 @@ class Session:
             raise self._fail(what) from None
         try:
             message: tuple[Any, ...] = _serialize.decode(tag, payload, self._resolve_pid)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # a sys.exit pickled by reference: no reason to exit here
             # The answer to some call that cannot be rebuilt here: it must reach its
             # own caller as an error (or be dropped if late), not fail whoever reads.
             kind, rid = _serialize.message_head(tag, payload)
@@ -414,10 +415,13 @@ class Session:
             on_reply = self._async.pop(rid, None)
         if on_reply is not None:
             on_reply(message)
-        elif message[2] == _wire.REF:
-            # The late answer of a call that timed out: dropped, and a reference
-            # the child counted for it is given back.
-            self.releases.append(message[3][0])
+        else:
+            self.drop(message)  # the late answer of a call that timed out
+
+    def drop(self, reply: tuple[Any, ...]) -> None:
+        """Let go of a reply no one will take: a reference the child counted for it is given back."""
+        if reply[2] == _wire.REF:
+            self.releases.append(reply[3][0])
 
     def _route(self, message: tuple[Any, ...]) -> None:
         kind = message[0]
@@ -461,20 +465,18 @@ class Session:
         local.serving = rid  # what this thread asks the child meanwhile is nested in it
         value: Any = None
         try:
-            value = _SERVE[op](self, *operands)
-            how = _wire.VALUE
-        except BaseException as exc:  # a KeyboardInterrupt too: it reaches the child's call, then ours
-            how, value = _wire.ERROR, _serialize.encode_exception(exc)
-            del exc
-        finally:
-            local.serving = outer
-            operands = ()
-        buffers: list[pickle.PickleBuffer] = []
-        if how == _wire.ERROR:
-            tag, payload = _wire.TAG_PICKLE, _serialize.dumps((_wire.REPLY, rid, how, value))
-        else:
+            try:
+                value = _SERVE[op](self, *operands)
+            finally:
+                local.serving = outer
+                operands = ()
             # What cannot travel by value goes by reference: the child gets a stand-in.
-            tag, payload, buffers = self.encoder.encode_result((_wire.REPLY, rid, how), value)
+            tag, payload, buffers = self.encoder.encode_result((_wire.REPLY, rid, _wire.VALUE), value)
+        except BaseException as exc:  # a KeyboardInterrupt too: it reaches the child's call, then ours
+            # Also when the answer cannot be encoded: the child waits for one, whatever happens.
+            error = _serialize.encode_exception(exc)
+            del exc
+            tag, payload, buffers = _wire.TAG_PICKLE, _serialize.dumps((_wire.REPLY, rid, _wire.ERROR, error)), []
         del value
         try:
             self._send(tag, payload, "answering the child", None, None, buffers)
@@ -551,7 +553,8 @@ class Session:
                 self._pump()
             except SpawnProxyError:
                 pass  # the child ended: every waiter has been told
-            except Exception:
+            except BaseException:  # a SystemExit too, which would end this thread silently
+                # Never a reader that is gone but still registered: asyncio waiters would hang.
                 log.exception("spawnproxy: the reader of child %d failed", self.pid)
                 self._fail("reading the child's messages")
             finally:
@@ -635,6 +638,13 @@ class Session:
         for rid, on_reply in waiters:
             on_reply((_wire.REPLY, rid, FAILED, failure("the call")))
         self.exports.clear()
+
+
+def unloadable(what: object, error: BaseException) -> SerializationError:
+    """The error of a call whose result arrived but cannot be rebuilt here (`error` says why)."""
+    exc = SerializationError(f"the result of {what} cannot be rebuilt in the parent: {type(error).__name__}: {error}")
+    exc.__cause__ = error
+    return exc
 
 
 def _module_source(name: str) -> tuple[str, bool] | None:

@@ -18,7 +18,7 @@ from spawnproxy import aio
 pytestmark = pytest.mark.timeout(60)
 
 SCRIPT = """
-import os, threading, time
+import os, sys, threading, time
 
 value = 41
 data = [1, 2, 3]
@@ -56,6 +56,23 @@ def apply(f, x):
 
 def die():
     os._exit(5)
+
+class Unloadable:
+    # Pickles fine in the child; loading it in the parent raises ValueError.
+    def __reduce__(self):
+        return (int, ("not a number",))
+
+Unloadable.__module__ = "json"  # so that the child believes the parent can load it
+
+def unloadables():
+    yield Unloadable()
+
+class Exits:
+    # Loading it in the parent calls sys.exit.
+    def __reduce__(self):
+        return (sys.exit, ("loaded",))
+
+Exits.__module__ = "json"
 """
 
 
@@ -127,6 +144,35 @@ def test_remote_exception_is_raised_with_its_type(mod) -> None:
     asyncio.run(main())
 
 
+def test_a_result_that_cannot_be_rebuilt_raises_serialization_error(mod) -> None:
+    """As in a blocking call or loop: SerializationError naming the call, and the child stays usable."""
+    with pytest.raises(spawnproxy.SerializationError, match="cannot be rebuilt"):
+        list(mod.unloadables())
+
+    async def main() -> None:
+        with pytest.raises(spawnproxy.SerializationError, match="cannot be rebuilt"):
+            await aio(mod).Unloadable()
+        with pytest.raises(spawnproxy.SerializationError, match="cannot be rebuilt"):
+            [x async for x in aio(mod).unloadables()]
+        assert await aio(mod).add(1, 1) == 2
+
+    asyncio.run(main())
+
+
+def test_a_result_that_raises_system_exit_when_loaded_is_an_error_not_an_exit(mod) -> None:
+    """Loading a reply runs code the child chose (sys.exit here): that is the call's error, whether
+    the caller reads the reply or the reader thread does (which must not die of it)."""
+    with pytest.raises(spawnproxy.SerializationError, match="SystemExit: loaded"):
+        mod.Exits()
+
+    async def main() -> None:
+        with pytest.raises(spawnproxy.SerializationError, match="SystemExit: loaded"):
+            await asyncio.wait_for(aio(mod).Exits(), 10)
+        assert await aio(mod).add(1, 1) == 2
+
+    asyncio.run(main())
+
+
 def test_cancelling_abandons_the_call_and_the_child_stays_usable(mod) -> None:
     """asyncio.timeout and wait_for cancel the await: the call is abandoned like a timeout, its
     late answer (a reference) is dropped and released, and the child answers the next call."""
@@ -151,6 +197,25 @@ def test_cancelling_abandons_the_call_and_the_child_stays_usable(mod) -> None:
     while child_objects(mod) != baseline and time.monotonic() < deadline:
         time.sleep(0.05)
     assert child_objects(mod) == baseline  # the late locks were released
+
+
+def test_a_reply_for_a_closed_loop_is_dropped_and_released(mod) -> None:
+    """The loop was closed while a call was awaited: its late answer (a reference) is released."""
+    baseline = child_objects(mod)
+    loop = asyncio.new_event_loop()
+
+    async def awaited() -> object:
+        return await aio(mod).make_lock(0.2)
+
+    task = loop.create_task(awaited())  # held: its coroutine still waits when the answer comes
+    loop.run_until_complete(asyncio.sleep(0.05))
+    loop.close()
+    deadline = time.monotonic() + 5
+    while child_objects(mod) != baseline and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert child_objects(mod) == baseline
+    assert not task.done()
+    task._log_destroy_pending = False  # type: ignore[attr-defined]  # on purpose: its loop is gone
 
 
 def test_call_timeout_applies_to_awaits(mod) -> None:
@@ -180,6 +245,14 @@ def test_async_iteration_streams_and_break_closes(mod) -> None:
     while daemon.logs.count("count closed") < 3 and time.monotonic() < deadline:
         time.sleep(0.02)
     assert daemon.logs.count("count closed") >= 3
+
+
+def test_an_async_iterator_never_iterated_leaves_nothing_behind(mod) -> None:
+    """No request is made, and no coroutine is left never awaited (a RuntimeWarning)."""
+    unused = [aio(mod).count(3).__aiter__(), aio(mod).data.__aiter__()]
+    del unused
+    gc.collect()
+    assert mod.add(1, 1) == 2
 
 
 def test_blocking_and_async_on_the_same_child_at_once(mod) -> None:

@@ -327,6 +327,22 @@ def test_arguments_the_parent_cannot_load_fail_the_callback_in_the_child(mod) ->
     assert mod.apply(spawnproxy.by_ref(len), [1, 2]) == 2
 
 
+def test_a_result_that_cannot_be_encoded_fails_the_callback_in_the_child(mod) -> None:
+    """Encoding the callback's answer fails: the child's call gets the error (it is never left
+    waiting), on the caller's thread and on the worker thread, which goes on serving."""
+
+    class Unencodable:
+        @property  # type: ignore[misc]
+        def __class__(self) -> type:  # makes isinstance() raise
+            raise RuntimeError("no class here")
+
+    make = spawnproxy.by_ref(lambda: Unencodable())
+    assert mod.catch(make) == ("RuntimeError", "no class here")
+    assert mod.in_thread(mod.catch, make) == ("RuntimeError", "no class here")
+    assert mod.in_thread(spawnproxy.by_ref(lambda: "still served")) == "still served"
+    assert exports(mod) == 0
+
+
 def test_concurrent_callbacks_from_child_threads(mod) -> None:
     """Several child threads call back at once: each call gets its own answer."""
     script = spawnproxy.run_script(
