@@ -400,15 +400,32 @@ class Child:
                     releases = self.releases
                     while releases:
                         batch.append(releases.popleft())
-                    self.channel.send(*self.codec.dumps((_wire.RELEASE, batch)))
+                    self.channel.send(*self.codec.dumps((_wire.RELEASE, batch)), None, self._read_ahead)
                 if tag is not None:
-                    self.channel.send(tag, data, None, None, buffers)
+                    self.channel.send(tag, data, None, self._read_ahead, buffers)
             except _wire.ChannelClosed:
                 raise
             except OSError as err:
                 if getattr(err, "errno", None) in (9, 32, 104):  # EBADF, EPIPE, ECONNRESET: the parent has gone
                     raise _wire.ChannelClosed("the parent has gone") from None
                 raise
+
+    def _read_ahead(self):
+        """While a send waits for room, read what the parent sends, unless another thread reads.
+
+        The parent may itself be blocked writing to us while it holds its
+        receive lock: if neither side read, both would wait for ever.
+        """
+        if not self._recv_lock.acquire(False):
+            return False
+        try:
+            self.channel.read_ahead()
+        finally:
+            with self._lock:
+                self._recv_lock.release()
+                if self._followers:
+                    self._cond.notify_all()
+        return True
 
     # -- calling the parent ---------------------------------------------------------
 
