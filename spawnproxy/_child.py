@@ -236,6 +236,9 @@ class Child:
         self._followers = 0
         self._closed = False
         self._finder = None
+        self._lanes = {}  # lane number -> channel to the parent thread it belongs to
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._forked)
 
     # -- the loop -------------------------------------------------------------
 
@@ -303,14 +306,45 @@ class Child:
                 self._queues.pop(rid, None)
 
     def _read(self):
-        try:
-            tag, payload = self.channel.recv()
-        except (_wire.ChannelClosed, OSError):
-            with self._lock:
-                self._closed = True
-                self._cond.notify_all()
-            raise _wire.ChannelClosed("the parent has gone") from None
-        return self.codec.loads(tag, payload)
+        channel = self.channel
+        while True:
+            try:
+                tag, payload = channel.recv()
+                if tag == _wire.TAG_LANE:
+                    self._lane(payload)
+                    continue
+            except (_wire.ChannelClosed, OSError):
+                with self._lock:
+                    self._closed = True
+                    self._cond.notify_all()
+                raise _wire.ChannelClosed("the parent has gone") from None
+            return self.codec.loads(tag, payload)
+
+    def _forked(self):
+        """In a process forked from the child: let go of the lanes, or the parent's threads
+        would wait on them for as long as that process lives."""
+        for channel in self._lanes.values():
+            channel.close()
+        self._lanes = {}
+
+    def _lane(self, payload):
+        """Open or close a lane; done as the frame is read, in order with the frames around it."""
+        lane, opening = _wire.LANE.unpack(payload)
+        if opening:
+            import socket
+
+            fd = self.channel.take_fd()
+            # The parent's thread reads its lane until the child's end closes: no process
+            # the child starts may keep that end open (see also _forked).
+            os.set_inheritable(fd, False)
+            channel = _wire.Channel(socket.socket(fileno=fd))
+            channel.input_fd = self.channel.fd  # a send blocked there reads ahead here
+        with self._send_lock:  # never closed under a sender, nor its number reused
+            old = self._lanes.pop(lane, None)
+            if old is not None:
+                old.close()
+            if opening:
+                self._lanes[lane] = channel
 
     def _route(self, msg, mine):
         """Hand a message to whoever it is for: a waiting thread, or the main thread."""
@@ -383,7 +417,12 @@ class Child:
         try:
             # The result is let go of only once sent: a parent's object it holds must not
             # be released before the reply that names it.
-            self._send(*data)
+            self._send(*data, rid=rid)
+        except _wire.LaneClosed:
+            # The caller gave up (a timeout) and closed its lane: no one will take the answer.
+            if how == _wire.REF:
+                self.table.release([payload[0]])
+            codec.retell_types()
         except _wire.ChannelClosed:
             if main:
                 raise SystemExit(0) from None
@@ -391,24 +430,49 @@ class Child:
         finally:
             payload = None
 
-    def _send(self, tag, data, buffers=None):
-        """Send a frame (None: only the pending releases), releases first."""
+    def _send(self, tag, data, buffers=None, rid=None):
+        """Send a frame (None: only the pending releases), releases first.
+
+        `rid` is the parent's request the frame answers or is nested in: it goes
+        on that request's lane, and raises LaneClosed if the lane is gone.
+        """
+        channel = main = self.channel
+        lane = 0
+        if rid is not None and rid > 0:
+            lane = rid & _wire.LANE_MASK
         with self._send_lock:
+            if lane:
+                channel = self._lanes.get(lane)
+                if channel is None:
+                    raise _wire.LaneClosed("lane %d is closed" % lane)
+            batch = None
             try:
                 if self.releases:
                     batch = []
                     releases = self.releases
                     while releases:
                         batch.append(releases.popleft())
-                    self.channel.send(*self.codec.dumps((_wire.RELEASE, batch)), None, self._read_ahead)
+                    channel.send(*self.codec.dumps((_wire.RELEASE, batch)), None, self._read_ahead)
+                    batch = None
                 if tag is not None:
-                    self.channel.send(tag, data, None, self._read_ahead, buffers)
+                    channel.send(tag, data, None, self._read_ahead, buffers)
             except _wire.ChannelClosed:
-                raise
+                if channel is main:
+                    raise
             except OSError as err:
-                if getattr(err, "errno", None) in (9, 32, 104):  # EBADF, EPIPE, ECONNRESET: the parent has gone
-                    raise _wire.ChannelClosed("the parent has gone") from None
-                raise
+                if channel is main:
+                    if getattr(err, "errno", None) in (9, 32, 104):  # EBADF, EPIPE, ECONNRESET: the parent has gone
+                        raise _wire.ChannelClosed("the parent has gone") from None
+                    raise
+            else:
+                return
+            # Only a lane gets here: its thread closed it.  The releases go with a later frame.
+            if batch:
+                self.releases.extendleft(reversed(batch))
+            if self._lanes.get(lane) is channel:
+                del self._lanes[lane]
+            channel.close()
+        raise _wire.LaneClosed("lane %d is closed" % lane)
 
     def _read_ahead(self):
         """While a send waits for room, read what the parent sends, unless another thread reads.
@@ -450,8 +514,10 @@ class Child:
         head = (_wire.REQUEST, rid, op) if outer is None else (_wire.NESTED, rid, outer, op)
         tag, data, buffers = self.codec.dumps_values(lambda vs: head + make(vs), values)
         try:
-            self._send(tag, data, buffers)
+            self._send(tag, data, buffers, outer)
             reply = self._wait(rid)
+        except _wire.LaneClosed:
+            raise ConnectionError("the parent gave up the call this one is part of; %s cannot run there" % op) from None
         except _wire.ChannelClosed:
             if threading.get_ident() == self._main_ident:
                 raise SystemExit(0) from None

@@ -105,6 +105,7 @@ class Codec:
         self._import_dill = import_dill  # () -> the dill module
         self._importable = {"builtins": True, "copyreg": True, "_codecs": True}
         self._type_keys = {}  # type -> key the parent caches its info under
+        self._told = set()  # the keys whose info the parent has been sent
         self._dill_unpickler = None
 
     # -- decoding -------------------------------------------------------------
@@ -206,11 +207,17 @@ class Codec:
         """Return (key, info): info is None when the parent already has it."""
         tp = type(obj)
         key = self._type_keys.get(tp)
-        if key is not None:
+        if key is None:
+            key = len(self._type_keys) + 1
+            self._type_keys[tp] = key
+        elif key in self._told:
             return key, None
-        key = len(self._type_keys) + 1
-        self._type_keys[tp] = key
+        self._told.add(key)
         return key, (tp.__module__, tp.__qualname__, method_names(tp), callable(obj))
+
+    def retell_types(self):
+        """A message was lost (its lane closed): the types it described are described again."""
+        self._told.clear()
 
     def encode_exception(self, exc, depth=0):
         """Encode an exception as plain data the parent can rebuild."""

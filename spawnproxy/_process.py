@@ -66,6 +66,8 @@ def resolve_executable(python_exe: str | os.PathLike[str] | None) -> tuple[str, 
 class ChildProcess:
     """A running child interpreter: its process, channel, lifeline and output."""
 
+    lanes = True  # a local socket pair: a session may open lanes (see _lanes)
+
     def __init__(
         self,
         python_exe: str | os.PathLike[str] | None,

@@ -17,6 +17,11 @@ The protocol is symmetric, and the child's requests are routed like answers:
   runs on the session's worker thread, one at a time;
 - RELEASE gives back the parent's objects the child held (`by_ref`).
 
+A local child answers a blocking call on the calling thread's own lane (see
+`_lanes`), which that thread alone reads: no hand-off, and the kernel wakes the
+right thread.  The channel (lane 0) carries everything else: requests, the
+answers to asyncio and streaming requests, and the child's own requests.
+
 When nobody else reads but someone must (the child holds the parent's objects
 and may call them at any time, or asyncio waiters expect answers), a reader
 thread leads; it lingers a little after it is last needed, then ends.
@@ -30,6 +35,7 @@ import itertools
 import logging
 import pickle
 import queue
+import select
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -44,6 +50,7 @@ from ._errors import (
     SpawnProxyError,
 )
 from ._exports import ExportTable
+from ._lanes import Lane, Lanes
 from ._operators import OPERATORS
 from ._options import current_timeout
 from ._peer import Peer
@@ -66,6 +73,7 @@ _UNSET: Any = object()
 
 class _Local(threading.local):
     serving: int | None = None  # the child's request this thread runs (a default: no AttributeError to pay)
+    lane: Lane | None = None  # where the child answers this thread's blocking calls
 
 
 class Session:
@@ -103,6 +111,10 @@ class Session:
         self._reader: threading.Thread | None = None
         self._jobs: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._worker: threading.Thread | None = None
+        # Lanes need a local socket pair, to pass the lane's socket over.
+        self._lanes = Lanes(self.channel.watch_fds) if getattr(process, "lanes", False) else None
+        self._dill_calls = 0  # lane calls whose request the child may ask about as it loads it
+        self._retired: dict[int, tuple[Lane, int]] = {}  # fd -> lane of a call given up, and the call
 
     # -- calling -------------------------------------------------------------------
 
@@ -117,8 +129,178 @@ class Session:
         # One deadline bounds the send and the wait (`_deadline`, inline: every call pays here).
         timeout = current_timeout(self.call_timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
+        if self._lanes is not None:
+            lane = self._local.lane
+            if lane is None:
+                lane = self._open_lane(what, deadline, timeout)
+            if lane is not None:
+                return self._lane_request(lane, op, operands, what, describe, deadline, timeout)
         rid = self.submit(op, operands, what, describe, None, deadline, timeout)
         return self.collect(rid, what, False, deadline, timeout)
+
+    # -- lanes: a blocking call reads its answer on its thread's own socket ----------------
+
+    def _open_lane(self, what: object, deadline: float | None, timeout: float | None) -> Lane | None:
+        if self._failure is not None:
+            raise self._failure(what)
+        assert self._lanes is not None
+        made = self._lanes.make()
+        if made is None:
+            return None  # 65,535 threads hold a lane: this one reads the channel
+        lane, theirs = made
+        try:
+            self._send(_wire.TAG_LANE, _wire.LANE.pack(lane.number, 1), what, deadline, timeout, fd=theirs.fileno())
+        except BaseException:
+            assert lane.close is not None
+            lane.close()
+            raise
+        finally:
+            theirs.close()
+        self._local.lane = lane
+        return lane
+
+    def _lane_request(
+        self,
+        lane: Lane,
+        op: str,
+        operands: tuple[Any, ...],
+        what: object,
+        describe: Callable[[], Sequence[tuple[str, Any]]],
+        deadline: float | None,
+        timeout: float | None,
+    ) -> tuple[Any, ...]:
+        if self._failure is not None:
+            raise self._failure(what)
+        if self._abandoned:
+            self._forget_abandoned()
+        rid = next(self._ids) << _wire.LANE_BITS | lane.number
+        outer = self._local.serving
+        head = (_wire.REQUEST, rid, op) if outer is None else (_wire.NESTED, rid, outer, op)
+        tag, payload, buffers = self.encoder.encode(head + operands, describe)
+        # Loading a dill request, the child may ask for dill's source: a plain request,
+        # read on the channel, where no caller reads now.  Likewise a child's thread may
+        # call an object of ours at any time.
+        dill = tag == _wire.TAG_DILL
+        if dill or (self.exports.objects and self._reader is None):
+            if dill:
+                with self._lock:
+                    self._dill_calls += 1
+            self._ensure_reader()
+        try:
+            try:
+                self._send(tag, payload, what, deadline, timeout, buffers)
+            except BaseException:
+                if self.channel.pending:
+                    self._retire_lane(lane, rid)  # part of it went: the rest goes with the next frame
+                raise
+            try:
+                reply = self._lane_wait(lane, rid, what, deadline, timeout)
+            except BaseException:
+                self._retire_lane(lane, rid)
+                raise
+        finally:
+            if dill:
+                with self._lock:
+                    self._dill_calls -= 1
+        if reply[2] == _UNLOADABLE:
+            raise unloadable(what, reply[3])
+        if self.exports.objects and self._reader is None:
+            self._ensure_reader()  # the child kept an object of ours: it may call it while no one reads
+        return reply
+
+    def _lane_wait(
+        self, lane: Lane, rid: int, what: object, deadline: float | None, timeout: float | None
+    ) -> tuple[Any, ...]:
+        channel = lane.channel
+        interrupted = False
+        while True:
+            try:
+                while True:
+                    if self._failure is not None:
+                        raise self._failure(what)
+                    if deadline is not None:
+                        ready = channel.wait(max(0.0, deadline - time.monotonic()))
+                        if ready is None:
+                            raise self._timeout(what, timeout)
+                        if ready[0] != channel.fd:
+                            raise self._fail(what)  # only the exit handle is ready: the child is gone
+                    try:
+                        # With no deadline, straight into a blocking read: the kernel wakes
+                        # this thread when the answer comes.  The child's end closes when it
+                        # dies (nothing else holds it, see _child), and the read gives up
+                        # every LANE_CHECK seconds to look at the child anyway.
+                        message = self._receive(what, channel)
+                    except BlockingIOError:
+                        if self.process.poll() is not None:
+                            raise self._fail(what) from None
+                        continue
+                    kind = message[0]
+                    if kind == _wire.REPLY:
+                        if message[1] == rid:
+                            return message
+                        self.drop(message)  # the late answer of an earlier call of this thread
+                    elif kind == _wire.NESTED:
+                        if message[2] == rid:
+                            self._serve(message)  # a callback of this call: run here
+                        else:
+                            self._to_worker(message)
+                    else:
+                        self._route(message)
+                    del message
+            except KeyboardInterrupt:
+                # First Ctrl-C: interrupt the call in the child, whose answer is then a
+                # KeyboardInterrupt raised there.  A second one abandons the call.
+                if interrupted or self._failure is not None:
+                    raise
+                interrupted = True
+                self.process.interrupt()
+
+    def _retire_lane(self, lane: Lane, rid: int) -> None:
+        """Give up the lane of a call that was given up (a timeout, a second Ctrl-C).
+
+        The call goes on in the child, and may still call back: the reader reads
+        the lane until the call's answer comes (and drops it), then closes it.
+        This thread gets a new lane for its next call.
+        """
+        if self._local.lane is lane:
+            self._local.lane = None
+        if self._failure is not None:
+            assert lane.close is not None
+            lane.close()
+            return
+        with self._lock:
+            self._retired[lane.channel.fd] = (lane, rid)
+        self._ensure_reader()
+
+    def _drain_retired(self, fd: int) -> None:
+        """Read a retired lane (the reader does): answers are dropped, callbacks served."""
+        with self._lock:
+            found = self._retired.get(fd)
+        if found is None:
+            return  # closed meanwhile: the child ended
+        lane, rid = found
+        channel = lane.channel
+        done = False
+        try:
+            channel.read_ahead()
+            while channel.has_frame():
+                message = self._receive("a call given up", channel)
+                kind = message[0]
+                if kind == _wire.REPLY:
+                    self.drop(message)
+                    done = done or message[1] == rid
+                elif kind == _wire.NESTED:
+                    self._to_worker(message)  # the child waits for its answer
+                else:
+                    self._route(message)
+                del message
+        except EOFError:
+            done = True  # the child is gone: reading lane 0 says so
+        if done:
+            with self._lock:
+                del self._retired[fd]
+            assert lane.close is not None
+            lane.close()
 
     def submit(
         self,
@@ -140,7 +322,7 @@ class Session:
             raise self._failure(what)
         if self._abandoned:
             self._forget_abandoned()
-        rid = next(self._ids)
+        rid = next(self._ids) << _wire.LANE_BITS  # lane 0: the answer comes on the channel
         outer = self._local.serving
         head = (_wire.REQUEST, rid, op) if outer is None else (_wire.NESTED, rid, outer, op)
         tag, payload, buffers = self.encoder.encode(head + operands, describe)
@@ -238,6 +420,7 @@ class Session:
         deadline: float | None,
         timeout: float | None,
         buffers: list[pickle.PickleBuffer] | None = None,
+        fd: int | None = None,
     ) -> None:
         lock = self._send_lock
         if not lock.acquire(True, -1 if deadline is None else max(0.0, deadline - time.monotonic())):
@@ -245,7 +428,12 @@ class Session:
         try:
             if self.releases:
                 self._send_releases(deadline)
-            self.channel.send(tag, payload, deadline, self._read_ahead, buffers)
+            if self._lanes is not None and self._lanes.closing:
+                self._send_lane_closes(deadline)
+            if fd is not None:
+                self.channel.send_fd(tag, payload, fd, deadline, self._read_ahead)
+            else:
+                self.channel.send(tag, payload, deadline, self._read_ahead, buffers)
         except _wire.SendTimeout:
             raise self._timeout(what, timeout) from None
         except (EOFError, OSError):
@@ -263,6 +451,17 @@ class Session:
         except _wire.SendTimeout:
             releases.extendleft(reversed(batch))  # not sent: they go with the next request
             raise
+
+    def _send_lane_closes(self, deadline: float | None) -> None:
+        assert self._lanes is not None
+        closing = self._lanes.closing
+        while closing:
+            number = closing.popleft()
+            try:
+                self.channel.send(_wire.TAG_LANE, _wire.LANE.pack(number, 0), deadline, self._read_ahead)
+            except _wire.SendTimeout:
+                closing.appendleft(number)
+                raise
 
     def _read_ahead(self) -> bool:
         """While a send waits for room, read what the child sends, unless another thread reads.
@@ -362,9 +561,13 @@ class Session:
             else:
                 self._route(message)
 
-    def _receive(self, what: object) -> tuple[Any, ...]:
+    def _receive(self, what: object, channel: _wire.Channel | None = None) -> tuple[Any, ...]:
         try:
-            tag, payload = self.channel.recv()
+            tag, payload = (channel or self.channel).recv()
+        except BlockingIOError:
+            if channel is None:
+                raise self._fail(what) from None
+            raise  # a lane's read timed out (see _lane_wait)
         except (EOFError, OSError):
             raise self._fail(what) from None
         try:
@@ -508,7 +711,7 @@ class Session:
     # -- the reader: for when the child may speak while no caller reads -------------------
 
     def _needs_reader(self) -> bool:
-        return bool(self._async or self.exports.objects)
+        return bool(self._async or self.exports.objects or self._dill_calls or self._retired)
 
     def _ensure_reader(self) -> None:
         with self._lock:
@@ -575,7 +778,12 @@ class Session:
                         raise self._fail("sending releases") from None
             if self._failure is not None:
                 return
-            ready = channel.wait(_POLL)
+            if self._retired and not channel.has_frame():
+                ready = self._wait_retired()
+                if ready is None:
+                    continue
+            else:
+                ready = channel.wait(_POLL)
             if ready is None:
                 continue
             if ready[0] != channel.fd:
@@ -586,6 +794,25 @@ class Session:
             else:
                 self._route(message)
             del message
+
+    def _wait_retired(self) -> list[int] | None:
+        """Wait for the channel or a retired lane; drain the lanes that are ready.
+
+        Returns what `Channel.wait` would for the channel, or None when it has nothing.
+        """
+        channel = self.channel
+        poller = select.poll()
+        for fd in (channel.fd, *channel.watch_fds, *list(self._retired)):
+            poller.register(fd, select.POLLIN)
+        ready = []
+        for fd, _ in poller.poll(_POLL * 1000):
+            if fd in self._retired:
+                self._drain_retired(fd)
+            else:
+                ready.append(fd)
+        if not ready:
+            return None
+        return sorted(ready, key=lambda fd: fd != channel.fd)
 
     # -- ending --------------------------------------------------------------------
 
@@ -612,6 +839,9 @@ class Session:
             with self._cond:
                 self._cond.notify_all()
             self._end_waiters()
+            if self._lanes is not None:
+                self._lanes.close_all()
+                self._retired.clear()
             return first
         return self._failure(what)
 
@@ -626,6 +856,9 @@ class Session:
             self._cond.notify_all()
         code = self.process.shutdown(timeout)
         self._end_waiters()
+        if self._lanes is not None:
+            self._lanes.close_all()
+            self._retired.clear()
         return code
 
     def _end_waiters(self) -> None:

@@ -92,6 +92,8 @@ class SshPump(StreamPump):
 class SshProcess(ChildProcess):
     """A child on an SSH host, behind a local `ssh` process."""
 
+    lanes = False  # pipes, not a socket pair: no descriptor can be passed to the child
+
     def __init__(
         self,
         url: str,

@@ -21,6 +21,8 @@ The first payload byte says how the rest was encoded:
           pickle and each buffer, 64-byte aligned.  The receiver passes views
           of the mapping as the pickle's buffers: a NumPy array arrives without
           a copy, bytes with the one copy that makes them bytes.
+    b"L"  (parent to child) a lane opens or closes: a 4-byte lane number and
+          1 to open (its socket is sent along, SCM_RIGHTS) or 0 to close.
 
 Every message is a tuple whose first item is its kind.  The protocol is
 symmetric: either side may send a REQUEST while it waits for a REPLY, so the
@@ -32,7 +34,13 @@ child asking its parent for module sources all ride on this).
     (REPLY, request_id, how, payload)     how: VALUE, REF, PATH, SAME, BASE, ERROR
     (RELEASE, [object ids])              one-way, never answered
 
-The parent's request ids are positive, the child's negative.  NESTED is a
+The parent's request ids are positive, the child's negative.  The low LANE_BITS
+bits of a parent's id name the lane its answer goes back on: each thread of the
+parent that makes blocking calls has a lane of its own, a socket that only the
+child writes to, so that the kernel wakes that very thread when its answer
+comes (lane 0 is the channel itself).  The child sends the reply to a request,
+the requests nested in it and the releases that go before them on the
+request's lane.  NESTED is a
 request made while serving the other side's request `outer_id` (a callback
 made by a call, a call made by a callback): the receiver runs it on the thread
 that waits for `outer_id`, which is what lets calls and callbacks nest to any
@@ -73,6 +81,11 @@ TAG_DILL = b"D"
 
 TAG_MEMFD = b"M"
 TAG_BUFFERS = b"B"
+TAG_LANE = b"L"
+
+LANE_BITS = 16
+LANE_MASK = (1 << LANE_BITS) - 1
+LANE = struct.Struct("!IB")
 
 _HEADER = struct.Struct("!i")
 _SIZE = struct.Struct("!Q")
@@ -92,6 +105,10 @@ _DONTWAIT = socket.MSG_DONTWAIT
 
 class ChannelClosed(EOFError):
     """The other end of the channel has gone."""
+
+
+class LaneClosed(Exception):
+    """The thread a lane belonged to has given up on it: what was sent there is lost."""
 
 
 class SendTimeout(Exception):
@@ -121,6 +138,10 @@ class Channel:
         # non-blocking where the transport allows (BlockingIOError or a short
         # count when full); the defaults write to `write_fd`, blocking.
         self.fd = fd
+        self.watch_fds = watch_fds
+        # Where input comes from that a blocked send must read ahead: this channel's own
+        # fd, but for a lane (which the child only writes to), the channel's.
+        self.input_fd = fd
         self._wfd = write_fd
         self._send = lambda data, flags: os.write(write_fd, data)
         self._sendmsg = lambda parts, ancillary, flags: os.writev(write_fd, parts)
@@ -143,6 +164,11 @@ class Channel:
 
     def fileno(self) -> int:
         return self.fd
+
+    @property
+    def pending(self) -> bool:
+        """Whether part of a frame is still to be written (its send was interrupted)."""
+        return bool(self._pending)
 
     def send(
         self,
@@ -227,21 +253,32 @@ class Channel:
         if self._out_poller is None:
             self._out_poller = select.poll()
         poller = self._out_poller
-        # Only sockets get here (other transports' sends block): one fd both ways.
-        poller.register(self.fd, select.POLLOUT | (select.POLLIN if on_blocked is not None else 0))
-        for _, events in poller.poll(ms):
-            if events & select.POLLOUT:
+        # Only sockets get here (other transports' sends block).
+        fd, input_fd = self.fd, self.input_fd
+        reads = on_blocked is not None
+        if input_fd == fd:
+            poller.register(fd, select.POLLOUT | (select.POLLIN if reads else 0))
+        else:
+            poller.register(fd, select.POLLOUT)
+            if reads:
+                poller.register(input_fd, select.POLLIN)
+            else:
+                try:
+                    poller.unregister(input_fd)
+                except KeyError:
+                    pass
+        for ready, events in poller.poll(ms):
+            if ready == fd and events & select.POLLOUT:
                 return
-            if events & select.POLLIN and not on_blocked():
+            if ready == input_fd and events & select.POLLIN and reads and not on_blocked():
                 # Another thread reads: give it time rather than wake again at once on
                 # the input it has yet to take.
-                poller.register(self.fd, select.POLLOUT)
-                poller.poll(10)
+                waiter = select.poll()
+                waiter.register(fd, select.POLLOUT)
+                waiter.poll(10)
             # POLLHUP or POLLERR: the next write says what went wrong.
 
     def _send_memfd(self, tag, parts, deadline, on_blocked):
-        import array
-
         parts = [tag] + parts
         total = sum(len(part) for part in parts)
         try:
@@ -256,20 +293,31 @@ class Channel:
                 written = os.pwritev(memfd, parts[:512], done)
                 done += written
                 _advance(parts, written)
-            header = _HEADER.pack(1 + _SIZE.size) + TAG_MEMFD + _SIZE.pack(done)
-            fds = array.array("i", [memfd])
-            while True:
-                try:
-                    written = self.sock.sendmsg([header], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)], _DONTWAIT)
-                    break
-                except BlockingIOError:
-                    self._wait_room(deadline, on_blocked)
-            if written != len(header):
-                # The descriptor went with the first byte; the rest of the header follows.
-                self._pending = [memoryview(header)[written:]]
-                self._flush(deadline, on_blocked, False)
+            self._send_with_fd(TAG_MEMFD + _SIZE.pack(done), memfd, deadline, on_blocked)
         finally:
             os.close(memfd)
+
+    def send_fd(self, tag: bytes, payload: bytes, fd: int, deadline: "float | None" = None, on_blocked=None) -> None:
+        """Send a small frame with a file descriptor attached (SCM_RIGHTS); see `send`."""
+        if self._pending:
+            self._flush(deadline, on_blocked, False)
+        self._send_with_fd(tag + payload, fd, deadline, on_blocked)
+
+    def _send_with_fd(self, body, fd, deadline, on_blocked):
+        import array
+
+        frame = _HEADER.pack(len(body)) + body
+        fds = array.array("i", [fd])
+        while True:
+            try:
+                written = self.sock.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)], _DONTWAIT)
+                break
+            except BlockingIOError:
+                self._wait_room(deadline, on_blocked)
+        if written != len(frame):
+            # The descriptor went with the first byte; the rest of the frame follows.
+            self._pending = [memoryview(frame)[written:]]
+            self._flush(deadline, on_blocked, False)
 
     def _recv_memfd(self, size_field: "memoryview") -> "tuple[bytes, memoryview]":
         import mmap
@@ -297,6 +345,12 @@ class Channel:
             os.close(memfd)
         view = memoryview(mapped)
         return bytes(view[:1]), view[1:]
+
+    def take_fd(self) -> int:
+        """The descriptor sent with the frame just received (a lane's socket)."""
+        if not self._fds:
+            raise ChannelClosed("a lane opened without its socket")
+        return self._fds.pop(0)
 
     def _unmapped(self, memfd, size):
         """The mapping of a received memfd is gone: keep the memfd for the next large frame."""
@@ -370,13 +424,22 @@ class Channel:
             frame = bytearray(size)
             have = len(buf) - start
             frame[:have] = buf[start:]
+            head = bytes(buf[:start])
             del buf[:]
             view = memoryview(frame)
-            while have < size:
-                n = self._readv(self.fd, [view[have:]])
-                if n == 0:
-                    raise ChannelClosed("the other end closed the channel mid-frame")
-                have += n
+            try:
+                while have < size:
+                    n = self._readv(self.fd, [view[have:]])
+                    if n == 0:
+                        raise ChannelClosed("the other end closed the channel mid-frame")
+                    have += n
+            except BaseException:
+                # Interrupted (a Ctrl-C, a read that timed out): keep what was read, so
+                # that the next recv goes on with this frame.
+                view.release()
+                buf += head
+                buf += frame[:have]
+                raise
             view.release()
         tag = bytes(frame[:1])
         if tag == TAG_MEMFD:
