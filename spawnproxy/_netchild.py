@@ -135,6 +135,7 @@ class _HandshakeConnection:
     def __init__(self, sock, deadline):
         self._sock = sock
         self._deadline = deadline
+        self.received = False  # whether the peer has sent anything yet
 
     def _timeout(self):
         remaining = self._deadline - time.monotonic()
@@ -153,6 +154,7 @@ class _HandshakeConnection:
             chunk = self._sock.recv(n - len(data))
             if not chunk:
                 raise EOFError("the peer closed the connection during the handshake")
+            self.received = True
             data += chunk
         return data
 

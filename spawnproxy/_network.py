@@ -321,7 +321,15 @@ def connect(
         attempt += 1
         try:
             sock = _open(where, timeout)
+            channel = _secure(sock, where, text, key, ssl_context, server_hostname, timeout, keepalive)
             break
+        except _Shed as exc:
+            # A daemon with too many handshakes pending closes new ones at once: busy, not
+            # wrong.  But a few tries only: a daemon that always does expects something else (TLS).
+            if attempt >= (max_attempts or _SHED_ATTEMPTS):
+                raise ConnectError(str(exc)) from None
+        except ConnectError:
+            raise
         except OSError as exc:
             if max_attempts is not None and attempt >= max_attempts:
                 raise ConnectError(
@@ -330,7 +338,6 @@ def connect(
                 ) from None
         time.sleep(pause)
         pause = min(1.0, pause * 2)
-    channel = _secure(sock, where, text, key, ssl_context, server_hostname, timeout, keepalive)
     peer = None
     try:
         if channel.wait(timeout) is None:
@@ -395,6 +402,14 @@ def _tls_handshake(sock: ssl.SSLSocket, text: str) -> None:
         ) from None
 
 
+# How often connect(max_attempts=None) tries a daemon that closes the connection at once.
+_SHED_ATTEMPTS = 5
+
+
+class _Shed(ConnectError):
+    """The daemon closed a connection before its first handshake message (connect may try again)."""
+
+
 def _authenticate(sock: socket.socket, key: bytes, deadline: float, text: str, tls: bool) -> None:
     """The client's half of `_netchild.authenticate`, step by step: each failure has its own message."""
     conn: Any = _netchild._HandshakeConnection(sock, deadline)
@@ -414,6 +429,10 @@ def _authenticate(sock: socket.socket, key: bytes, deadline: float, text: str, t
         raise ConnectError(f"{text} does not speak the spawnproxy handshake ({exc})") from None
     except (EOFError, OSError) as exc:
         hint = "" if tls else " (does it expect TLS?)"
+        if not conn.received:
+            raise _Shed(
+                f"the daemon at {text} closed the connection before its challenge{hint}: {type(exc).__name__}: {exc}"
+            ) from None
         raise ConnectError(
             f"the daemon at {text} closed the connection during the handshake{hint}: {type(exc).__name__}: {exc}"
         ) from None
