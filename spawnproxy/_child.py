@@ -339,6 +339,7 @@ class Child:
             os.set_inheritable(fd, False)
             channel = _wire.Channel(socket.socket(fileno=fd))
             channel.input_fd = self.channel.fd  # a send blocked there reads ahead here
+            channel._spare = self.channel._spare  # one spare memfd for all (see _lanes)
         with self._send_lock:  # never closed under a sender, nor its number reused
             old = self._lanes.pop(lane, None)
             if old is not None:

@@ -39,8 +39,9 @@ class Lane:
 class Lanes:
     """The lanes of one session: numbers, sockets, and the closes the child has yet to hear of."""
 
-    def __init__(self, watch_fds: tuple[int, ...]) -> None:
-        self._watch = watch_fds
+    def __init__(self, channel: _wire.Channel) -> None:
+        self._watch = channel.watch_fds
+        self._spare = channel._spare
         self._lock = threading.Lock()
         self._free: list[int] = []
         self._count = 0
@@ -63,6 +64,9 @@ class Lanes:
         # A blocking read of the lane returns (BlockingIOError) after LANE_CHECK at most.
         mine.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, int(LANE_CHECK * 1e6)))
         channel = _wire.Channel(mine, self._watch)
+        # One spare memfd for the channel and all lanes: a large answer's memfd then
+        # carries the next large request (see _wire.Channel._unmapped).
+        channel._spare = self._spare
         lane = Lane(number, channel)
         self._open[number] = channel
         lane.close = weakref.finalize(lane, self._closed, number, channel)

@@ -112,7 +112,7 @@ class Session:
         self._jobs: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._worker: threading.Thread | None = None
         # Lanes need a local socket pair, to pass the lane's socket over.
-        self._lanes = Lanes(self.channel.watch_fds) if getattr(process, "lanes", False) else None
+        self._lanes = Lanes(self.channel) if getattr(process, "lanes", False) else None
         self._dill_calls = 0  # lane calls whose request the child may ask about as it loads it
         self._retired: dict[int, tuple[Lane, int]] = {}  # fd -> lane of a call given up, and the call
 
