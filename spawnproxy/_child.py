@@ -9,6 +9,7 @@ import collections
 import itertools
 import os
 import pickle
+import socket
 import sys
 import threading
 import time
@@ -331,15 +332,11 @@ class Child:
         """Open or close a lane; done as the frame is read, in order with the frames around it."""
         lane, opening = _wire.LANE.unpack(payload)
         if opening:
-            import socket
-
             fd = self.channel.take_fd()
             # The parent's thread reads its lane until the child's end closes: no process
             # the child starts may keep that end open (see also _forked).
             os.set_inheritable(fd, False)
-            channel = _wire.Channel(socket.socket(fileno=fd))
-            channel.input_fd = self.channel.fd  # a send blocked there reads ahead here
-            channel._spare = self.channel._spare  # one spare memfd for all (see _lanes)
+            channel = self.channel.lane(socket.socket(fileno=fd))
         with self._send_lock:  # never closed under a sender, nor its number reused
             old = self._lanes.pop(lane, None)
             if old is not None:
@@ -805,8 +802,6 @@ def main(fd, lifeline_fd, bundle):
     if bundle.get("sys_path") is not None:
         parent_path = bundle["sys_path"]
         sys.path[:] = parent_path + [p for p in sys.path if p not in parent_path]
-    import socket
-
     channel = _wire.Channel(socket.socket(fileno=fd))
     child = Child(channel)
     _forward_sigint_to_calls(child)

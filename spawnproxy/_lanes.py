@@ -40,8 +40,7 @@ class Lanes:
     """The lanes of one session: numbers, sockets, and the closes the child has yet to hear of."""
 
     def __init__(self, channel: _wire.Channel) -> None:
-        self._watch = channel.watch_fds
-        self._spare = channel._spare
+        self._channel = channel
         self._lock = threading.Lock()
         self._free: list[int] = []
         self._count = 0
@@ -63,10 +62,7 @@ class Lanes:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         # A blocking read of the lane returns (BlockingIOError) after LANE_CHECK at most.
         mine.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, int(LANE_CHECK * 1e6)))
-        channel = _wire.Channel(mine, self._watch)
-        # One spare memfd for the channel and all lanes: a large answer's memfd then
-        # carries the next large request (see _wire.Channel._unmapped).
-        channel._spare = self._spare
+        channel = self._channel.lane(mine)
         lane = Lane(number, channel)
         self._open[number] = channel
         lane.close = weakref.finalize(lane, self._closed, number, channel)
@@ -85,5 +81,10 @@ class Lanes:
     def close_all(self) -> None:
         """The child has ended: close every lane's socket now (threads may keep their Lane)."""
         for channel in list(self._open.values()):
+            try:
+                # Wakes a thread blocked reading it, even if some process still holds the other end.
+                channel.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             channel.close()
         self._open.clear()

@@ -267,7 +267,8 @@ def connect(
     daemon's certificate (default: the host of `address`).
 
     `max_attempts` is how often to try while nothing listens yet (None: until
-    the daemon is up), `retry_interval` the first pause between tries
+    the daemon is up; a daemon that closes the connection at once, busy with
+    too many handshakes, is tried 5 times), `retry_interval` the first pause between tries
     (doubling, at most 1 s).  `timeout` bounds each attempt, handshakes
     included; `call_timeout` is the default timeout of calls, as for a local
     child; `keepalive` is the idle time in seconds after which TCP probes

@@ -169,14 +169,7 @@ class Session:
         deadline: float | None,
         timeout: float | None,
     ) -> tuple[Any, ...]:
-        if self._failure is not None:
-            raise self._failure(what)
-        if self._abandoned:
-            self._forget_abandoned()
-        rid = next(self._ids) << _wire.LANE_BITS | lane.number
-        outer = self._local.serving
-        head = (_wire.REQUEST, rid, op) if outer is None else (_wire.NESTED, rid, outer, op)
-        tag, payload, buffers = self.encoder.encode(head + operands, describe)
+        rid, tag, payload, buffers = self._encode(op, operands, what, describe, lane.number)
         # Loading a dill request, the child may ask for dill's source: a plain request,
         # read on the channel, where no caller reads now.  Likewise a child's thread may
         # call an object of ours at any time.
@@ -302,6 +295,24 @@ class Session:
             assert lane.close is not None
             lane.close()
 
+    def _encode(
+        self,
+        op: str,
+        operands: tuple[Any, ...],
+        what: object,
+        describe: Callable[[], Sequence[tuple[str, Any]]],
+        lane: int,
+    ) -> tuple[int, bytes, bytes, list[pickle.PickleBuffer]]:
+        """A new request id, answered on `lane`, and the request's frame: (id, tag, payload, buffers)."""
+        if self._failure is not None:
+            raise self._failure(what)
+        if self._abandoned:
+            self._forget_abandoned()
+        rid = next(self._ids) << _wire.LANE_BITS | lane
+        outer = self._local.serving
+        head = (_wire.REQUEST, rid, op) if outer is None else (_wire.NESTED, rid, outer, op)
+        return (rid, *self.encoder.encode(head + operands, describe))
+
     def submit(
         self,
         op: str,
@@ -318,14 +329,7 @@ class Session:
         handed to `on_reply(reply)` by whichever thread reads it (asyncio).
         Either way `abandon(id)` gives it up, as a timeout does.
         """
-        if self._failure is not None:
-            raise self._failure(what)
-        if self._abandoned:
-            self._forget_abandoned()
-        rid = next(self._ids) << _wire.LANE_BITS  # lane 0: the answer comes on the channel
-        outer = self._local.serving
-        head = (_wire.REQUEST, rid, op) if outer is None else (_wire.NESTED, rid, outer, op)
-        tag, payload, buffers = self.encoder.encode(head + operands, describe)
+        rid, tag, payload, buffers = self._encode(op, operands, what, describe, 0)  # lane 0: the channel
         with self._lock:
             if on_reply is None:
                 self._waiting.add(rid)

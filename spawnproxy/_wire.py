@@ -156,6 +156,7 @@ class Channel:
         # mapping is gone it carries the next large frame sent, in either direction, so
         # that a steady exchange of large data allocates no new shared memory.
         self._spare = []
+        self._owns_spare = True
         self._out_poller = None
         self._poller = select.poll()
         self._poller.register(fd, select.POLLIN)
@@ -474,10 +475,21 @@ class Channel:
             return
         self._take(*received[:2])
 
+    def lane(self, sock: socket.socket) -> "Channel":
+        """A lane of this channel over `sock` (see LANE_BITS): it watches the same exit
+        handles, a send blocked on it reads ahead on this channel, and it shares this
+        channel's spare memfd, so that a large answer's memory carries the next large
+        request."""
+        lane = Channel(sock, self.watch_fds)
+        lane.input_fd = self.fd
+        lane._spare = self._spare
+        lane._owns_spare = False
+        return lane
+
     def close(self) -> None:
         del self._pending[:]
         self.fd = -1
-        while self._spare:
+        while self._owns_spare and self._spare:
             os.close(self._spare.pop()[0])
         self.sock.close()
         for fd in self._fds:
