@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import psutil
 import pytest
@@ -173,3 +174,13 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         directory, "client", ca=(files["ca"], files["ca_key"])
     )
     return files
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 5.0) -> bool:
+    """Whether `predicate()` became true within `timeout` seconds (polled every 10 ms)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return bool(predicate())

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import gc
 import threading
-import time
 import traceback
 
 import pytest
 
 import spawnproxy
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -109,15 +109,6 @@ def mod():
 def exports(proxy) -> int:
     """How many of the parent's objects the child holds references to."""
     return len(spawnproxy.daemon_of(proxy)._session.exports)
-
-
-def wait_until(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 def test_callback_runs_in_the_parent_with_its_state(mod) -> None:

@@ -10,6 +10,7 @@ import time
 import pytest
 
 import spawnproxy
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -76,15 +77,6 @@ def requests_sent(proxy) -> int:
 
 def child_objects(proxy) -> int:
     return spawnproxy.daemon_of(proxy)._session.request("stats", (), "stats")[3]["objects"]
-
-
-def wait_until(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 def test_all_items_in_order(mod) -> None:
