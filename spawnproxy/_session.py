@@ -115,6 +115,7 @@ class Session:
         self._lanes = Lanes(self.channel) if getattr(process, "lanes", False) else None
         self._dill_calls = 0  # lane calls whose request the child may ask about as it loads it
         self._retired: dict[int, tuple[Lane, int]] = {}  # fd -> lane of a call given up, and the call
+        self._drain_lock = threading.Lock()
 
     # -- calling -------------------------------------------------------------------
 
@@ -195,6 +196,9 @@ class Session:
             if dill:
                 with self._lock:
                     self._dill_calls -= 1
+        if self._retired:
+            for fd in list(self._retired):
+                self._drain_retired(fd)
         if reply[2] == _UNLOADABLE:
             raise unloadable(what, reply[3])
         if self.exports.objects and self._reader is None:
@@ -266,34 +270,41 @@ class Session:
         self._ensure_reader()
 
     def _drain_retired(self, fd: int) -> None:
-        """Read a retired lane (the reader does): answers are dropped, callbacks served."""
-        with self._lock:
+        """Read what has come on a retired lane: answers are dropped, callbacks served.
+
+        The reader does it as the lane becomes readable; a caller whose own
+        answer came does it too (`_lane_request`), since what the child sent
+        before that answer is there already: the late answers of this thread's
+        calls are then dropped, and their references released, before its next
+        call, as they were when every answer came on the channel.
+        """
+        with self._drain_lock:  # the reader and a caller may both try
             found = self._retired.get(fd)
-        if found is None:
-            return  # closed meanwhile: the child ended
-        lane, rid = found
-        channel = lane.channel
-        done = False
-        try:
-            channel.read_ahead()
-            while channel.has_frame():
-                message = self._receive("a call given up", channel)
-                kind = message[0]
-                if kind == _wire.REPLY:
-                    self.drop(message)
-                    done = done or message[1] == rid
-                elif kind == _wire.NESTED:
-                    self._to_worker(message)  # the child waits for its answer
-                else:
-                    self._route(message)
-                del message
-        except EOFError:
-            done = True  # the child is gone: reading lane 0 says so
-        if done:
-            with self._lock:
-                del self._retired[fd]
-            assert lane.close is not None
-            lane.close()
+            if found is None:
+                return  # done already, or the child ended
+            lane, rid = found
+            channel = lane.channel
+            done = False
+            try:
+                channel.read_ahead()
+                while channel.has_frame():
+                    message = self._receive("a call given up", channel)
+                    kind = message[0]
+                    if kind == _wire.REPLY:
+                        self.drop(message)
+                        done = done or message[1] == rid
+                    elif kind == _wire.NESTED:
+                        self._to_worker(message)  # the child waits for its answer
+                    else:
+                        self._route(message)
+                    del message
+            except EOFError:
+                done = True  # the child is gone: reading lane 0 says so
+            if done:
+                with self._lock:
+                    self._retired.pop(fd, None)
+                assert lane.close is not None
+                lane.close()
 
     def _encode(
         self,
