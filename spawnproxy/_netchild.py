@@ -49,6 +49,7 @@ class TLSChannel(_wire.Channel):
         _wire.Channel.__init__(self, sock, watch_fds)
         sock.setblocking(False)
         self._memfd = False
+        self._spins = False  # decrypted input may wait in OpenSSL, unseen by poll
         self._lock = threading.Lock()
         self._recvmsg_into = self._tls_recvmsg_into
         self._send = self._tls_send

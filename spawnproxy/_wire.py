@@ -101,6 +101,13 @@ _SPARE_MAX = 256 << 20
 _ALIGN = 64
 _ANCILLARY = socket.CMSG_SPACE(16 * 4)
 _DONTWAIT = socket.MSG_DONTWAIT
+# How long a wait for input watches for it on the CPU before it sleeps (see Channel._spin),
+# and how many waits go by between two looks at how many CPUs this thread may use.
+_SPIN = 50e-6
+_CPU_RECHECK = 64
+# Between two looks, a spin lets whatever else could run on this CPU go first: a third
+# thread (another caller, a worker) must not wait for a spin to end.
+_yield = getattr(os, "sched_yield", lambda: None)
 
 
 class ChannelClosed(EOFError):
@@ -126,6 +133,8 @@ class Channel:
         self.sock = sock
         self._setup(sock.fileno(), sock.fileno(), watch_fds)
         self._memfd = hasattr(os, "memfd_create") and sock.family == socket.AF_UNIX
+        # Across a network, an answer takes longer than a spin: only a local socket spins.
+        self._spins = sock.family == socket.AF_UNIX
         self._recvmsg_into = sock.recvmsg_into
         self._send = sock.send
         self._sendmsg = sock.sendmsg
@@ -158,6 +167,10 @@ class Channel:
         self._spare = []
         self._owns_spare = True
         self._out_poller = None
+        self._spins = False
+        self._hot = False  # the last wait ended soon enough that the next one spins
+        self._cpus = 1
+        self._cpu_countdown = 0
         self._poller = select.poll()
         self._poller.register(fd, select.POLLIN)
         for extra in watch_fds:
@@ -381,10 +394,16 @@ class Channel:
         """
         if self.has_frame():
             return [self.fd]
+        started = None
+        if self._spins and (timeout is None or timeout > _SPIN):
+            self._cpu_countdown -= 1
+            started = self._spin()
         ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
         events = self._poller.poll(ms)
         if not events:
             return None
+        if started is not None:
+            self._woken(started)
         if len(events) == 1:
             return [events[0][0]]
         return sorted((fd for fd, _ in events), key=lambda fd: fd != self.fd)
@@ -395,7 +414,16 @@ class Channel:
         if not buf:
             # The common case: one small frame arrives alone and is taken from
             # the read buffer without going through the reassembly buffer.
+            started = None
+            if self._spins:
+                # _spin looks at the CPUs every _CPU_RECHECK waits; on one CPU, the
+                # waits in between cost no call.
+                self._cpu_countdown -= 1
+                if self._cpus > 1 or self._cpu_countdown < 0:
+                    started = self._spin()
             n, ancillary, _, _ = self._recvmsg_into([self._chunk], _ANCILLARY)
+            if started is not None:
+                self._woken(started)
             if ancillary:
                 self._take_fds(ancillary)
             if not n:
@@ -447,6 +475,40 @@ class Channel:
             return self._recv_memfd(memoryview(frame)[1:])
         return tag, memoryview(frame)[1:]
 
+    def _spin(self) -> "float | None":
+        """Before a wait for input that would sleep: watch for the input on the CPU a moment.
+
+        Falling asleep and being woken again costs more than a whole round
+        trip (a wake-up on another CPU that idles, dearer still on a virtual
+        machine), and in a run of calls the other end answers within
+        microseconds.  So a wait first polls for up to _SPIN seconds, as long
+        as the waits before it ended that soon, and never on one CPU (the
+        other end could not run meanwhile).  Returns the time a wait that will
+        sleep starts, for `_woken` to judge; None when input came during the
+        spin or spinning does not pay.
+        """
+        if self._cpu_countdown < 0:  # the caller counts the waits down
+            # Looked at again now and then: a process may be pinned to one CPU while it runs.
+            self._cpu_countdown = _CPU_RECHECK
+            self._cpus = _usable_cpus()
+        if self._cpus < 2:
+            return None
+        now = time.monotonic()
+        if not self._hot:
+            return now
+        poll, end = self._poller.poll, now + _SPIN
+        while not poll(0):
+            _yield()
+            if time.monotonic() > end:
+                self._hot = False  # the other end is busy or idle: sleep from now on
+                return None
+        return None
+
+    def _woken(self, started: float) -> None:
+        """A wait that slept is over: had it spun, would the input have come in time?"""
+        if time.monotonic() - started < _SPIN:
+            self._hot = True
+
     def _fill(self) -> None:
         self._take(*self._recvmsg_into([self._chunk], _ANCILLARY)[:2])
 
@@ -495,6 +557,14 @@ class Channel:
         for fd in self._fds:
             os.close(fd)
         del self._fds[:]
+
+
+def _usable_cpus() -> int:
+    """How many CPUs this thread may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def _advance(parts, written):
