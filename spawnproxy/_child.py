@@ -604,8 +604,19 @@ def op_delattr(child, target, name):
 
 
 def op_call(child, target, args, kwargs):
-    base, obj = child._resolve(target)
-    return child.result(obj(*args, **kwargs), base, obj)
+    # The most frequent operation: _resolve and result, inline.
+    if type(target) is int:
+        base = obj = child.table.get(target)
+    else:
+        base = obj = child.table.get(target[0])
+        for name in target[1:]:
+            obj = getattr(obj, name)
+    value = obj(*args, **kwargs)
+    if value is obj:
+        return _wire.SAME, None
+    if value is base:
+        return _wire.BASE, None
+    return MAYBE, value
 
 
 def op_operator(child, target, name, args):

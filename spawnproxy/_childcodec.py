@@ -147,13 +147,12 @@ class Codec:
 
     def reply_by_value(self, rid, value):
         """Return (tag, pickle, out-of-band buffers) of a reply carrying `value`, or None (see by_value)."""
+        kind = type(value)
+        if kind in _PLAIN and (kind is not bytes or len(value) < _wire.BIG_FRAME):
+            return _wire.TAG_PICKLE, pickle.dumps((_wire.REPLY, rid, _wire.VALUE, value), PROTOCOL), None
         if isinstance(value, _BY_REFERENCE):
             return None
-        carried = _wire.out_of_band(value)
-        message = (_wire.REPLY, rid, _wire.VALUE, carried)
-        if type(value) in _PLAIN and carried is value:
-            return _wire.TAG_PICKLE, pickle.dumps(message, PROTOCOL), None
-        return self._checked_pickle(message, [])
+        return self._checked_pickle((_wire.REPLY, rid, _wire.VALUE, _wire.out_of_band(value)), [])
 
     def dumps_values(self, make, values):
         """Return (tag, pickle, None) of `make(values)`: each value by value if the parent can

@@ -237,8 +237,14 @@ class _Remote:
     # -- calls and operators --------------------------------------------------------
 
     def _sp_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        # Labels and operand lists are only needed for errors: made lazily.
-        return self._sp_request("call", (args, kwargs), _Label("{}()", self._sp_label), lambda: _operands(args, kwargs))
+        # _sp_request, inline: every call passes here.  Labels and operand lists are only
+        # needed for errors: made lazily.
+        what = _Label("{}()", self._sp_label)
+        reply = self._sp_session.request("call", (self._sp_target, args, kwargs), what, lambda: _operands(args, kwargs))
+        how = reply[2]
+        if how == _wire.VALUE:
+            return reply[3]
+        return self._sp_result(how, reply[3], what)
 
     def _sp_op(self, name: str, *args: Any) -> Any:
         return self._sp_request(
@@ -513,6 +519,17 @@ class ObjectProxy(wrapt.BaseObjectProxy):  # type: ignore[misc,type-arg]
 
     def __repr__(self) -> str:
         return repr(self.__wrapped__)
+
+    def __getattr__(self, name: str) -> Any:
+        # wrapt would look the name up on the handle first, and fail, before the handle's
+        # __getattr__ runs: a method read before each call (`p.add(1, 2)`) is found here.
+        if name == "__wrapped__":  # asked by wrapt's pure-Python proxy before it is set
+            raise ValueError("wrapper has not been initialised")
+        handle = self.__wrapped__
+        cached = handle._sp_cache.get(name)
+        if cached is not None and handle._sp_session._failure is None:
+            return cached
+        return getattr(handle, name)
 
     @property  # type: ignore[misc]
     def __class__(self) -> type:

@@ -94,19 +94,55 @@ class _RefPickler(pickle.Pickler):
 _BUFFER_TYPES = frozenset(_wire._BUFFER_TYPES)
 
 
-def _big_buffers_out_of_band(message: tuple[Any, ...]) -> tuple[Any, ...]:
-    """Swap the large buffers among a request's operands (and their args and kwargs) for stand-ins
-    that send them out of band; nested deeper, they travel in the pickle."""
-    # Every request passes here: the search for a buffer runs in C (map, isdisjoint).
+_SCALAR_TYPES = frozenset({int, float, str, bool, type(None)})
+_SMALL_TYPES = _SCALAR_TYPES | {bytes, bytearray}
+
+
+def _scalars_only(message: tuple[Any, ...]) -> bool:
+    """Whether a request's operands are scalars and buffers too small to go out of band, or
+    tuples and dicts of them (a call's usual args and kwargs): the standard pickle takes them as
+    they are, with nothing to send out of band and nothing from __main__ to look for."""
     for item in message[3:]:
         kind = type(item)
         if kind is tuple:
-            if not _BUFFER_TYPES.isdisjoint(map(type, item)):
+            if not _SCALAR_TYPES.issuperset(map(type, item)) and not _small(item):
+                return False
+        elif kind is dict:
+            if item and not (
+                (_SCALAR_TYPES.issuperset(map(type, item)) and _SCALAR_TYPES.issuperset(map(type, item.values())))
+                or (_small(item) and _small(item.values()))
+            ):
+                return False
+        elif kind not in _SCALAR_TYPES and not (kind in _SMALL_TYPES and len(item) < _wire.BIG_FRAME):
+            return False
+    return True
+
+
+def _small(items: Any) -> bool:
+    return _SMALL_TYPES.issuperset(map(type, items)) and not any(map(_swapped, items))
+
+
+def _swapped(value: Any) -> bool:
+    """Whether `_wire.out_of_band` swaps `value` (a large buffer, or any memoryview)."""
+    kind = type(value)
+    return kind is memoryview or (kind in _BUFFER_TYPES and len(value) >= _wire.BIG_FRAME)
+
+
+def _big_buffers_out_of_band(message: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Swap the large buffers among a request's operands (and their args and kwargs) for stand-ins
+    that send them out of band; nested deeper, they travel in the pickle."""
+    # Every request passes here: the search for a buffer runs in C (map, isdisjoint), and
+    # only a buffer found is looked at for its size (a small one stays in the pickle).
+    for item in message[3:]:
+        kind = type(item)
+        if kind is tuple:
+            if not _BUFFER_TYPES.isdisjoint(map(type, item)) and any(map(_swapped, item)):
                 break
         elif kind is dict:
-            if not _BUFFER_TYPES.isdisjoint(map(type, item.values())):
+            values = item.values()
+            if not _BUFFER_TYPES.isdisjoint(map(type, values)) and any(map(_swapped, values)):
                 break
-        elif kind in _BUFFER_TYPES:
+        elif kind in _BUFFER_TYPES and _swapped(item):
             break
     else:
         return message
@@ -138,6 +174,8 @@ class Encoder:
         Objects passed with by_ref are counted in the owner's table as they are
         pickled; if the message cannot be encoded, they are given back.
         """
+        if _scalars_only(message):
+            return _wire.TAG_PICKLE, pickle.dumps(message, PROTOCOL), []
         exported: list[int] = []
         try:
             return self._encode(message, operands, exported)
