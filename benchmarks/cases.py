@@ -22,13 +22,13 @@ from benchmarks.peers.base import Handle, Unsupported
 KIB = 1024
 MIB = 1024 * KIB
 
+# The small round trips run pinned to one CPU (see pinning), and again as "<case>_unpinned",
+# left where the scheduler puts them: that is what a caller sees without pinning.
+UNPINNED = "_unpinned"
+SMALL_CASES = ["noop", "add", "get_value", "set_value", "echo_1KiB"]
 CASES = [
     "startup",
-    "noop",
-    "add",
-    "get_value",
-    "set_value",
-    "echo_1KiB",
+    *(case + suffix for case in SMALL_CASES for suffix in ("", UNPINNED)),
     "echo_1MiB",
     "echo_64MiB",
     "echo_numpy_64MiB",
@@ -49,7 +49,7 @@ class Settings:
     latency: int
     warmup: int
     echo_reps: dict[str, int]
-    thread_calls: int
+    thread_seconds: float
     refs: int
     hang_s: float
     stream_items: int = 1_000_000
@@ -66,14 +66,14 @@ class Settings:
                 latency=200,
                 warmup=50,
                 echo_reps=reps,
-                thread_calls=100,
+                thread_seconds=0.2,
                 refs=1000,
                 hang_s=10.0,
                 step_items=5000,
                 async_rounds=3,
             )
         reps = {"echo_1KiB": 2000, "echo_1MiB": 100, "echo_64MiB": 5, "echo_numpy_64MiB": 5}
-        return cls(startups=20, latency=2000, warmup=200, echo_reps=reps, thread_calls=1000, refs=10_000, hang_s=60.0)
+        return cls(startups=20, latency=2000, warmup=200, echo_reps=reps, thread_seconds=1.0, refs=10_000, hang_s=60.0)
 
 
 def percentile(sorted_ns: list[int], q: float) -> int:
@@ -176,11 +176,20 @@ def bandwidth(h: Handle, case: str, s: Settings) -> dict[str, Any]:
 
 
 def threads(h: Handle, nthreads: int, s: Settings) -> dict[str, Any]:
-    """``nthreads`` threads call ``p.add(i, k)`` at once; calls/s over the wall time."""
-    barrier = threading.Barrier(nthreads + 1)
+    """``nthreads`` threads call ``p.add(i, k)`` at once for ``thread_seconds``; calls/s over the wall time.
+
+    A fixed time rather than a fixed count: long enough for a steady state with a fast peer,
+    bounded with a slow one.
+    """
+    clock = time.perf_counter_ns
+    stop = [0]  # when the threads stop starting calls (perf_counter_ns)
+
+    def start_clock() -> None:  # once every warm-up is done, before any thread goes on
+        stop[0] = clock() + int(s.thread_seconds * 1e9)
+
+    barrier = threading.Barrier(nthreads + 1, action=start_clock)
     samples: list[list[int]] = [[] for _ in range(nthreads)]
     errors: list[BaseException] = []
-    clock = time.perf_counter_ns
 
     def work(i: int) -> None:
         mine = None
@@ -194,12 +203,14 @@ def threads(h: Handle, nthreads: int, s: Settings) -> dict[str, Any]:
             barrier.wait(s.hang_s)
         if mine is None:
             return
+        mine_samples, end, k = samples[i], stop[0], 0
         try:
-            for k in range(s.thread_calls):
+            while clock() < end:
                 t0 = clock()
                 r = mine.add(i, k)
-                samples[i].append(clock() - t0)
+                mine_samples.append(clock() - t0)
                 _check(r == i + k, f"thread {i}: add({i}, {k}) returned {r!r}")
+                k += 1
         except BaseException as exc:
             errors.append(exc)
         finally:
@@ -214,7 +225,7 @@ def threads(h: Handle, nthreads: int, s: Settings) -> dict[str, Any]:
     except threading.BrokenBarrierError:
         raise TimeoutError(f"threads' warm-up calls did not finish within {s.hang_s:g} s") from None
     t0 = clock()
-    deadline = time.monotonic() + s.hang_s
+    deadline = time.monotonic() + s.thread_seconds + s.hang_s
     for w in workers:
         w.join(max(0.0, deadline - time.monotonic()))
     wall = clock() - t0
@@ -223,7 +234,7 @@ def threads(h: Handle, nthreads: int, s: Settings) -> dict[str, Any]:
         raise TimeoutError(f"{hung} of {nthreads} threads still waiting for an answer after {s.hang_s:g} s")
     if errors:
         raise errors[0]
-    calls = nthreads * s.thread_calls
+    calls = sum(len(per) for per in samples)
     res = summarize([x for per in samples for x in per])
     return {**res, "value": calls / (wall * 1e-9), "unit": "calls/s", "better": "higher"}
 
@@ -281,7 +292,8 @@ def async_calls(h: Handle, s: Settings) -> dict[str, Any]:
 
 
 def run(h: Handle, case: str, s: Settings) -> dict[str, Any]:
-    """Run one steady-state case on an open handle."""
+    """Run one steady-state case on an open handle (an unpinned case runs as its base case)."""
+    case = case.removesuffix(UNPINNED)
     if case == "stream_1M":
         return streaming(h, s)
     if case == "async_1000":

@@ -9,9 +9,9 @@ from typing import Any
 PANELS = [
     ("Start-up to first answer (ms, median)", ["startup"], ["start-up"], False),
     (
-        "Call latency (µs, median)",
-        ["noop", "add", "get_value", "set_value"],
-        ["noop()", "add(1, 2)", "read value", "write value"],
+        "Call latency (µs, median; pinned unless marked)",
+        ["noop", "add", "get_value", "set_value", "noop_unpinned", "add_unpinned"],
+        ["noop()", "add(1, 2)", "read value", "write value", "noop()\nunpinned", "add(1, 2)\nunpinned"],
         False,
     ),
     (

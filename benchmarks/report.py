@@ -22,6 +22,8 @@ LABELS = {
     "stream_1M": ("iterate a remote generator of 10⁶ ints", "items/s"),
     "async_1000": ("1,000 concurrent awaits (asyncio)", "calls/s"),
 }
+for _case in ("noop", "add", "get_value", "set_value", "echo_1KiB"):
+    LABELS[_case + "_unpinned"] = (LABELS[_case][0] + ", unpinned", LABELS[_case][1])
 
 HOW_TO_READ = f"""\
 How to read this: every figure comes from one run on this machine. Latencies are medians (and
@@ -38,7 +40,8 @@ listed under the details.
 PINNED = """† Measured with the client, the server and all their threads pinned to one CPU: on a small
 virtual machine an unpinned ping-pong costs two to three times more whenever the scheduler puts
 the two processes on different CPUs, and it moves them mid-run, so unpinned medians follow the
-placement rather than the code (`--pin none` measures unpinned). Bandwidth, threads and start-up
+placement rather than the code (`--pin none` measures unpinned). Each of these cases runs again
+unpinned (the rows marked *unpinned*): that is what a caller sees. Bandwidth, threads and start-up
 always run unpinned.
 """
 
