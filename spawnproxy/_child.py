@@ -239,6 +239,7 @@ class Child:
         self._closed = False
         self._finder = None
         self._lanes = {}  # lane number -> channel to the parent thread it belongs to
+        self._held = {}  # lane number -> the last result sent on it that names parent objects
         _LIVE.add(self)
 
     # -- the loop -------------------------------------------------------------
@@ -343,6 +344,7 @@ class Child:
                 old.close()
             if opening:
                 self._lanes[lane] = channel
+        self._held.pop(lane, None)  # the lane's thread has ended (or given it up)
 
     def _route(self, msg, mine):
         """Hand a message to whoever it is for: a waiting thread, or the main thread."""
@@ -375,6 +377,10 @@ class Child:
         else:
             rid, op, operands = msg[1], msg[2], msg[3:]
         msg = None
+        if self._held:
+            # The caller has read the answer before (it asks only once it has): the parent
+            # objects held for that answer may be released now.
+            self._held.pop(rid & _wire.LANE_MASK, None)
         codec = self.codec
         main = queue is self._main_queue
         if main:
@@ -416,6 +422,12 @@ class Child:
             # The result is let go of only once sent: a parent's object it holds must not
             # be released before the reply that names it.
             self._send(*data, rid=rid)
+            if data[0] == _wire.TAG_REFS and rid & _wire.LANE_MASK:
+                # The answer names objects of the parent's, of which `payload` may hold the
+                # child's only references.  Released now, the release would go on the channel
+                # and could be read (and the objects dropped) before the caller reads its answer
+                # on its lane: they are kept until the caller's next request, or its lane's end.
+                self._held[rid & _wire.LANE_MASK] = payload
         except _wire.LaneClosed:
             # The caller gave up (a timeout) and closed its lane: no one will take the answer.
             if how == _wire.REF:

@@ -286,6 +286,18 @@ def test_values_that_cannot_travel_go_by_reference_both_ways(mod) -> None:
     assert mod.give_lock(spawnproxy.by_ref(inspect_lock)) is False
 
 
+def test_a_parent_object_sent_back_is_not_released_before_its_answer_is_read(mod) -> None:
+    """The child's only stand-in of a parent object dies once the answer naming it is sent; its
+    release goes on the channel, the answer on the caller's lane: the parent must not drop the
+    object before it reads the answer (once in a few dozen calls, it did)."""
+    lock = threading.Lock()
+    for _ in range(300):
+        assert mod.apply(spawnproxy.by_ref(lambda: lock)) is lock
+    session = spawnproxy.daemon_of(mod)._session
+    mod.apply(len, "")  # the caller's next request: the child lets go of the last one
+    assert wait_until(lambda: lock not in [entry[0] for entry in list(session.exports.objects.values())])
+
+
 def test_callback_of_a_call_that_timed_out_still_runs(mod) -> None:
     """The caller gave up (timeout): the child's callback is served anyway, and the child goes on."""
     seen: list[str] = []
