@@ -129,7 +129,7 @@ class AsyncCall:
     def _call(self) -> Coroutine[Any, Any, Any]:
         handle, args, kwargs = self._handle, self._args, self._kwargs
         return request(
-            handle, "call", (args, kwargs), _Label("{}()", handle._sp_label), lambda: _operands(args, kwargs)
+            handle, "call", (args, kwargs), _Label(("{}()", handle._sp_label)), lambda: _operands(args, kwargs)
         )
 
     def __await__(self) -> Generator[Any, None, Any]:
@@ -142,7 +142,7 @@ class AsyncCall:
 async def _getattr(handle: _Remote, name: str) -> Any:
     """The attribute read of `_Remote.__getattr__`, awaited."""
     session = handle._sp_session
-    what = _Label("reading {}.{}", handle._sp_label, name)
+    what = _Label(("reading {}.{}", handle._sp_label, name))
     session.check(what)
     cached = handle._sp_cache.get(name)
     if cached is not None:
@@ -254,7 +254,7 @@ class AsyncStream:
         self._local: Any = None
         self._target: Any = None
         self._sizes = batch_sizes()
-        self._what = _Label("iterating over {}", handle._sp_label)
+        self._what = _Label(("iterating over {}", handle._sp_label))
 
     def __aiter__(self) -> AsyncStream:
         return self
@@ -322,7 +322,7 @@ class AsyncStream:
         self._buffer.clear()
         if self._end is None and self._target is not None:
             self._end = True
-            await _reply(self._session, "close", (self._target,), _Label("closing {}", self._what))
+            await _reply(self._session, "close", (self._target,), _Label(("closing {}", self._what)))
 
     def __del__(self) -> None:
         try:

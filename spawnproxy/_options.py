@@ -10,8 +10,15 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-_UNSET: Any = object()
-_local = threading.local()
+UNSET: Any = object()
+
+
+class _Timeouts(threading.local):
+    timeout: Any = UNSET  # a default: no AttributeError to pay
+
+
+# The timeout call_timeout() sets for this thread, or UNSET.
+timeouts = _Timeouts()
 
 
 @dataclass(frozen=True)
@@ -85,15 +92,15 @@ def call_timeout(seconds: float | None) -> Iterator[None]:
         >>> mod.terminate_daemon()
     """
     check_timeout(seconds, "call_timeout")
-    previous = getattr(_local, "timeout", _UNSET)
-    _local.timeout = seconds
+    previous = timeouts.timeout
+    timeouts.timeout = seconds
     try:
         yield
     finally:
-        _local.timeout = previous
+        timeouts.timeout = previous
 
 
 def current_timeout(default: float | None) -> float | None:
     """The timeout that applies to a call made now by this thread."""
-    value = getattr(_local, "timeout", _UNSET)
-    return default if value is _UNSET else value
+    value = timeouts.timeout
+    return default if value is UNSET else value

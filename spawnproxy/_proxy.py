@@ -176,7 +176,7 @@ class _Remote:
         cached = self._sp_cache.get(name)
         if cached is not None:
             return cached
-        what = _Label("reading {}.{}", self._sp_label, name)
+        what = _Label(("reading {}.{}", self._sp_label, name))
         names = self._sp_names
         if names is not None and name not in names:
             names[name] = self._sp_request("attrinfo", (name,), what)
@@ -237,10 +237,10 @@ class _Remote:
     # -- calls and operators --------------------------------------------------------
 
     def _sp_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        # _sp_request, inline: every call passes here.  Labels and operand lists are only
-        # needed for errors: made lazily.
-        what = _Label("{}()", self._sp_label)
-        reply = self._sp_session.request("call", (self._sp_target, args, kwargs), what, lambda: _operands(args, kwargs))
+        # _sp_request, inline, with Session.call: every call passes here.  Labels and operand
+        # lists are only needed for errors: made lazily.
+        what = _Label(("{}()", self._sp_label))
+        reply = self._sp_session.call(self._sp_target, args, kwargs, what, lambda: _operands(args, kwargs))
         how = reply[2]
         if how == _wire.VALUE:
             return reply[3]
@@ -248,7 +248,7 @@ class _Remote:
 
     def _sp_op(self, name: str, *args: Any) -> Any:
         return self._sp_request(
-            "op", (name, args), _Label("{1}({0})", self._sp_label, name), (lambda: _operands(args)) if args else None
+            "op", (name, args), _Label(("{1}({0})", self._sp_label, name)), (lambda: _operands(args)) if args else None
         )
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Any:
@@ -333,7 +333,7 @@ class Stream:
     def __init__(self, handle: _Remote, call_iter: bool) -> None:
         session = handle._sp_session
         self._session = session
-        self._what = _Label("iterating over {}", handle._sp_label)
+        self._what = _Label(("iterating over {}", handle._sp_label))
         self._sizes = batch_sizes()
         self._pending: int | None = None
         self._ref: _Ref | None = None
@@ -390,7 +390,7 @@ class Stream:
         self._buffer.clear()
         if self._end is None:
             self._end = True
-            self._session.request("close", (self._target,), _Label("closing {}", self._what))
+            self._session.request("close", (self._target,), _Label(("closing {}", self._what)))
 
     def __del__(self) -> None:
         try:
@@ -406,17 +406,17 @@ class Stream:
         session.flush_releases_nowait()
 
 
-class _Label:
-    """A request's name for error messages, formatted only if an error needs it."""
+class _Label(tuple):  # type: ignore[type-arg]
+    """A request's name for error messages, formatted only if an error needs it.
 
-    __slots__ = ("_args", "_template")
+    Made as ``_Label((template, *args))``: tuple's own constructor, with no
+    Python frame to pay on every call.
+    """
 
-    def __init__(self, template: str, *args: object) -> None:
-        self._template = template
-        self._args = args
+    __slots__ = ()
 
     def __str__(self) -> str:
-        return self._template.format(*self._args)
+        return str(self[0]).format(*self[1:])
 
 
 def _no_operands() -> list[tuple[str, Any]]:
@@ -486,6 +486,10 @@ INPLACE = [
 ]
 
 
+_object_getattribute = object.__getattribute__
+_proxy_getattribute = wrapt.BaseObjectProxy.__getattribute__
+
+
 class ObjectProxy(wrapt.BaseObjectProxy):  # type: ignore[misc,type-arg]
     """The type of every proxy: a local stand-in for an object living in a child.
 
@@ -520,16 +524,26 @@ class ObjectProxy(wrapt.BaseObjectProxy):  # type: ignore[misc,type-arg]
     def __repr__(self) -> str:
         return repr(self.__wrapped__)
 
+    def __getattribute__(self, name: str) -> Any:
+        # A remote attribute read before (`p.add` of `p.add(1, 2)`) is found in the handle's
+        # cache here.  wrapt's own lookup would first fail on the proxy, raising and
+        # catching an AttributeError, and then fail again on the handle: twice the time
+        # of the call's own Python work.  Names of the proxy's own are never taken from it.
+        if name not in _OWN_NAMES:
+            try:
+                handle = _object_getattribute(self, "__wrapped__")
+            except (AttributeError, ValueError):  # wrapt is still setting the proxy up
+                pass
+            else:
+                cached = handle._sp_cache.get(name)
+                if cached is not None and handle._sp_session._failure is None:
+                    return cached
+        return _proxy_getattribute(self, name)
+
     def __getattr__(self, name: str) -> Any:
-        # wrapt would look the name up on the handle first, and fail, before the handle's
-        # __getattr__ runs: a method read before each call (`p.add(1, 2)`) is found here.
         if name == "__wrapped__":  # asked by wrapt's pure-Python proxy before it is set
             raise ValueError("wrapper has not been initialised")
-        handle = self.__wrapped__
-        cached = handle._sp_cache.get(name)
-        if cached is not None and handle._sp_session._failure is None:
-            return cached
-        return getattr(handle, name)
+        return getattr(self.__wrapped__, name)
 
     @property  # type: ignore[misc]
     def __class__(self) -> type:
@@ -538,10 +552,10 @@ class ObjectProxy(wrapt.BaseObjectProxy):  # type: ignore[misc,type-arg]
         return type(self)
 
     def __iter__(self) -> Any:
-        return self.__wrapped__._sp_iter()
+        return _object_getattribute(self, "__wrapped__")._sp_iter()
 
     def __next__(self) -> Any:
-        return self.__wrapped__._sp_next()
+        return _object_getattribute(self, "__wrapped__")._sp_next()
 
     def __reduce_ex__(self, protocol: Any) -> Any:
         return self.__wrapped__.__reduce_ex__(protocol)
@@ -559,7 +573,7 @@ def _inplace(dunder: str) -> Any:
     def inplace(self: ObjectProxy, other: Any) -> Any:
         # A mutable object is changed in place (the answer is SAME: this proxy);
         # an immutable one gives a new value, to which the local name is rebound.
-        return self.__wrapped__._sp_op(op, other)
+        return _object_getattribute(self, "__wrapped__")._sp_op(op, other)
 
     inplace.__name__ = dunder
     return inplace
@@ -573,7 +587,8 @@ class CallableObjectProxy(ObjectProxy):
     """A proxy of a callable remote object (a function, a method, a class, ...)."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.__wrapped__._sp_call(args, kwargs)
+        # Not self.__wrapped__: that would pass through ObjectProxy.__getattribute__.
+        return _object_getattribute(self, "__wrapped__")._sp_call(args, kwargs)
 
 
 class _Doc:
@@ -619,6 +634,10 @@ def proxy_maker(owner_ref: Any) -> Any:
         return make_proxy(handle)
 
     return make
+
+
+# What a proxy answers itself, whatever the remote object has by that name.
+_OWN_NAMES = frozenset(dir(CallableObjectProxy)) | {"__wrapped__", "__dict__", "__weakref__"}
 
 
 def make_proxy(handle: _Remote) -> ObjectProxy:

@@ -94,8 +94,9 @@ class _RefPickler(pickle.Pickler):
 _BUFFER_TYPES = frozenset(_wire._BUFFER_TYPES)
 
 
-_SCALAR_TYPES = frozenset({int, float, str, bool, type(None)})
-_SMALL_TYPES = _SCALAR_TYPES | {bytes, bytearray}
+# What the standard pickle takes as it is, with nothing to send out of band or by reference.
+SCALAR_TYPES = frozenset({int, float, str, bool, type(None)})
+_SMALL_TYPES = SCALAR_TYPES | {bytes, bytearray}
 
 
 def _scalars_only(message: tuple[Any, ...]) -> bool:
@@ -105,20 +106,21 @@ def _scalars_only(message: tuple[Any, ...]) -> bool:
     for item in message[3:]:
         kind = type(item)
         if kind is tuple:
-            if not _SCALAR_TYPES.issuperset(map(type, item)) and not _small(item):
+            if not SCALAR_TYPES.issuperset(map(type, item)) and not small_values(item):
                 return False
         elif kind is dict:
             if item and not (
-                (_SCALAR_TYPES.issuperset(map(type, item)) and _SCALAR_TYPES.issuperset(map(type, item.values())))
-                or (_small(item) and _small(item.values()))
+                (SCALAR_TYPES.issuperset(map(type, item)) and SCALAR_TYPES.issuperset(map(type, item.values())))
+                or (small_values(item) and small_values(item.values()))
             ):
                 return False
-        elif kind not in _SCALAR_TYPES and not (kind in _SMALL_TYPES and len(item) < _wire.BIG_FRAME):
+        elif kind not in SCALAR_TYPES and not (kind in _SMALL_TYPES and len(item) < _wire.BIG_FRAME):
             return False
     return True
 
 
-def _small(items: Any) -> bool:
+def small_values(items: Any) -> bool:
+    """Whether `items` are all scalars or buffers too small to go out of band."""
     return _SMALL_TYPES.issuperset(map(type, items)) and not any(map(_swapped, items))
 
 

@@ -52,7 +52,7 @@ from ._errors import (
 from ._exports import ExportTable
 from ._lanes import Lane, Lanes
 from ._operators import OPERATORS
-from ._options import current_timeout
+from ._options import UNSET, current_timeout, timeouts
 from ._peer import Peer
 from ._process import describe_exit
 
@@ -139,6 +139,39 @@ class Session:
         rid = self.submit(op, operands, what, describe, None, deadline, timeout)
         return self.collect(rid, what, False, deadline, timeout)
 
+    def call(
+        self,
+        target: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        what: object,
+        describe: Callable[[], Sequence[tuple[str, Any]]],
+    ) -> tuple[Any, ...]:
+        """request("call", (target, args, kwargs), what, describe): the most frequent request.
+
+        A call of plain operands (numbers, strings, small buffers) by a thread
+        that holds a lane and serves no request of the child's is pickled at
+        once, without the general encoder (proxies, out-of-band buffers, dill).
+        """
+        local = self._local
+        lane = local.lane
+        if (
+            lane is None
+            or local.serving is not None
+            or self._failure is not None
+            or self._abandoned
+            or not (_serialize.SCALAR_TYPES.issuperset(map(type, args)) or _serialize.small_values(args))
+            or (kwargs and not _serialize.small_values(kwargs.values()))
+        ):
+            return self.request("call", (target, args, kwargs), what, describe)
+        timeout = timeouts.timeout  # current_timeout, inline
+        if timeout is UNSET:
+            timeout = self.call_timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        rid = next(self._ids) << _wire.LANE_BITS | lane.number
+        payload = pickle.dumps((_wire.REQUEST, rid, "call", target, args, kwargs), _serialize.PROTOCOL)
+        return self._lane_exchange(lane, rid, _wire.TAG_PICKLE, payload, None, what, deadline, timeout)
+
     # -- lanes: a blocking call reads its answer on its thread's own socket ----------------
 
     def _open_lane(self, what: object, deadline: float | None, timeout: float | None) -> Lane | None:
@@ -171,6 +204,20 @@ class Session:
         timeout: float | None,
     ) -> tuple[Any, ...]:
         rid, tag, payload, buffers = self._encode(op, operands, what, describe, lane.number)
+        return self._lane_exchange(lane, rid, tag, payload, buffers, what, deadline, timeout)
+
+    def _lane_exchange(
+        self,
+        lane: Lane,
+        rid: int,
+        tag: bytes,
+        payload: bytes,
+        buffers: list[pickle.PickleBuffer] | None,
+        what: object,
+        deadline: float | None,
+        timeout: float | None,
+    ) -> tuple[Any, ...]:
+        """Send an encoded request that `lane` answers; return the answer."""
         # Loading a dill request, the child may ask for dill's source: a plain request,
         # read on the channel, where no caller reads now.  Likewise a child's thread may
         # call an object of ours at any time.
@@ -586,7 +633,10 @@ class Session:
         except (EOFError, OSError):
             raise self._fail(what) from None
         try:
-            message: tuple[Any, ...] = _serialize.decode(tag, payload, self._resolve_pid)
+            # Most answers are plain pickles: _serialize.decode's first case, inline.
+            message: tuple[Any, ...] = (
+                pickle.loads(payload) if tag == _wire.TAG_PICKLE else _serialize.decode(tag, payload, self._resolve_pid)
+            )
         except (Exception, SystemExit) as exc:  # a sys.exit pickled by reference: no reason to exit here
             # The answer to some call that cannot be rebuilt here: it must reach its
             # own caller as an error (or be dropped if late), not fail whoever reads.

@@ -101,6 +101,8 @@ _SPARE_MAX = 256 << 20
 _ALIGN = 64
 _ANCILLARY = socket.CMSG_SPACE(16 * 4)
 _DONTWAIT = socket.MSG_DONTWAIT
+# Each one-byte tag as bytes, found by its value: no bytes object to make per frame.
+_TAGS = tuple(bytes((value,)) for value in range(256))
 # How long a wait for input watches for it on the CPU before it sleeps (see Channel._spin),
 # and how many waits go by between two looks at how many CPUs this thread may use.
 _SPIN = 50e-6
@@ -432,7 +434,7 @@ class Channel:
             if n >= 5:
                 (size,) = _HEADER.unpack_from(chunk)
                 if size > 0 and n == 4 + size:
-                    tag = bytes(chunk[4:5])
+                    tag = _TAGS[chunk[4]]
                     if tag != TAG_MEMFD:
                         return tag, memoryview(bytes(chunk[5:n]))
             buf += chunk[:n]

@@ -341,3 +341,21 @@ def test_the_reader_thread_ends_when_not_needed(mod) -> None:
         time.sleep(0.05)
     gc.collect()
     assert session._reader is None
+
+
+def test_a_remote_name_never_shadows_the_proxys_own() -> None:
+    """aio reads `terminate_daemon` of the remote module (caching its proxy); the proxy's own
+    method of that name stays what `mod.terminate_daemon` gives."""
+    mod = spawnproxy.run_script("terminate_daemon = 'remote'\nadd = lambda a, b: a + b\n")
+    try:
+
+        async def main() -> str:
+            return await aio(mod).terminate_daemon  # type: ignore[no-any-return]
+
+        assert asyncio.run(main()) == "remote"
+        assert mod.add(1, 2) == 3  # a remote name read again comes from the cache
+        assert mod.add is mod.add
+        assert callable(mod.terminate_daemon) and mod.terminate_daemon.__self__ is mod
+    finally:
+        mod.terminate_daemon()
+    assert not spawnproxy.daemon_of(mod).is_alive()
