@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from benchmarks.cases import SMALL_CASES, UNPINNED
+
 X = "\u00d7"  # the multiplication sign, written out so that linters do not take it for an x
 
 LABELS = {
@@ -22,8 +24,8 @@ LABELS = {
     "stream_1M": ("iterate a remote generator of 10⁶ ints", "items/s"),
     "async_1000": ("1,000 concurrent awaits (asyncio)", "calls/s"),
 }
-for _case in ("noop", "add", "get_value", "set_value", "echo_1KiB"):
-    LABELS[_case + "_unpinned"] = (LABELS[_case][0] + ", unpinned", LABELS[_case][1])
+for _case in SMALL_CASES:
+    LABELS[_case + UNPINNED] = (LABELS[_case][0] + ", unpinned", LABELS[_case][1])
 
 HOW_TO_READ = f"""\
 How to read this: every figure comes from one run on this machine. Latencies are medians (and

@@ -94,34 +94,31 @@ class _RefPickler(pickle.Pickler):
 _BUFFER_TYPES = frozenset(_wire._BUFFER_TYPES)
 
 
-# What the standard pickle takes as it is, with nothing to send out of band or by reference.
-SCALAR_TYPES = frozenset({int, float, str, bool, type(None)})
-_SMALL_TYPES = SCALAR_TYPES | {bytes, bytearray}
-
-
-def _scalars_only(message: tuple[Any, ...]) -> bool:
-    """Whether a request's operands are scalars and buffers too small to go out of band, or
-    tuples and dicts of them (a call's usual args and kwargs): the standard pickle takes them as
-    they are, with nothing to send out of band and nothing from __main__ to look for."""
-    for item in message[3:]:
-        kind = type(item)
-        if kind is tuple:
-            if not SCALAR_TYPES.issuperset(map(type, item)) and not small_values(item):
-                return False
-        elif kind is dict:
-            if item and not (
-                (SCALAR_TYPES.issuperset(map(type, item)) and SCALAR_TYPES.issuperset(map(type, item.values())))
-                or (small_values(item) and small_values(item.values()))
-            ):
-                return False
-        elif kind not in SCALAR_TYPES and not (kind in _SMALL_TYPES and len(item) < _wire.BIG_FRAME):
-            return False
-    return True
+_SCALAR_TYPES = frozenset({int, float, str, bool, type(None)})
+_SMALL_TYPES = _SCALAR_TYPES | {bytes, bytearray}
 
 
 def small_values(items: Any) -> bool:
-    """Whether `items` are all scalars or buffers too small to go out of band."""
-    return _SMALL_TYPES.issuperset(map(type, items)) and not any(map(_swapped, items))
+    """Whether `items` are all scalars, or buffers too small to go out of band: the standard
+    pickle takes them as they are, with nothing to send out of band or by reference."""
+    kinds = set(map(type, items))
+    return _SCALAR_TYPES.issuperset(kinds) or (_SMALL_TYPES.issuperset(kinds) and not any(map(_swapped, items)))
+
+
+def _plain_operands(message: tuple[Any, ...]) -> bool:
+    """Whether a request's operands, and the args and kwargs among them, are small values (a
+    call's usual ones): then nothing from __main__ needs looking for either."""
+    for item in message[3:]:
+        kind = type(item)
+        if kind is tuple:
+            if not small_values(item):
+                return False
+        elif kind is dict:
+            if not (small_values(item) and small_values(item.values())):
+                return False
+        elif kind not in _SCALAR_TYPES and not small_values((item,)):
+            return False
+    return True
 
 
 def _swapped(value: Any) -> bool:
@@ -176,7 +173,7 @@ class Encoder:
         Objects passed with by_ref are counted in the owner's table as they are
         pickled; if the message cannot be encoded, they are given back.
         """
-        if _scalars_only(message):
+        if _plain_operands(message):
             return _wire.TAG_PICKLE, pickle.dumps(message, PROTOCOL), []
         exported: list[int] = []
         try:

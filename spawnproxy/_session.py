@@ -160,7 +160,7 @@ class Session:
             or local.serving is not None
             or self._failure is not None
             or self._abandoned
-            or not (_serialize.SCALAR_TYPES.issuperset(map(type, args)) or _serialize.small_values(args))
+            or not _serialize.small_values(args)
             or (kwargs and not _serialize.small_values(kwargs.values()))
         ):
             return self.request("call", (target, args, kwargs), what, describe)

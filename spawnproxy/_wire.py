@@ -398,8 +398,9 @@ class Channel:
             return [self.fd]
         started = None
         if self._spins and (timeout is None or timeout > _SPIN):
-            self._cpu_countdown -= 1
-            started = self._spin()
+            self._cpu_countdown -= 1  # as in recv
+            if self._cpus > 1 or self._cpu_countdown < 0:
+                started = self._spin()
         ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
         events = self._poller.poll(ms)
         if not events:
@@ -418,8 +419,8 @@ class Channel:
             # the read buffer without going through the reassembly buffer.
             started = None
             if self._spins:
-                # _spin looks at the CPUs every _CPU_RECHECK waits; on one CPU, the
-                # waits in between cost no call.
+                # The waits are counted here, not in _spin, so that on one CPU the
+                # waits between two looks at the CPUs (see _spin) cost no call.
                 self._cpu_countdown -= 1
                 if self._cpus > 1 or self._cpu_countdown < 0:
                     started = self._spin()
@@ -489,7 +490,7 @@ class Channel:
         sleep starts, for `_woken` to judge; None when input came during the
         spin or spinning does not pay.
         """
-        if self._cpu_countdown < 0:  # the caller counts the waits down
+        if self._cpu_countdown < 0:  # its callers count the waits down
             # Looked at again now and then: a process may be pinned to one CPU while it runs.
             self._cpu_countdown = _CPU_RECHECK
             self._cpus = _usable_cpus()
