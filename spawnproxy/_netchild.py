@@ -277,7 +277,9 @@ def _bind_unix(path):
         if not stat.S_ISSOCK(info.st_mode):
             raise FileExistsError("%r exists and is not a socket" % (path,))
         if _answers(path):
-            raise OSError("%s is already in use: a daemon answers there (stop it first, or choose another path)" % path)
+            raise OSError(
+                "%s is already in use: something answers there (stop it first, or choose another path)" % path
+            )
         # Left by a daemon that was killed.  Unlinked only if it is still the socket probed:
         # a daemon that took the path meanwhile keeps it (its bind below then fails instead).
         try:
@@ -308,7 +310,7 @@ def _answers(path):
         probe.connect(path)
     except (ConnectionRefusedError, FileNotFoundError):
         return False
-    except socket.timeout:
+    except (socket.timeout, BlockingIOError):
         return True  # a listener with a full backlog: alive
     finally:
         probe.close()

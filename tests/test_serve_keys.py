@@ -11,7 +11,6 @@ import pytest
 
 import spawnproxy
 from spawnproxy import ScriptDefinition, _network
-from tests.conftest import child_interpreters
 from tests.test_cli import spawnproxy_cli
 
 pytestmark = pytest.mark.timeout(60)
@@ -84,13 +83,11 @@ def tls_floors():
 """
 
 
-def test_tls_contexts_require_tls_1_2(tls_files: dict[str, str]) -> None:
+@pytest.mark.parametrize("child_python", ["3.8"], indirect=True)
+def test_tls_contexts_require_tls_1_2(tls_files: dict[str, str], child_python: str) -> None:
     """The daemon's TLS context (under Python 3.8, whose default is OpenSSL's) and the client's require TLS 1.2."""
     assert _network.client_context().minimum_version == ssl.TLSVersion.TLSv1_2
-    python38 = child_interpreters().get("3.8")
-    if python38 is None:
-        pytest.skip("CPython 3.8 is not installed here")
     with spawnproxy.serve(
-        ScriptDefinition(PROBE), certfile=tls_files["cert"], keyfile=tls_files["key"], python_exe=python38
+        ScriptDefinition(PROBE), certfile=tls_files["cert"], keyfile=tls_files["key"], python_exe=child_python
     ) as server:
         assert server.proxy.tls_floors() == [int(ssl.TLSVersion.TLSv1_2)]
