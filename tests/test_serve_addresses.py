@@ -34,6 +34,12 @@ def _ipv6_loopback() -> bool:
         return False
 
 
+def _identity(path: str) -> tuple[int, int, int]:
+    """Which file is at `path`: inode numbers alone are reused at once on some file systems."""
+    info = os.stat(path)
+    return info.st_dev, info.st_ino, info.st_ctime_ns
+
+
 # -- item 7: a Unix socket path belongs to the daemon that answers there --------------------------------
 
 
@@ -41,12 +47,12 @@ def test_a_live_unix_socket_is_not_taken_over(tmp_path: Path) -> None:
     """A second daemon on the path where one answers fails with "already in use"; the first is untouched."""
     path = str(tmp_path / "d.sock")
     with spawnproxy.serve(ScriptDefinition(SCRIPT), path, KEY) as first:
-        inode = os.stat(path).st_ino
+        before = _identity(path)
         with pytest.raises(spawnproxy.DaemonStartError, match="already in use") as info:
             spawnproxy.serve(ScriptDefinition(SCRIPT), path, KEY)
         message = str(info.value)
         assert path in message and "\n" not in message
-        assert os.stat(path).st_ino == inode
+        assert _identity(path) == before
         assert spawnproxy.connect(path, KEY).add(1, 2) == 3
         assert first.is_alive()
 
@@ -72,12 +78,12 @@ def test_a_daemon_unlinks_only_the_socket_it_created(tmp_path: Path) -> None:
         client = spawnproxy.connect(path, KEY)  # stays connected after the path is gone
         os.unlink(path)  # someone removed the socket: the path is free for another daemon
         with spawnproxy.serve(ScriptDefinition(SCRIPT), path, KEY):
-            inode = os.stat(path).st_ino
+            before = _identity(path)
             spawnproxy.daemon_of(client).stop_daemon()  # type: ignore[attr-defined]
             assert first.wait(5)
-            assert os.path.exists(path) and os.stat(path).st_ino == inode, "the daemon unlinked a socket not its own"
+            assert os.path.exists(path) and _identity(path) == before, "the daemon unlinked a socket not its own"
             first.terminate()
-            assert os.path.exists(path) and os.stat(path).st_ino == inode, "the handle unlinked a socket not its own"
+            assert os.path.exists(path) and _identity(path) == before, "the handle unlinked a socket not its own"
             assert spawnproxy.connect(path, KEY).add(3, 4) == 7
     finally:
         first.terminate()
