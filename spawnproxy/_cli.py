@@ -37,7 +37,10 @@ address, process id and key go to the state file (readable only by its owner), w
 --authkey-file a random key is made. Whoever holds the key can run any code in the daemon.
 
 Without --detach the daemon runs until Ctrl-C or SIGTERM; with it, the command returns
-once the daemon listens, and the daemon runs on until `spawnproxy stop`."""
+once the daemon listens, and the daemon runs on until `spawnproxy stop`.
+
+An address beyond loopback (0.0.0.0 included) needs TLS (--certfile), or --allow-plaintext
+on a private network you trust."""
 
 CONNECT_DESCRIPTION = """\
 Connect to a daemon and describe what it serves: a quick check that it is up and that
@@ -106,7 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--address",
         metavar="HOST:PORT|PATH",
-        help="where to listen: a TCP address or a Unix socket path (default: 127.0.0.1:0, any free port)",
+        help="where to listen: HOST:PORT, [IPv6]:PORT, or a Unix socket path with a / in it (or unix:PATH); "
+        "default: 127.0.0.1:0, any free port",
+    )
+    serve.add_argument(
+        "--allow-plaintext",
+        action="store_true",
+        help="listen beyond loopback without TLS (only on a private network you trust)",
     )
     serve.add_argument("--authkey-file", metavar="FILE", help="read the key from FILE (default: a random key)")
     serve.add_argument(
@@ -249,6 +258,7 @@ def cmd_serve(options: argparse.Namespace) -> int:
         state_file=options.state_file,
         log_file=options.log_file,
         handshake_timeout=options.handshake_timeout,
+        allow_plaintext=options.allow_plaintext,
     )
     where = _network.format_address(server.address)
     if options.detach:

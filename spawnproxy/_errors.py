@@ -170,7 +170,7 @@ class ConnectError(SpawnProxyError, ConnectionError):
     Example:
         >>> import spawnproxy
         >>> try:
-        ...     spawnproxy.connect("/nonexistent/daemon.sock", authkey=b"key")
+        ...     spawnproxy.connect("/nonexistent/daemon.sock", authkey=b"a key of 16 bytes or more")
         ... except spawnproxy.ConnectError as err:
         ...     print("nothing listens" in str(err))
         True
@@ -186,7 +186,7 @@ class AuthenticationError(ConnectError):
         >>> import spawnproxy
         >>> server = spawnproxy.serve(spawnproxy.ScriptDefinition("x = 1"))
         >>> try:
-        ...     spawnproxy.connect(server.address, authkey=b"not the key")
+        ...     spawnproxy.connect(server.address, authkey=b"not the key, though long enough")
         ... except spawnproxy.AuthenticationError as err:
         ...     print("refused the key" in str(err))
         True

@@ -16,6 +16,7 @@ handshake, which both ends share.
 - `main_stdio`: the entry point of a child started through `ssh`.
 """
 
+import errno
 import os
 import select
 import socket
@@ -246,15 +247,135 @@ def op_stop(child):
 _child.OPS["root"] = op_root
 _child.OPS["stop"] = op_stop
 
+# (path, identity) of each Unix socket this process bound: it unlinks those and no other.
 _socket_paths = []
 
 
+def socket_identity(info):
+    """Which file an `os.lstat` result is: the inode, and its change time, as inode numbers are reused at once."""
+    return info.st_dev, info.st_ino, info.st_ctime_ns
+
+
 def _unlink_sockets():
-    for path in _socket_paths:
+    for path, identity in _socket_paths:
         try:
-            os.unlink(path)
+            if socket_identity(os.lstat(path)) == identity:
+                os.unlink(path)
         except OSError:
             pass
+
+
+def _bind_unix(path):
+    """A listening Unix socket at `path`: a stale socket there is replaced, a live one is an error."""
+    import stat
+
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        info = None
+    if info is not None:
+        if not stat.S_ISSOCK(info.st_mode):
+            raise FileExistsError("%r exists and is not a socket" % (path,))
+        if _answers(path):
+            raise OSError(
+                "%s is already in use: something answers there (stop it first, or choose another path)" % path
+            )
+        # Left by a daemon that was killed.  Unlinked only if it is still the socket probed:
+        # a daemon that took the path meanwhile keeps it (its bind below then fails instead).
+        try:
+            if socket_identity(os.lstat(path)) == socket_identity(info):
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        old_umask = os.umask(0o177)
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(old_umask)
+        _socket_paths.append((path, socket_identity(os.lstat(path))))
+        sock.listen(128)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _answers(path):
+    """Whether something accepts connections on the Unix socket at `path` (refused: a stale socket)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
+    except (socket.timeout, BlockingIOError):
+        return True  # a listener with a full backlog: alive
+    finally:
+        probe.close()
+    return True
+
+
+def _bind_tcp(host, port):
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _bind_localhost(port):
+    """Listen on every loopback address `localhost` may mean, on one port: 127.0.0.1 and ::1 at least.
+
+    A client that resolves `localhost` to ::1 must reach this daemon, not a
+    process squatting the same port on ::1.  Where this machine has no IPv6
+    (nobody can listen on ::1), the IPv4 socket alone will do.
+    """
+    hosts = ["127.0.0.1", "::1"]
+    try:
+        for info in socket.getaddrinfo("localhost", None, 0, socket.SOCK_STREAM):
+            ip = info[4][0]
+            if ip not in hosts and (ip.startswith("127.") or ip == "::1"):
+                hosts.append(ip)
+    except OSError:
+        pass
+    for attempt in range(10):
+        socks = []
+        chosen = port
+        try:
+            for host in hosts:
+                try:
+                    sock = _bind_tcp(host, chosen)
+                except OSError as exc:
+                    if ":" in host and exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                        continue
+                    raise OSError(exc.errno, "%s on %s port %d" % (exc.strerror, host, chosen)) from None
+                socks.append(sock)
+                chosen = sock.getsockname()[1]
+            return socks, ("localhost", chosen)
+        except OSError as exc:
+            for sock in socks:
+                sock.close()
+            # Port 0: the free port IPv4 gave may be taken on ::1; try another.
+            if port or exc.errno != errno.EADDRINUSE or attempt == 9:
+                raise
+
+
+def bind(address):
+    """The listening sockets for `address` (a Unix socket path or (host, port)) and the address to report."""
+    if isinstance(address, str):
+        return [_bind_unix(address)], address
+    host, port = address
+    if host.lower() == "localhost":
+        return _bind_localhost(port)
+    sock = _bind_tcp(host, port)
+    return [sock], sock.getsockname()[:2]
 
 
 class Listener:
@@ -270,49 +391,25 @@ class Listener:
             import ssl
 
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            # Explicit: before Python 3.10 the floor is whatever OpenSSL's defaults say.
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
             context.load_cert_chain(config["certfile"], config.get("keyfile") or None)
             if config.get("cafile"):
                 # A CA for client certificates: clients must then present one it signed.
                 context.load_verify_locations(config["cafile"])
                 context.verify_mode = ssl.CERT_REQUIRED
             self.context = context
-        family = socket.AF_UNIX if isinstance(config["address"], str) else socket.AF_INET
-        host = None if family == socket.AF_UNIX else config["address"][0]
-        if host is not None and ":" in host:
-            family = socket.AF_INET6
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            if family == socket.AF_UNIX:
-                path = config["address"]
-                if os.path.exists(path):
-                    import stat
-
-                    if not stat.S_ISSOCK(os.stat(path).st_mode):
-                        raise FileExistsError("%r exists and is not a socket" % (path,))
-                    os.unlink(path)  # left by a daemon that was killed
-                old_umask = os.umask(0o177)
-                try:
-                    sock.bind(path)
-                finally:
-                    os.umask(old_umask)
-                _socket_paths.append(path)
-                self.address = path
-            else:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind(tuple(config["address"]))
-                self.address = sock.getsockname()[:2]
-            sock.listen(128)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
+        # Several sockets for `localhost` (127.0.0.1 and ::1), one otherwise.
+        self.socks, self.address = bind(config["address"])
+        self.sock = self.socks[0]
         self._pending = threading.BoundedSemaphore(MAX_PENDING)
-        threading.Thread(target=self._accept, name="spawnproxy-listener", daemon=True).start()
+        for sock in self.socks:
+            threading.Thread(target=self._accept, args=(sock,), name="spawnproxy-listener", daemon=True).start()
 
-    def _accept(self):
+    def _accept(self, sock):
         while True:
             try:
-                conn, peer = self.sock.accept()
+                conn, peer = sock.accept()
             except OSError:
                 time.sleep(0.05)  # out of file descriptors, most likely: let clients end
                 continue

@@ -16,12 +16,14 @@ daemon when it receives SIGTERM.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import logging
 import os
 import pickle
 import secrets
 import select
+import shlex
 import signal
 import socket
 import ssl
@@ -60,25 +62,80 @@ _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 
 def parse_address(address: Any) -> tuple[str, int] | str:
-    """`(host, port)`, `"host:port"` or a Unix socket path -> `(host, port)` or the path."""
+    """`(host, port)`, `"host:port"`, `"[v6]:port"` or a Unix socket path -> `(host, port)` or the path.
+
+    A string is a Unix socket path only when it contains a `/` or starts
+    with `unix:`; any other string must be `HOST:PORT`, so that a typo (a
+    forgotten port) is an error instead of a socket file in the current
+    directory.  A `pathlib.Path` is always a path.
+
+    Example:
+        >>> parse_address("[::1]:8000"), parse_address(("localhost", 0))
+        (('::1', 8000), ('localhost', 0))
+        >>> parse_address("localhost")
+        Traceback (most recent call last):
+        ...
+        ValueError: address 'localhost' has no port: give HOST:PORT (port 0: any free one), [IPv6]:PORT, or a Unix socket path with a / in it (or unix:PATH)
+    """
     if isinstance(address, (tuple, list)):
         if len(address) != 2:
             raise ValueError(f"address must be (host, port), not {address!r}")
         host, port = address
-        if not isinstance(host, str) or isinstance(port, bool) or not isinstance(port, int) or not 0 <= port < 65536:
+        if not isinstance(host, str) or isinstance(port, bool) or not isinstance(port, int):
             raise ValueError(f"address must be (host: str, port: int), not {address!r}")
-        return host, port
-    if isinstance(address, (str, os.PathLike)):
-        text = os.fspath(address)
-        if isinstance(text, bytes):
-            raise TypeError("a Unix socket path must be str, not bytes")
-        host, sep, port = text.rpartition(":")
-        if sep and port.isdigit() and "/" not in text and host:
-            return host.strip("[]"), int(port)
-        if not text:
+        return host, _check_port(port, address)
+    if isinstance(address, os.PathLike) and not isinstance(address, str):
+        return _socket_path(os.fspath(address))
+    if isinstance(address, str):
+        if address.startswith("unix:"):
+            if address == "unix:":
+                raise ValueError("the Unix socket path after 'unix:' is empty")
+            return _socket_path(address[len("unix:") :])
+        if "/" in address:
+            return _socket_path(address)
+        if not address:
             raise ValueError("address must not be empty")
-        return os.path.abspath(text)
+        return _host_and_port(address)
     raise TypeError(f"address must be (host, port) or a Unix socket path, not {type(address).__name__}")
+
+
+def _socket_path(path: str | bytes) -> str:
+    if isinstance(path, bytes):
+        raise TypeError("a Unix socket path must be str, not bytes")
+    if not path:
+        raise ValueError("address must not be empty")
+    return os.path.abspath(path)
+
+
+_FORMS = "HOST:PORT (port 0: any free one), [IPv6]:PORT, or a Unix socket path with a / in it (or unix:PATH)"
+
+
+def _host_and_port(text: str) -> tuple[str, int]:
+    """`HOST:PORT` or `[IPv6]:PORT`: anything else is a one-line ValueError."""
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or ":" not in host or (rest and not rest.startswith(":")):
+            raise ValueError(f"address {text!r} is not [IPv6]:PORT (brackets are for IPv6 addresses)")
+        port = rest[1:]
+    else:
+        host, colon, port = text.rpartition(":")
+        if not colon:
+            host, port = text, ""
+        elif ":" in host:
+            raise ValueError(f"address {text!r}: write an IPv6 address and its port in brackets, [{host}]:{port}")
+        elif not host:
+            raise ValueError(f"address {text!r} has no host: give {_FORMS}")
+    if not port:
+        raise ValueError(f"address {text!r} has no port: give {_FORMS}")
+    if not (port.isascii() and port.isdigit()):
+        raise ValueError(f"port {port!r} in address {text!r} is not a number (0-65535)")
+    return host, _check_port(int(port), text)
+
+
+def _check_port(port: int, address: object) -> int:
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} in address {address!r} is out of range (0-65535)")
+    return port
 
 
 def format_address(address: tuple[str, int] | str) -> str:
@@ -88,18 +145,65 @@ def format_address(address: tuple[str, int] | str) -> str:
     return address
 
 
+def is_loopback(host: str) -> bool:
+    """Whether `host` names this machine's loopback only: `localhost`, 127.0.0.0/8 or ::1 (not a wildcard).
+
+    Example:
+        >>> [is_loopback(h) for h in ("localhost", "127.0.0.2", "::1", "0.0.0.0", "", "example.org")]
+        [True, True, True, False, False, False]
+    """
+    if host.lower() == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False  # another name: it may resolve to anything
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return bool((mapped or ip).is_loopback)
+
+
+# Shorter keys are refused: 16 bytes (128 bits) is the least a key that guards a shell should have.
+MIN_AUTHKEY = 16
+
+
 def check_authkey(authkey: object) -> bytes:
     if not isinstance(authkey, (bytes, bytearray)):
         raise TypeError(f"authkey must be bytes, not {type(authkey).__name__}")
     if not authkey:
         raise ValueError("authkey must not be empty: there is no unauthenticated mode")
+    if len(authkey) < MIN_AUTHKEY:
+        raise ValueError(
+            f"authkey must be at least {MIN_AUTHKEY} bytes, not {len(authkey)}: a short key can be guessed "
+            "(serve() makes a random 32-byte one when given none)"
+        )
     return bytes(authkey)
 
 
 def read_authkey_file(path: str | os.PathLike[str]) -> bytes:
-    """The key in a key file: its bytes, without surrounding whitespace."""
+    """The key in a key file: its bytes, without surrounding whitespace.
+
+    As OpenSSH does with a private key, a file that is not the user's own,
+    or that group or others may read or write, is refused: the key is a
+    password to this account.
+    """
+    name = os.fspath(path)
     with open(path, "rb") as f:
-        return check_authkey(f.read().strip())
+        info = os.fstat(f.fileno())
+        if info.st_uid != os.geteuid():
+            raise PermissionError(
+                f"the key file {name!r} is not owned by you (uid {os.geteuid()}) but by uid {info.st_uid}: "
+                "refusing a key someone else controls"
+            )
+        if info.st_mode & 0o077:
+            raise PermissionError(
+                f"the key file {name!r} is open to group or others (mode {info.st_mode & 0o777:03o}): "
+                f"run chmod 600 {shlex.quote(name)}, and make a new key if others may have read it"
+            )
+        data = f.read().strip()
+    try:
+        return check_authkey(data)
+    except ValueError as exc:
+        raise ValueError(f"the key in {name!r}: {exc}") from None
 
 
 def write_private(path: str | os.PathLike[str], text: str) -> None:
@@ -146,6 +250,7 @@ def client_context(
     whatever name it was issued for (the state file of a detached daemon).
     """
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2  # explicit: not left to the Python or OpenSSL build
     if pinned:
         context.check_hostname = False
         context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
@@ -259,10 +364,11 @@ def connect(
 ) -> ObjectProxy:
     """Connect to a served daemon and return the proxy of the object it serves.
 
-    `address` is `(host, port)`, `"host:port"` or a Unix socket path;
-    `authkey` the daemon's key (bytes).  Or give `state_file`, the file a
-    detached daemon wrote: it holds both, and the daemon's certificate when
-    it serves TLS.  `ssl_context` (an `ssl.SSLContext` for clients) makes
+    `address` is `(host, port)`, `"host:port"`, `"[v6]:port"` or a Unix
+    socket path (with a `/` in it, or `"unix:path"`), as for `serve`;
+    `authkey` the daemon's key (bytes, at least 16).  Or give
+    `state_file`, the file a detached daemon wrote: it holds both, and the
+    daemon's certificate when it serves TLS.  `ssl_context` (an `ssl.SSLContext` for clients) makes
     the connection TLS; `server_hostname` is the name checked against the
     daemon's certificate (default: the host of `address`).
 
@@ -468,6 +574,7 @@ class Server:
         certfile: str | None,
         state_file: str | None,
         supervisor: int | None = None,
+        socket_id: tuple[int, int, int] | None = None,
     ) -> None:
         self._daemon = daemon
         self.address = address
@@ -476,6 +583,7 @@ class Server:
         self.certfile = certfile
         self.state_file = state_file
         self.supervisor = supervisor  # a detached daemon: the pid to signal
+        self._socket_id = socket_id  # which Unix socket the daemon made, to unlink that one only
         self._terminated = False
 
     @property
@@ -518,7 +626,12 @@ class Server:
         elif self.supervisor is not None and not self._terminated:
             stop_pid(self.supervisor, timeout)
         self._terminated = True
-        if isinstance(self.address, str):
+        if (
+            isinstance(self.address, str)
+            and self._socket_id is not None
+            and self._socket_id == _socket_id(self.address)
+        ):
+            # Only the daemon's own socket: another daemon may have replaced it since (this one was killed).
             with contextlib.suppress(OSError):
                 os.unlink(self.address)
         if self.state_file is not None:
@@ -562,15 +675,22 @@ def serve(
     log_file: str | os.PathLike[str] | None = None,
     handshake_timeout: float = HANDSHAKE_TIMEOUT,
     keepalive: int = KEEPALIVE,
+    allow_plaintext: bool = False,
     **options: Any,
 ) -> Server:
     """Run a definition (or an object) in a daemon that listens for authenticated clients.
 
-    `address` is `(host, port)` (port 0: any free port), `"host:port"` or a
-    Unix socket path; default `("127.0.0.1", 0)`, loopback only.  `authkey`
-    is the key clients must hold (bytes); None makes a random one
-    (`server.authkey`).  Whoever holds the key can run any code in the
-    daemon: treat it as a password to this user's account.
+    `address` is `(host, port)` (port 0: any free port), `"host:port"`,
+    `"[v6]:port"`, or a Unix socket path (a string with a `/` in it, or
+    `"unix:path"`); default `("127.0.0.1", 0)`, loopback only; `localhost`
+    listens on 127.0.0.1 and ::1 both.  `authkey` is the key clients must
+    hold (bytes, at least 16); None makes a random one (`server.authkey`).
+    Whoever holds the key can run any code in the daemon: treat it as a
+    password to this user's account.
+
+    An address beyond loopback (a wildcard such as `0.0.0.0` included)
+    needs TLS, or `allow_plaintext=True` for a private network you trust:
+    the key check alone neither encrypts nor stops a relay.
 
     TLS: `certfile` (and `keyfile`, if the key is not in it) make the daemon
     serve TLS; `cafile` additionally requires clients to present a
@@ -613,7 +733,14 @@ def serve(
             files[name] = path
     if ("keyfile" in files or "cafile" in files) and "certfile" not in files:
         raise ValueError("keyfile and cafile need a certfile: they only make sense for a TLS daemon")
-    if isinstance(where, tuple) and where[0] not in _LOOPBACK and "certfile" not in files:
+    if isinstance(where, tuple) and not is_loopback(where[0]) and "certfile" not in files:
+        if not allow_plaintext:
+            shown = format_address((where[0] or "0.0.0.0", where[1]))
+            raise ValueError(
+                f"{shown} is beyond loopback: without TLS, anyone on the network could read the traffic, or relay "
+                "the key check and take over a client's session; serve TLS (certfile=, --certfile), or on a "
+                "private network you trust pass allow_plaintext=True (--allow-plaintext)"
+            )
         log.warning(
             "serving on %s without TLS: clients are authenticated, but the traffic is neither encrypted "
             "nor protected from tampering",
@@ -651,7 +778,9 @@ def serve(
         ) from error
     bound = reply[3]
     bound_address: tuple[str, int] | str = tuple(bound) if isinstance(bound, (list, tuple)) else bound  # type: ignore[assignment]
-    server = Server(daemon, bound_address, key, daemon.pid, files.get("certfile"), state_path)
+    server = Server(
+        daemon, bound_address, key, daemon.pid, files.get("certfile"), state_path, socket_id=_socket_id(bound_address)
+    )
     if state_path is not None:
         write_private(state_path, json.dumps(server.state(), indent=2) + "\n")
     log.debug("daemon %d serves on %s", daemon.pid, format_address(bound_address))
@@ -659,6 +788,17 @@ def serve(
 
 
 # -- detached daemons ----------------------------------------------------------------------------------
+
+
+def _socket_id(address: tuple[str, int] | str) -> tuple[int, int, int] | None:
+    """Which socket file is at `address` (not just its path), or None."""
+    if not isinstance(address, str):
+        return None
+    try:
+        identity: tuple[int, int, int] = _netchild.socket_identity(os.lstat(address))
+    except OSError:
+        return None
+    return identity
 
 
 def _package_root() -> str:
@@ -784,6 +924,7 @@ def _supervise() -> None:
             python_exe=spec["python_exe"],
             handshake_timeout=spec["handshake_timeout"],
             keepalive=spec["keepalive"],
+            allow_plaintext=True,  # the starter's serve() has checked the address
             **spec["files"],
             **spec["options"],
         )

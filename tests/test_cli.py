@@ -74,7 +74,8 @@ def test_module_class_with_arguments_and_a_key_file(tmp_path: Path) -> None:
     try:
         got = spawnproxy_cli("call", "get", "b", "--address", sock, "--authkey-file", str(key), cwd=tmp_path)
         assert got.stdout.strip() == "[2, 3]", got.stderr
-        (tmp_path / "wrong").write_text("not it")
+        (tmp_path / "wrong").write_text("not it, though long enough")
+        (tmp_path / "wrong").chmod(0o600)
         refused = spawnproxy_cli("connect", "--address", sock, "--authkey-file", str(tmp_path / "wrong"), cwd=tmp_path)
         assert refused.returncode == 1 and "refused the key" in refused.stderr
     finally:
@@ -122,7 +123,7 @@ def test_stop_removes_a_stale_state_file(tmp_path: Path) -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     state = tmp_path / _cli.DEFAULT_STATE_FILE
-    state.write_text(json.dumps({"address": ["127.0.0.1", port], "authkey": "00ff", "pid": int(ended.stdout)}))
+    state.write_text(json.dumps({"address": ["127.0.0.1", port], "authkey": "00ff" * 8, "pid": int(ended.stdout)}))
     stopped = spawnproxy_cli("stop", cwd=tmp_path)
     assert stopped.returncode == 0 and "stale" in stopped.stdout, stopped.stderr
     assert not state.exists()

@@ -78,6 +78,7 @@ SAMPLE_SCRIPT = "from fractions import Fraction\n" + "".join(
 )
 
 TRANSPORTS = ["tcp", "unix", "tls"]
+KEY = b"a key of 16 bytes or more"
 
 
 def _serve(transport: str, tmp_path: Any, tls_files: dict[str, str] | None, script: str = SCRIPT) -> spawnproxy.Server:
@@ -334,9 +335,9 @@ def test_nothing_listening_is_a_clear_error_at_once(tmp_path: Any) -> None:
     """Without retries, a missing daemon is a ConnectError at once."""
     started = time.monotonic()
     with pytest.raises(spawnproxy.ConnectError, match="nothing listens"):
-        spawnproxy.connect(str(tmp_path / "none.sock"), b"key")
+        spawnproxy.connect(str(tmp_path / "none.sock"), KEY)
     with pytest.raises(spawnproxy.ConnectError, match="nothing listens"):
-        spawnproxy.connect(("127.0.0.1", 1), b"key", max_attempts=2, retry_interval=0.05)
+        spawnproxy.connect(("127.0.0.1", 1), KEY, max_attempts=2, retry_interval=0.05)
     assert time.monotonic() - started < 1
 
 
@@ -344,10 +345,10 @@ def test_bad_retry_options_are_refused_before_connecting() -> None:
     """max_attempts and retry_interval that make no sense are a ValueError naming them."""
     for bad in (0, -1, 1.5):
         with pytest.raises(ValueError, match="max_attempts"):
-            spawnproxy.connect(("127.0.0.1", 1), b"key", max_attempts=bad)
+            spawnproxy.connect(("127.0.0.1", 1), KEY, max_attempts=bad)
     for bad in (0, -0.1, "1", True):
         with pytest.raises(ValueError, match="retry_interval"):
-            spawnproxy.connect(("127.0.0.1", 1), b"key", retry_interval=bad)
+            spawnproxy.connect(("127.0.0.1", 1), KEY, retry_interval=bad)
 
 
 def test_only_a_listening_child_runs_the_network_side() -> None:

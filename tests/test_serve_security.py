@@ -176,7 +176,7 @@ def test_wrong_key_is_a_clear_error_at_once(server: spawnproxy.Server) -> None:
     """A client with the wrong key gets AuthenticationError at once, and is not retried."""
     started = time.monotonic()
     with pytest.raises(spawnproxy.AuthenticationError, match="refused the key"):
-        spawnproxy.connect(server.address, b"not the key", max_attempts=None)
+        spawnproxy.connect(server.address, b"not the key, but long enough", max_attempts=None)
     assert time.monotonic() - started < DROP_WITHIN
 
 
@@ -203,7 +203,7 @@ def test_client_refuses_an_impostor_daemon(tmp_path: Path) -> None:
     thread.start()
     try:
         with pytest.raises(spawnproxy.AuthenticationError, match="did not prove"):
-            spawnproxy.connect(address, b"the real key")
+            spawnproxy.connect(address, b"the real key, long enough")
     finally:
         thread.join(5)
         listener.close()
@@ -224,7 +224,7 @@ def test_a_listener_that_is_not_a_daemon_is_a_connect_error(tmp_path: Path) -> N
     thread.start()
     try:
         with pytest.raises(spawnproxy.ConnectError, match="does not speak the spawnproxy handshake"):
-            spawnproxy.connect(listener.getsockname(), b"a key")
+            spawnproxy.connect(listener.getsockname(), b"a key of 16 bytes or more")
     finally:
         thread.join(5)
         listener.close()
