@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -196,3 +197,27 @@ def test_detached_daemon_sees_its_starters_sys_path(tmp_path: Path, monkeypatch:
         assert spawnproxy.connect(server.address, authkey=server.authkey).VALUE + 0 == 13
     finally:
         server.terminate()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_cli_daemon_imports_nothing_from_the_current_directory(hostile: tuple[Path, Path], tmp_path: Path) -> None:
+    """`spawnproxy serve script.py --detach` run in a directory of planted modules: none is imported, ever."""
+    script = Path(sys.executable).with_name("spawnproxy")
+    if not script.exists():
+        pytest.skip("the spawnproxy console script is not installed next to this interpreter")
+    directory, marker = hostile
+    (directory / "served.py").write_text("import colorsys\nfound = colorsys.__file__\n")
+    state = str(tmp_path / "state.json")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    started = subprocess.run(
+        [str(script), "serve", "served.py", "--detach", "--state-file", state],
+        cwd=directory, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    try:
+        served = spawnproxy.connect(state_file=state)  # the daemon's handshake imports more modules
+        assert str(directory) not in str(served.found)
+    finally:
+        subprocess.run([str(script), "stop", "--state-file", state], env=env, capture_output=True, timeout=60)
+    assert not marker.exists(), marker.read_text()
