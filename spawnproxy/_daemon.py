@@ -31,7 +31,8 @@ class DaemonProxy:
     receives the child's stdout at INFO and stderr at WARNING instead of the
     parent's streams.  Options: `call_timeout` (seconds, None = no limit),
     `start_timeout` (seconds, default 60), `env` (the child's environment),
-    `cwd` (its working directory), `logs_maxlen` (lines kept in `.logs`),
+    `cwd` (its working directory, a path where it runs, checked there),
+    `logs_maxlen` (lines kept in `.logs`),
     `ssh_options` (extra arguments of `ssh`, for `python_exe="ssh://..."`).
 
     Used as a context manager, it terminates the child on exit.

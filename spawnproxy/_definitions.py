@@ -51,6 +51,10 @@ class ScriptDefinition:
 class ModuleDefinition:
     """A module to import in the child, by name or from a `.py` file.
 
+    `module_path` is a path where the child runs (relative: from its working
+    directory); only its form is checked here, and a file the child cannot
+    load is a `DaemonStartError` naming it.
+
     Example:
         >>> import spawnproxy
         >>> with spawnproxy.DaemonProxy(spawnproxy.ModuleDefinition("json")) as daemon:
