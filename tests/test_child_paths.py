@@ -134,13 +134,26 @@ def test_children_import_nothing_from_their_working_directory(
     directory, marker = hostile
     monkeypatch.chdir(directory)
     for python_exe in (child_python, None):  # another interpreter, and the parent's own
-        mod = spawnproxy.run_script("import colorsys, json\nfound = colorsys.__file__", python_exe=python_exe)
+        mod = spawnproxy.run_script("import colorsys, json, os\nfound = colorsys.__file__", python_exe=python_exe)
         try:
             assert mod.json.dumps([1]) == "[1]"
             assert str(directory) not in str(mod.found)
+            # The means to that end is not passed on to the child's own subprocesses.
+            assert mod.os.environ.get("PYTHONSAFEPATH") is None
         finally:
             mod.terminate_daemon()
     assert not marker.exists(), marker.read_text()
+
+
+def test_a_pythonsafepath_of_the_users_own_is_kept() -> None:
+    """PYTHONSAFEPATH set in the child's env by the user stays in the child's environment."""
+    mod = spawnproxy.run_script(
+        "import os\nvalue = os.environ.get('PYTHONSAFEPATH')", env={**os.environ, "PYTHONSAFEPATH": "1"}
+    )
+    try:
+        assert mod.value == "1"
+    finally:
+        mod.terminate_daemon()
 
 
 def test_other_working_directory_is_not_searched_either(hostile: tuple[Path, Path]) -> None:
