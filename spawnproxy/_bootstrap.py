@@ -6,6 +6,18 @@ sources of the child-side modules, loads them as the package
 `_spawnproxy_child` and runs its serve loop.  The modules in `ON_DEMAND` come
 along but are run only when needed (`package.load(name)`).  The program is
 written so that even Python 2 can parse it and report a clear error.
+
+Nothing may be imported from the directory a child starts in: a `pickle.py`
+there would run before the child does.  `python -c` puts that directory
+(as `''`) first on `sys.path` before the code runs, and CPython 3.13 even
+imports `linecache` through it before running the code, which no code of ours
+can prevent.  So every process spawnproxy starts with `-c` gets
+`PYTHONSAFEPATH` in its environment (3.11+ then adds no such entry), and the
+code begins with `SAFE_PATH`, which drops the entry where the interpreter
+ignores that variable (3.8-3.10) before importing anything, then removes the
+variable again so that the child's own subprocesses do not inherit it.  The
+parent's `sys.path`, passed on to children of its own interpreter, is kept as
+it is: an entry there is the user's own choice.
 """
 
 from __future__ import annotations
@@ -13,6 +25,7 @@ from __future__ import annotations
 import functools
 import importlib.resources
 import marshal
+from collections.abc import Mapping
 from typing import Any
 
 # Child-side modules, in the order they must be loaded.
@@ -23,6 +36,20 @@ ON_DEMAND = ("_netchild",)
 CHILD_PACKAGE = "_spawnproxy_child"
 MIN_CHILD_VERSION = (3, 8)
 TOO_OLD_EXIT = 78
+# Set for every process started with -c, unless the environment sets it already; SAFE_PATH removes it.
+SAFE_PATH_VARIABLE = "PYTHONSAFEPATH"
+SAFE_PATH_MARK = "spawnproxy"
+
+# The first lines of every -c program: `sys` is built in, and nothing else is imported
+# before the working directory's entry is gone.  (3.8 syntax; no f-strings.)
+SAFE_PATH = """\
+import sys
+if sys.path and sys.path[0] == "" and not getattr(sys.flags, "safe_path", 0) and not getattr(sys.flags, "isolated", 0):
+    del sys.path[0]
+import os
+if os.environ.get(%(var)r) == %(mark)r:
+    del os.environ[%(var)r]
+""" % {"var": SAFE_PATH_VARIABLE, "mark": SAFE_PATH_MARK}
 
 BOOTSTRAP = """\
 import sys
@@ -30,7 +57,8 @@ if sys.version_info < %(min)r:
     sys.stderr.write("spawnproxy: the child needs CPython %(min_text)s or newer, but %%s is Python %%s\\n"
                      %% (sys.executable, sys.version.split()[0]))
     sys.exit(%(too_old)d)
-import os, pickle, struct, types
+%(safe_path)s\
+import pickle, struct, types
 fd = int(sys.argv[1])
 def _read(n):
     data = b""
@@ -71,7 +99,16 @@ else:
     "min_text": "%d.%d" % MIN_CHILD_VERSION,
     "too_old": TOO_OLD_EXIT,
     "pkg": CHILD_PACKAGE,
+    "safe_path": SAFE_PATH,
 }
+
+
+def safe_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` for a process started with `-c`: with the variable that keeps its directory off `sys.path`."""
+    made = dict(env)
+    if not made.get(SAFE_PATH_VARIABLE):
+        made[SAFE_PATH_VARIABLE] = SAFE_PATH_MARK
+    return made
 
 
 @functools.lru_cache(maxsize=1)

@@ -649,6 +649,12 @@ def op_signature(child, target):
     return _wire.VALUE, encode_signature(child._resolve(target)[1])
 
 
+def op_chdir(child, path):
+    """Make `path` the working directory, before the definition loads: a path of this machine."""
+    os.chdir(path)
+    return _wire.VALUE, os.getcwd()
+
+
 def op_load(child, definition):
     root = load(definition)
     oid = child.table.pin(root)
@@ -727,6 +733,7 @@ OPS = {
     "op": op_operator,
     "dir": op_dir,
     "signature": op_signature,
+    "chdir": op_chdir,
     "load": op_load,
     "batch": op_batch,
     "close": op_close,

@@ -31,7 +31,8 @@ class DaemonProxy:
     receives the child's stdout at INFO and stderr at WARNING instead of the
     parent's streams.  Options: `call_timeout` (seconds, None = no limit),
     `start_timeout` (seconds, default 60), `env` (the child's environment),
-    `cwd` (its working directory), `logs_maxlen` (lines kept in `.logs`),
+    `cwd` (its working directory, a path where it runs, checked there),
+    `logs_maxlen` (lines kept in `.logs`),
     `ssh_options` (extra arguments of `ssh`, for `python_exe="ssh://..."`).
 
     Used as a context manager, it terminates the child on exit.
@@ -62,7 +63,6 @@ class DaemonProxy:
             process = _ssh.SshProcess(
                 str(python_exe),
                 env=opts.env,
-                cwd=opts.cwd,
                 logger=logger,
                 logs_maxlen=opts.logs_maxlen,
                 start_timeout=opts.start_timeout,
@@ -72,7 +72,6 @@ class DaemonProxy:
             process = ChildProcess(
                 python_exe,
                 env=opts.env,
-                cwd=opts.cwd,
                 logger=logger,
                 logs_maxlen=opts.logs_maxlen,
                 start_timeout=opts.start_timeout,
@@ -86,6 +85,8 @@ class DaemonProxy:
         left = None if opts.start_timeout is None else max(0.001, opts.start_timeout - (time.monotonic() - started))
         try:
             with call_timeout(left):
+                if opts.cwd is not None:
+                    self._change_directory(os.fspath(opts.cwd))
                 reply = session.request(
                     "load",
                     (definition.wire(),),
@@ -109,6 +110,16 @@ class DaemonProxy:
                 f"the {label} failed in child {process.pid}:\n{remote_tb.rstrip()}", remote_tb
             ) from error
         self._adopt_root(reply[3], label)
+
+    def _change_directory(self, cwd: str) -> None:
+        """The child changes to `cwd` before it loads anything: a path where the child runs, checked there."""
+        reply = self._session.request("chdir", (cwd,), f"changing to cwd {cwd!r}")
+        if reply[2] == _wire.ERROR:
+            error = rebuild_exception(reply[3])
+            raise DaemonStartError(
+                f"cwd {cwd!r} cannot be the working directory of child {self._process.pid}: "
+                f"{type(error).__name__}: {error}"
+            ) from error
 
     def _adopt_root(self, root: tuple[Any, ...], label: str) -> None:
         """Take the child's description of its root object, from which `proxy` is made."""

@@ -7,6 +7,8 @@ import linecache
 import os
 from typing import Any
 
+from ._options import check_child_path
+
 __all__ = ["InstanceDefinition", "ModuleDefinition", "ScriptDefinition"]
 
 
@@ -49,6 +51,10 @@ class ScriptDefinition:
 class ModuleDefinition:
     """A module to import in the child, by name or from a `.py` file.
 
+    `module_path` is a path where the child runs (relative: from its working
+    directory); only its form is checked here, and a file the child cannot
+    load is a `DaemonStartError` naming it.
+
     Example:
         >>> import spawnproxy
         >>> with spawnproxy.DaemonProxy(spawnproxy.ModuleDefinition("json")) as daemon:
@@ -60,15 +66,11 @@ class ModuleDefinition:
         if not isinstance(module_name, str) or not module_name:
             raise TypeError(f"module_name must be a non-empty str, not {module_name!r}")
         if module_path is not None:
-            if not isinstance(module_path, (str, os.PathLike)):
-                raise TypeError(f"module_path must be a path to a .py file, not {type(module_path).__name__}")
-            module_path = os.path.abspath(os.fspath(module_path))
-            if os.path.isdir(module_path):
-                raise ValueError(f"module_path {module_path!r} is a directory, not a .py file")
+            # Only the form here: the path is the child's (it may run on another machine),
+            # and a relative one is found from the child's working directory.
+            module_path = check_child_path(module_path, "module_path")
             if not module_path.endswith(".py"):
                 raise ValueError(f"module_path {module_path!r} is not a .py file")
-            if not os.path.isfile(module_path):
-                raise FileNotFoundError(f"module_path {module_path!r} does not exist")
         self.module_name = module_name
         self.module_path = module_path
 
@@ -90,6 +92,8 @@ class ModuleDefinition:
         return ("module", self.module_name, self.module_path)
 
     def label(self) -> str:
+        if self.module_path is not None:
+            return f"module {self.module_name} from {self.module_path!r}"
         return f"module {self.module_name}"
 
 

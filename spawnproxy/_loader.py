@@ -53,7 +53,9 @@ def _load_module(name, path):
     from importlib.util import module_from_spec, spec_from_file_location
 
     if not os.path.isfile(path):
-        raise FileNotFoundError("module file %r does not exist in the child" % (path,))
+        where = "" if os.path.isabs(path) else " (relative to its working directory %r)" % (os.getcwd(),)
+        what = "is not a file" if os.path.exists(path) else "does not exist"
+        raise FileNotFoundError("module_path %r %s in the child%s" % (path, what, where))
     spec = spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise ImportError("cannot load module %r from %r" % (name, path))

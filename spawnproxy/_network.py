@@ -38,7 +38,7 @@ from multiprocessing import AuthenticationError as _MpAuthenticationError
 from multiprocessing.connection import answer_challenge, deliver_challenge
 from typing import Any
 
-from . import _netchild, _serialize, _wire
+from . import _bootstrap, _netchild, _serialize, _wire
 from ._daemon import DaemonProxy
 from ._errors import AuthenticationError, ConnectError, DaemonStartError, SpawnProxyError
 from ._options import check_timeout
@@ -843,13 +843,16 @@ def _start_detached(
         import dill
 
         data = b"D" + dill.dumps(spec)
-    env = dict(os.environ)
+    # The starter's sys.path comes first, on its own: the supervisor needs it to load the spec
+    # (a definition may be an object of the starter's modules), as a child of this interpreter gets it.
+    data = pickle.dumps(list(sys.path)) + data
+    env = _bootstrap.safe_environment(os.environ)
     env["PYTHONPATH"] = _package_root() + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     start_timeout = options.get("start_timeout", 60.0)
     log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-c", "from spawnproxy._network import _supervise; _supervise()"],
+            [sys.executable, "-c", _bootstrap.SAFE_PATH + "from spawnproxy._network import _supervise; _supervise()"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=log_fd,
@@ -890,6 +893,8 @@ def _start_detached(
 
 def _supervise() -> None:
     """The detached daemon's supervisor: leave the starter's process tree, serve, report, wait."""
+    starter_path = pickle.load(sys.stdin.buffer)
+    sys.path[:] = starter_path + [p for p in sys.path if p not in starter_path]
     data = sys.stdin.buffer.read()
     if data[:1] == b"D":
         import dill

@@ -42,15 +42,11 @@ class Options:
         for name in ("call_timeout", "start_timeout"):
             check_timeout(getattr(made, name), name)
         if made.env is not None:
-            if not isinstance(made.env, Mapping) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in made.env.items()
-            ):
-                raise TypeError("env must be a mapping of str to str")
+            check_env(made.env)
         if made.cwd is not None:
-            if not isinstance(made.cwd, (str, os.PathLike)):
-                raise TypeError(f"cwd must be a path, not {type(made.cwd).__name__}")
-            if not os.path.isdir(made.cwd):
-                raise ValueError(f"cwd {os.fspath(made.cwd)!r} is not a directory")
+            # Only the form: whether the directory exists is the child's question (it may
+            # run on another machine), answered before it loads anything (DaemonProxy).
+            check_child_path(made.cwd, "cwd")
         if made.ssh_options is not None and (
             isinstance(made.ssh_options, str) or not all(isinstance(o, str) for o in made.ssh_options)
         ):
@@ -58,6 +54,33 @@ class Options:
         if not isinstance(made.logs_maxlen, int) or made.logs_maxlen < 1:
             raise ValueError(f"logs_maxlen must be a positive int, not {made.logs_maxlen!r}")
         return made
+
+
+def check_env(env: object) -> None:
+    """A child's environment: str names that a process can hold (no '=', no NUL), str values without NUL."""
+    if not isinstance(env, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        raise TypeError("env must be a mapping of str to str")
+    for key, value in env.items():
+        # Not stricter: a local environment may hold names a shell cannot set (bash exports
+        # functions as BASH_FUNC_name%%), and env=dict(os.environ, ...) must keep working.
+        if not key or "=" in key or "\0" in key:
+            raise ValueError(f"env key {key!r} is not an environment variable name (empty, or holds '=' or NUL)")
+        if "\0" in value:
+            raise ValueError(f"env value of {key!r} holds a NUL character, which no environment can hold")
+
+
+def check_child_path(path: object, name: str) -> str:
+    """The form of a path the child will use (a str or os.PathLike of str, not empty, no NUL); returns it as str."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a path (str or os.PathLike), not {type(path).__name__}")
+    text = os.fspath(path)
+    if not isinstance(text, str):
+        raise TypeError(f"{name} must be a path of str, not {type(text).__name__}")
+    if not text:
+        raise ValueError(f"{name} must not be empty")
+    if "\0" in text:
+        raise ValueError(f"{name} {text!r} holds a NUL character")
+    return text
 
 
 def check_timeout(value: object, name: str) -> None:

@@ -73,11 +73,12 @@ class ChildProcess:
         python_exe: str | os.PathLike[str] | None,
         *,
         env: Mapping[str, str] | None,
-        cwd: str | os.PathLike[str] | None,
         logger: logging.Logger | None,
         logs_maxlen: int,
         start_timeout: float | None,
     ) -> None:
+        # No cwd here: the child changes to it itself (DaemonProxy asks), as a child on
+        # another machine must, so that a missing one is the child's error in every case.
         exe, own = resolve_executable(python_exe)
         self.executable = exe
         self.output = OutputLog(logs_maxlen)
@@ -90,7 +91,7 @@ class ChildProcess:
         # the lifeline it needs no thread of the child to run (a C call may hold the GIL).
         death_read, death_write = os.pipe()
         try:
-            child_env = dict(os.environ if env is None else env)
+            child_env = _bootstrap.safe_environment(os.environ if env is None else env)
             self.popen = subprocess.Popen(
                 [exe, "-c", _bootstrap.BOOTSTRAP, str(child_sock.fileno()), str(life_read)],
                 pass_fds=(child_sock.fileno(), life_read, death_read),
@@ -100,7 +101,6 @@ class ChildProcess:
                 # Own session: a Ctrl-C meant for the parent's terminal never reaches the child.
                 start_new_session=True,
                 env=child_env,
-                cwd=cwd,
             )
         except OSError as exc:
             parent_sock.close()

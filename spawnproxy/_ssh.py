@@ -32,6 +32,7 @@ from ._process import ChildProcess, _register
 log = logging.getLogger("spawnproxy")
 
 SSH_OPTIONS_ENV = "SPAWNPROXY_SSH_OPTIONS"
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _URL = re.compile(r"^ssh://(?:(?P<user>[^@/]+)@)?(?P<host>\[[^\]]+\]|[^:/]+)(?::(?P<port>\d+))?(?P<path>/.*)$")
 
 
@@ -50,20 +51,32 @@ def parse_ssh_url(url: str) -> tuple[str | None, str, int | None, str]:
     return match.group("user"), match.group("host").strip("[]"), int(port) if port else None, match.group("path")
 
 
-def ssh_command(
-    url: str, ssh_options: Sequence[str] | None, env: Mapping[str, str] | None, cwd: str | None
-) -> list[str]:
-    """The local command line that starts the bootstrap on the remote host."""
+def check_remote_env(env: Mapping[str, str]) -> None:
+    """Refuse what the remote `env` command could take for an option or a command: names only."""
+    for key in env:
+        if not _NAME.match(key):
+            raise ValueError(
+                f"env key {key!r} is not a variable name the remote host can be given "
+                "(letters, digits and _, not starting with a digit)"
+            )
+
+
+def ssh_command(url: str, ssh_options: Sequence[str] | None, env: Mapping[str, str] | None) -> list[str]:
+    """The local command line that starts the bootstrap on the remote host.
+
+    The remote login shell runs `exec env NAME=VALUE... PYTHON -c BOOTSTRAP 0 stdio`,
+    each word quoted for a POSIX shell; names are checked first (a name such as
+    `--split-string` would be an option of `env`).  `cwd` is not here: the
+    remote child changes to it itself (see DaemonProxy).
+    """
     user, host, port, path = parse_ssh_url(url)
+    if env:
+        check_remote_env(env)
     ssh = shutil.which("ssh")
     if ssh is None:
         raise DaemonStartError(f"python_exe {url!r} needs the OpenSSH client, and there is no ssh on PATH")
-    remote = ""
-    if cwd is not None:
-        remote += f"cd {shlex.quote(cwd)} && "
-    remote += "exec "
-    if env:
-        remote += "env " + " ".join(shlex.quote(f"{k}={v}") for k, v in env.items()) + " "
+    remote_env = _bootstrap.safe_environment(env or {})
+    remote = "exec env " + " ".join(shlex.quote(f"{k}={v}") for k, v in remote_env.items()) + " "
     remote += f"{shlex.quote(path)} -c {shlex.quote(_bootstrap.BOOTSTRAP)} 0 stdio"
     command = [ssh, "-T", "-o", "BatchMode=yes", "-e", "none"]
     if port is not None:
@@ -99,14 +112,12 @@ class SshProcess(ChildProcess):
         url: str,
         *,
         env: Mapping[str, str] | None,
-        cwd: str | os.PathLike[str] | None,
         logger: logging.Logger | None,
         logs_maxlen: int,
         start_timeout: float | None,
         ssh_options: Sequence[str] | None,
     ) -> None:
-        # cwd and env are the remote child's: they are not checked or used here.
-        command = ssh_command(url, ssh_options, env, None if cwd is None else os.fspath(cwd))
+        command = ssh_command(url, ssh_options, env)
         self.executable = url
         self.output = OutputLog(logs_maxlen)
         self._lock = threading.Lock()

@@ -117,14 +117,14 @@ def test_unknown_option_is_a_type_error() -> None:
 
 
 def test_bad_module_path(tmp_path) -> None:
-    """module_path that is a directory or not a .py file: ValueError; one that is missing: FileNotFoundError."""
-    with pytest.raises(ValueError, match="is a directory"):
+    """module_path not naming a .py file: ValueError at once; one missing in the child: DaemonStartError."""
+    with pytest.raises(ValueError, match=r"not a \.py file"):
         spawnproxy.run_module("m", module_path=tmp_path)
     text = tmp_path / "m.txt"
     text.write_text("x = 1\n")
     with pytest.raises(ValueError, match=r"not a \.py file"):
         spawnproxy.run_module("m", module_path=text)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(spawnproxy.DaemonStartError, match=r"missing\.py' does not exist in the child"):
         spawnproxy.run_module("m", module_path=tmp_path / "missing.py")
 
 

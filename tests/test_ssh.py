@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import shutil
 import signal
 import socket
@@ -220,3 +222,133 @@ def test_options_from_the_environment(sshd: Sshd, monkeypatch: pytest.MonkeyPatc
         assert mod.dumps([1]) == "[1]"
     finally:
         mod.terminate_daemon()
+
+
+# -- what the remote host is given: env names, quoted values, its own paths, no import from its cwd ---------------
+
+
+@pytest.mark.parametrize("key", ["--split-string", "-S", "1ABC", "A-B", "A B", "A=B"])
+def test_env_names_are_checked_before_ssh_starts(sshd: Sshd, tmp_path: Path, key: str) -> None:
+    """An env key that is not a variable name (the remote `env` would take it as an option): ValueError, no ssh run."""
+    marker = tmp_path / "ran"
+    with pytest.raises(ValueError, match=f"env key {re.escape(repr(key))}") as caught:
+        spawnproxy.run_script(
+            "x = 1",
+            python_exe=sshd.url(os.path.realpath(os.sys.executable)),
+            ssh_options=sshd.options,
+            env={key: f"sh -c 'touch {marker}' #"},
+        )
+    assert "\n" not in str(caught.value)
+    assert not marker.exists(), "the remote host ran a command hidden in an env key"
+
+
+def test_env_values_reach_the_remote_child_verbatim(sshd: Sshd) -> None:
+    """env values with quotes, $(...), backquotes, ;, # and newlines arrive as given: quoted, never run."""
+    values = {
+        "SP_QUOTES": 'it\'s "quoted"',
+        "SP_SUBST": "$(echo no) `echo no` ${HOME}",
+        "SP_SHELL": "a; b && c | d # e",
+        "SP_LINES": "one\ntwo\n",
+        "SP_DASH": "--split-string=sh -c 'echo no'",
+        "SP_EMPTY": "",
+        "SP_TEXT": "été ☃",
+    }
+    mod = spawnproxy.run_script(
+        "import os", python_exe=sshd.url(os.path.realpath(os.sys.executable)), ssh_options=sshd.options, env=values
+    )
+    try:
+        assert {name: mod.os.environ.get(name) for name in values} == values
+    finally:
+        mod.terminate_daemon()
+
+
+def _can_unshare_mounts() -> bool:
+    try:
+        return subprocess.run(["unshare", "-m", "true"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+REMOTE_PATHS_PARENT = """
+import json, os, sys
+import spawnproxy
+folder, url, options = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+seen_here = os.path.exists(os.path.join(folder, "remote_only.py"))
+with open(os.path.join(folder, "local_only.py"), "w") as f:
+    f.write("WHERE = 'here'\\n")
+mod = spawnproxy.run_module(
+    "remote_only", module_path=os.path.join(folder, "remote_only.py"), python_exe=url, ssh_options=options, cwd=folder
+)
+report = {"seen_here": seen_here, "where": mod.WHERE + "", "listing": sorted(mod.os.listdir("."))}
+mod.terminate_daemon()
+try:
+    spawnproxy.run_module("local_only", module_path=os.path.join(folder, "local_only.py"), python_exe=url,
+                          ssh_options=options)
+except spawnproxy.DaemonStartError as exc:
+    report["local_only"] = str(exc)
+local_dir = os.path.join(folder, "local_dir")
+os.mkdir(local_dir)
+try:
+    spawnproxy.run_script("x = 1", python_exe=url, ssh_options=options, cwd=local_dir)
+except spawnproxy.DaemonStartError as exc:
+    report["local_cwd"] = str(exc)
+print(json.dumps(report))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_module_path_and_cwd_are_paths_of_the_host(sshd: Sshd, tmp_path: Path) -> None:
+    """A module_path and cwd that exist only on the ssh host work; one that exists only here is the host's error.
+
+    The host is this machine, so the parent runs in a mount namespace of its own where a tmpfs
+    hides the folder that the host (sshd, outside that namespace) sees, and shows a file there
+    that the host cannot see.
+    """
+    if not _can_unshare_mounts():
+        pytest.skip("needs `unshare -m` (root, or CAP_SYS_ADMIN) to give the parent a view of its own")
+    folder = tmp_path / "remote"
+    folder.mkdir()
+    (folder / "remote_only.py").write_text("import os\nWHERE = 'on the host'\n")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
+    import json
+
+    done = subprocess.run(
+        [
+            "unshare", "-m", "sh", "-c", 'mount -t tmpfs spawnproxy-test "$1" && exec "$2" -c "$3" "$1" "$4" "$5"',
+            "sh", str(folder), os.sys.executable, REMOTE_PATHS_PARENT,
+            sshd.url(os.path.realpath(os.sys.executable)), json.dumps(sshd.options),
+        ],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.splitlines()[-1])
+    assert report["seen_here"] is False  # the parent cannot see the host's file...
+    assert report["where"] == "on the host"  # ...and the host loaded it, in that folder
+    assert "remote_only.py" in report["listing"] and "local_only.py" not in report["listing"]  # cwd: the host's
+    assert "local_only.py' does not exist in the child" in report["local_only"]
+    assert report["local_cwd"].startswith(f"cwd '{folder / 'local_dir'}' cannot be the working directory")
+
+
+def test_ssh_child_imports_nothing_from_its_working_directory(sshd: Sshd, tmp_path: Path) -> None:
+    """A remote interpreter started in a directory of planted stdlib modules (and given it as cwd) imports none."""
+    from tests.test_child_paths import plant
+
+    folder = tmp_path / "hostile"
+    folder.mkdir()
+    marker = tmp_path / "imported.txt"
+    plant(folder, marker)
+    # The "interpreter" the host runs starts Python in that directory, as a login shell starts it in $HOME.
+    wrapper = tmp_path / "python-in-hostile-dir"
+    wrapper.write_text(f'#!/bin/sh\ncd {shlex.quote(str(folder))} && exec {shlex.quote(os.sys.executable)} "$@"\n')
+    wrapper.chmod(0o755)
+    mod = spawnproxy.run_script(
+        "import colorsys\nfound = colorsys.__file__", python_exe=sshd.url(str(wrapper)), ssh_options=sshd.options,
+        cwd=folder,
+    )  # fmt: skip
+    try:
+        assert str(folder) not in str(mod.found)
+    finally:
+        mod.terminate_daemon()
+    assert not marker.exists(), marker.read_text()
