@@ -320,9 +320,25 @@ class Child:
                     self._closed = True
                     self._cond.notify_all()
                 raise _wire.ChannelClosed("the parent has gone") from None
-            if tag == _wire.TAG_PICKLE:  # most requests: the codec's first case, inline
-                return pickle.loads(payload)
-            return self.codec.loads(tag, payload)
+            try:
+                if tag == _wire.TAG_PICKLE:  # most requests: the codec's first case, inline
+                    return pickle.loads(payload)
+                return self.codec.loads(tag, payload)
+            except _wire.ChannelClosed:
+                raise
+            except Exception as exc:  # costs nothing until raised
+                # A frame that names what this interpreter lacks (a parent-only class, another
+                # version of a package): it fails its own call, never the child.
+                answer = self.codec.unloadable(tag, payload, exc)
+                payload = None  # the failed frame's memory (a memfd's mapping) goes now
+                if answer is None:
+                    raise
+                if answer[1] < 0:
+                    return answer  # the parent's answer to us: raised where it was asked for
+                try:
+                    self._send(*self.codec.dumps(answer), rid=answer[1])
+                except _wire.LaneClosed:
+                    pass  # the caller gave up meanwhile
 
     def _forked(self):
         """In a process forked from the child: let go of the lanes, or the parent's threads

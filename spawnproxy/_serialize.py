@@ -452,6 +452,17 @@ def encode_exception(exc: BaseException) -> tuple[Any, ...]:
     return (tp.__module__, tp.__qualname__, message, data, text)
 
 
+def unloadable_request(exc: BaseException) -> tuple[Any, ...]:
+    """The error, encoded for the child, of a request of its whose operands cannot be loaded here.
+
+    The child's code gets the load error with its own type (an `AttributeError`, an
+    `ImportError`, ...); the traceback it carries says that the request did not run.
+    """
+    module, qualname, message, data, text = encode_exception(exc)
+    text = f"an argument the child sent cannot be loaded in the parent; the request did not run\n{text}"
+    return (module, qualname, message, data, text)
+
+
 def rebuild_exception(encoded: tuple[Any, ...]) -> BaseException:
     """Turn an exception encoded by the child into a local one with remote frames."""
     module, qualname, message, data, frames, text, cause, context = encoded
@@ -464,8 +475,12 @@ def rebuild_exception(encoded: tuple[Any, ...]) -> BaseException:
         except Exception:
             exc = None
     if not isinstance(exc, BaseException):
-        type_name = qualname if module == "builtins" else f"{module}.{qualname}"
-        exc = RemoteError(type_name, message, text)
+        if module == "spawnproxy" and qualname == "SerializationError":
+            # The child's own error about a request it could not load (see _childcodec.unloadable).
+            exc = SerializationError(message)
+        else:
+            type_name = qualname if module == "builtins" else f"{module}.{qualname}"
+            exc = RemoteError(type_name, message, text)
     tb = _rebuild_traceback(frames)
     if tb is not None:
         exc = exc.with_traceback(tb)

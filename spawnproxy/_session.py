@@ -645,7 +645,7 @@ class Session:
                 message = (_wire.REPLY, rid, _UNLOADABLE, exc)
             elif kind in (_wire.REQUEST, _wire.NESTED):
                 # A request of the child's we cannot load: it gets the error as its answer.
-                error = _serialize.encode_exception(exc)
+                error = _serialize.unloadable_request(exc)
                 self._send(_wire.TAG_PICKLE, _serialize.dumps((_wire.REPLY, rid, _wire.ERROR, error)), what, None, None)
                 message = (_wire.RELEASE, [])
             else:

@@ -220,3 +220,19 @@ def test_options_from_the_environment(sshd: Sshd, monkeypatch: pytest.MonkeyPatc
         assert mod.dumps([1]) == "[1]"
     finally:
         mod.terminate_daemon()
+
+
+def test_unloadable_argument_fails_that_call_alone(
+    remote: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An argument the ssh child cannot load raises SerializationError; the child goes on serving."""
+    (tmp_path / "sp_parent_only_ssh.py").write_text("class Thing:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import sp_parent_only_ssh  # type: ignore[import-not-found]
+
+    try:
+        with pytest.raises(spawnproxy.SerializationError, match="No module named 'sp_parent_only_ssh'"):
+            remote.add(sp_parent_only_ssh.Thing(), 1)
+        assert remote.add(2, 3) == 5
+    finally:
+        monkeypatch.delitem(os.sys.modules, "sp_parent_only_ssh", raising=False)
