@@ -21,6 +21,7 @@ from ._loader import load
 from ._operators import OPERATORS as _OPERATORS
 from ._table import ObjectTable
 
+_PROTOCOL = 5
 _SCALARS = frozenset([str, int, bool, float, complex, bytes, type(None)])
 
 
@@ -420,6 +421,9 @@ class Child:
                 data = codec.reply_by_value(rid, payload)  # (tag, pickle, out-of-band buffers)
                 if data is None:
                     how, payload = _wire.REF, self.ref(payload)
+                    if codec.refused:
+                        # The parent lacks a module the value's pickle names: it is told which.
+                        payload, codec.refused = payload + (codec.refused,), None
             elif how == BATCH:
                 items, end, ref = payload
                 data = codec.dumps_values(lambda values: (_wire.REPLY, rid, _wire.VALUE, (values, end, ref)), items)
@@ -719,6 +723,15 @@ def op_close(child, target):
     return _wire.VALUE, None
 
 
+def op_obtain(child, target):
+    """A copy of the target, pickled here for the parent to load: (True, pickle) or (False, why)."""
+    obj = child._resolve(target)[1]
+    try:
+        return _wire.VALUE, (True, pickle.dumps(obj, _PROTOCOL))
+    except Exception as exc:
+        return _wire.VALUE, (False, "%s: %s" % (type(exc).__name__, exc))
+
+
 def op_ping(child, value=None):
     return _wire.VALUE, value
 
@@ -747,6 +760,7 @@ OPS = {
     "batch": op_batch,
     "close": op_close,
     "ping": op_ping,
+    "obtain": op_obtain,
     "stats": op_stats,
     "listen": op_listen,
 }

@@ -109,6 +109,9 @@ class Codec:
         self._type_keys = {}  # type -> key the parent caches its info under
         self._told = set()  # the keys whose info the parent has been sent
         self._dill_unpickler = None
+        # Why the last result refused by _checked_pickle cannot go by value: the modules its
+        # pickle names that the parent cannot import (None: another reason).
+        self.refused = None
 
     # -- decoding -------------------------------------------------------------
 
@@ -188,6 +191,7 @@ class Codec:
         if kind in _PLAIN and (kind is not bytes or len(value) < _wire.BIG_FRAME):
             return _wire.TAG_PICKLE, pickle.dumps((_wire.REPLY, rid, _wire.VALUE, value), PROTOCOL), None
         if isinstance(value, _BY_REFERENCE):
+            self.refused = None
             return None
         return self._checked_pickle((_wire.REPLY, rid, _wire.VALUE, _wire.out_of_band(value)), [])
 
@@ -224,10 +228,14 @@ class Codec:
             try:
                 collector.dump(message)
             except Exception:
+                self.refused = None
                 return None
         except Exception:
+            self.refused = None
             return None
         if not self.parent_can_import(collector.modules):
+            known = self._importable
+            self.refused = sorted(m for m in collector.modules if not known[m])
             return None
         return tag, buf.getvalue(), buffers
 
