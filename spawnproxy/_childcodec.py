@@ -458,22 +458,20 @@ def _operand_label(op, operands, culprit):
 
 
 def _version_hint(culprit):
-    """Why a global the other side has may be missing here: another version of its package."""
+    """Why a global the parent has may be missing here: another version of its package."""
     if culprit is None:
+        return ""
+    top = culprit.split(".")[0]
+    version = getattr(sys.modules.get(top), "__version__", None)
+    if not isinstance(version, str):
         return ""
     if culprit.startswith("numpy._core"):
         return (
-            "; numpy._core is where NumPy 2 keeps what NumPy 1 calls numpy.core: the sender has NumPy 2 "
-            "and this side NumPy 1. Install NumPy 2 here, or send plain values (arr.tolist(), arr.tobytes())"
+            "; numpy._core is where NumPy 2 keeps what NumPy 1 calls numpy.core: the parent has NumPy 2, "
+            "the child NumPy %s. Send plain values (arr.tolist(), arr.tobytes()) or install NumPy 2 in the child"
+            % version
         )
-    top = culprit.split(".")[0]
-    version = getattr(sys.modules.get(top), "__version__", None)
-    if isinstance(version, str):
-        return "; %s is %s in the child: another version of it on the sender's side may name what this one lacks" % (
-            top,
-            version,
-        )
-    return ""
+    return "; %s is %s in the child: the parent's version of it may name what this one lacks" % (top, version)
 
 
 def encode_for_child(exc, culprit):

@@ -6,7 +6,7 @@ The rule they serve is in docs/guides/values-and-proxies.md.
 from __future__ import annotations
 
 import pickle
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from ._errors import SerializationError
 from ._proxy import ObjectProxy, handle_of

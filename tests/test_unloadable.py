@@ -133,7 +133,9 @@ def test_other_version_of_a_module_gets_a_hint(tmp_path: Path, monkeypatch: pyte
         monkeypatch.syspath_prepend(str(tmp_path / "parent"))
         monkeypatch.delitem(sys.modules, "sp_twin", raising=False)
         twin = importlib.import_module("sp_twin")
-        with pytest.raises(spawnproxy.SerializationError, match=r"'Thing'.*sp_twin is 1\.0 in the child"):
+        with pytest.raises(
+            spawnproxy.SerializationError, match=r"'Thing'.*sp_twin is 1\.0 in the child: the parent's version"
+        ):
             m.f(twin.Thing(1))
         assert m.add(2) == [1, 2]
     finally:
@@ -217,13 +219,34 @@ def test_callback_result_the_child_cannot_load_fails_the_callback(parent_only: C
     """A callback's result the child cannot load fails that callback in the child, not the child."""
     m = spawnproxy.run_script(
         "def run(cb):\n    try:\n        cb()\n    except Exception as exc:\n        return 'caught: %s' % exc\n"
-        "    return 'no error'\n"
-        + SCRIPT
+        "    return 'no error'\n" + SCRIPT
     )
     try:
         module = parent_only()
         answer = m.run(spawnproxy.by_ref(lambda: module.Thing(1)))
         assert answer.startswith("caught: ") and "sp_parent_only" in answer
         assert m.add(2) == [1, 2]
+    finally:
+        m.terminate_daemon()
+
+
+@pytest.mark.parametrize("child_python", ["3.8"], indirect=True)
+def test_numpy_2_array_to_a_numpy_1_child_says_so(child_python: str, tmp_path: Path) -> None:
+    """A NumPy 2 array sent to a child with NumPy 1 (here a stand-in package): the error explains numpy._core."""
+    numpy = pytest.importorskip("numpy")
+    if not numpy.__version__.startswith("2."):
+        pytest.skip("the parent's NumPy is not NumPy 2")
+    # A child with NumPy 1's layout: numpy.core, and no numpy._core.
+    _module(tmp_path / "numpy1" / "numpy", "__init__", '__version__ = "1.24.4"\n')
+    _module(tmp_path / "numpy1" / "numpy" / "core", "__init__", "")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "numpy1"))
+    m = spawnproxy.run_script(SCRIPT, python_exe=child_python, env=env)
+    try:
+        with pytest.raises(
+            spawnproxy.SerializationError,
+            match=r"(?s)No module named 'numpy\._core'.*the parent has NumPy 2, the child NumPy 1\.24\.4",
+        ):
+            m.f(numpy.arange(3))
+        assert m.f(numpy.arange(3).tolist()) == 1
     finally:
         m.terminate_daemon()
