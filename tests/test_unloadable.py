@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import importlib
 import os
 import sys
 import textwrap
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -94,6 +96,55 @@ def test_unloadable_argument_fails_that_call_alone(
         assert m.f(1, 2, x=3) == 3
         # The child's own traceback is not printed on the parent's stderr (it did not die).
         assert "Traceback" not in capfd.readouterr().err
+    finally:
+        m.terminate_daemon()
+
+
+def test_other_callers_aio_and_nested_calls_go_on(parent_only: Callable[[], Any]) -> None:
+    """Threads, aio and a call nested in a callback: each unloadable request fails alone, the others get their answers."""
+    m = spawnproxy.run_script(SCRIPT + "def call_back(cb):\n    return cb()\n")
+    try:
+        thing = parent_only().Thing(3)
+        errors: list[BaseException] = []
+
+        def good(i: int) -> None:
+            try:
+                for j in range(50):
+                    assert m.f(*range(i + j % 3)) == i + j % 3
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        def bad() -> None:
+            for _ in range(50):
+                try:
+                    m.f(thing)
+                except spawnproxy.SerializationError:
+                    continue
+                errors.append(AssertionError("no SerializationError"))
+
+        threads = [threading.Thread(target=good, args=(i,)) for i in range(3)] + [threading.Thread(target=bad)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert not errors
+
+        async def main() -> Any:
+            with pytest.raises(spawnproxy.SerializationError, match="sp_parent_only"):
+                await spawnproxy.aio(m).f(thing)
+            return await spawnproxy.aio(m).f(1)
+
+        assert asyncio.run(main()) == 1
+
+        def nested() -> str:
+            try:
+                m.f(x=thing)
+            except spawnproxy.SerializationError as exc:
+                return "caught: %s" % exc
+            return "no error"
+
+        assert m.call_back(spawnproxy.by_ref(nested)).startswith("caught: keyword argument 'x'")
+        assert m.add(2) == [1, 2]
     finally:
         m.terminate_daemon()
 
