@@ -147,7 +147,11 @@ class Codec:
         head = read_head(tag, payload)
         if head is None:
             return None
-        message, culprit = head
+        message, culprit, unresolved = head
+        for pid in unresolved:
+            # The parent counted each of its objects the frame names; those the failed load
+            # never reached are let go of the way a reference to one is: by making and dropping it.
+            self._resolve_ref(pid)
         kind, rid = message[0], message[1]
         if kind == _wire.REPLY:
             return (_wire.REPLY, rid, _wire.ERROR, encode_for_child(exc, culprit))
@@ -387,18 +391,20 @@ class _HeadUnpickler(pickle.Unpickler):
 
     def __init__(self, file, buffers):
         pickle.Unpickler.__init__(self, file, buffers=buffers)
-        self.names = []
+        self.events = []  # in the order of the frame: (module, name) of a global, (pid,) of a persistent id
 
     def find_class(self, module, name):
-        self.names.append((module, name))
+        self.events.append((module, name))
         return type("_Stub", (_Stub,), {"_sp_name": "%s.%s" % (module, name)})
 
     def persistent_load(self, pid):
+        self.events.append((pid,))
         return None
 
 
 def read_head(tag, payload):
-    """(message with stubs for its globals, the global that cannot be loaded or None), or None."""
+    """(message with stubs for its globals, the global that cannot be loaded or None, the persistent
+    ids of the parent's objects that the failed load never reached), or None."""
     buffers = None
     if tag == _wire.TAG_BUFFERS:
         tag, payload, buffers = _wire.split_buffers(payload)
@@ -409,20 +415,25 @@ def read_head(tag, payload):
         return None
     if type(message) is not tuple or len(message) < 2 or type(message[0]) is not int or type(message[1]) is not int:
         return None
-    return message, _culprit(unpickler.names)
+    events = unpickler.events
+    for i, event in enumerate(events):
+        if len(event) == 2 and _lacks(*event):
+            # The real load stopped at this global: the parent's objects named after it were never made.
+            unresolved = [e[0] for e in events[i:] if len(e) == 1 and e[0][0] == "local"]
+            return message, "%s.%s" % event, unresolved
+    return message, None, []
 
 
-def _culprit(names):
-    """The first global a frame names that this interpreter lacks (the real load stopped there)."""
-    for module, name in names:
-        obj = sys.modules.get(module)
-        if obj is None:
-            return "%s.%s" % (module, name)
-        for part in name.split("."):
-            obj = getattr(obj, part, _Stub)
-            if obj is _Stub:
-                return "%s.%s" % (module, name)
-    return None
+def _lacks(module, name):
+    """Whether this interpreter lacks the global `module.name` (without importing anything)."""
+    obj = sys.modules.get(module)
+    if obj is None:
+        return True
+    for part in name.split("."):
+        obj = getattr(obj, part, _Stub)
+        if obj is _Stub:
+            return True
+    return False
 
 
 def _holds(value, culprit, depth=0):

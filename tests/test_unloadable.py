@@ -18,6 +18,7 @@ import pytest
 
 import spawnproxy
 from spawnproxy import ScriptDefinition
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -210,6 +211,21 @@ def test_failed_frame_releases_its_out_of_band_buffers(parent_only: Callable[[],
         gc.collect()
         assert psutil.Process(pid).num_fds() <= fds
         assert _frames_mapped(pid) <= maps
+    finally:
+        m.terminate_daemon()
+
+
+def test_parent_objects_in_a_failed_frame_are_released(parent_only: Callable[[], Any]) -> None:
+    """by_ref objects sent with an unloadable argument (before or after it) are released by the child."""
+    m = spawnproxy.run_script(SCRIPT)
+    try:
+        thing = parent_only().Thing(3)
+        session = spawnproxy.daemon_of(m)._session
+        root = m.f  # a proxy sent back travels as a persistent id too
+        for _ in range(3):
+            with pytest.raises(spawnproxy.SerializationError, match="argument 2 "):
+                m.f(spawnproxy.by_ref(len), root, thing, spawnproxy.by_ref(sorted), x=spawnproxy.by_ref(max))
+        assert wait_until(lambda: m.f() == 0 and len(session.exports) == 0, timeout=5)
     finally:
         m.terminate_daemon()
 
