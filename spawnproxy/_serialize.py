@@ -374,27 +374,55 @@ class _Placeholder:
 
 
 class _HeaderUnpickler(pickle.Unpickler):
+    def __init__(self, file: io.BytesIO, buffers: Any) -> None:
+        super().__init__(file, buffers=buffers)
+        self.events: list[tuple[Any, ...]] = []  # in frame order: (module, name) of a global, (pid,)
+
     def find_class(self, module: str, name: str) -> Any:
+        self.events.append((module, name))
         return _Placeholder
 
     def persistent_load(self, pid: Any) -> Any:
+        self.events.append((pid,))
         return None
 
 
-def message_head(tag: bytes, payload: Any) -> tuple[int | None, int | None]:
-    """(kind, request id) of a message that `decode` could not load (its classes stubbed out)."""
+def message_head(tag: bytes, payload: Any) -> tuple[int | None, int | None, list[int]]:
+    """(kind, request id) of a message that `decode` could not load (its classes stubbed out), and
+    the ids of the child's objects it names that the failed load never reached (to be released)."""
     buffers = None
     if tag == _wire.TAG_BUFFERS:
         tag, payload, buffers = _wire.split_buffers(payload)
     if tag != _wire.TAG_PICKLE and tag != _wire.TAG_REFS:
-        return None, None
+        return None, None, []
+    unpickler = _HeaderUnpickler(io.BytesIO(payload), buffers)
     try:
-        message = _HeaderUnpickler(io.BytesIO(payload), buffers=buffers).load()
+        message = unpickler.load()
     except Exception:
-        return None, None
+        return None, None, []
     if type(message) is tuple and len(message) > 1 and type(message[0]) is int and type(message[1]) is int:
-        return message[0], message[1]
-    return None, None
+        return message[0], message[1], _unreached(unpickler.events)
+    return None, None, []
+
+
+def _unreached(events: list[tuple[Any, ...]]) -> list[int]:
+    """The child's objects, new to the parent, named after the first global the parent lacks."""
+    for i, event in enumerate(events):
+        if len(event) == 2 and _lacks(*event):
+            return [e[0][1] for e in events[i:] if len(e) == 1 and e[0][0] == "ref" and len(e[0]) == 4]
+    return []
+
+
+def _lacks(module: str, name: str) -> bool:
+    """Whether the global `module.name` is missing here (nothing is imported to find out)."""
+    obj: Any = sys.modules.get(module)
+    if obj is None:
+        return True
+    for part in name.split("."):
+        obj = getattr(obj, part, _lacks)
+        if obj is _lacks:
+            return True
+    return False
 
 
 def can_import(modules: Sequence[str]) -> list[bool]:

@@ -640,7 +640,8 @@ class Session:
         except (Exception, SystemExit) as exc:  # a sys.exit pickled by reference: no reason to exit here
             # The answer to some call that cannot be rebuilt here: it must reach its
             # own caller as an error (or be dropped if late), not fail whoever reads.
-            kind, rid = _serialize.message_head(tag, payload)
+            kind, rid, unreached = _serialize.message_head(tag, payload)
+            self.releases.extend(unreached)  # the child counted them for this message
             if kind == _wire.REPLY:
                 message = (_wire.REPLY, rid, _UNLOADABLE, exc)
             elif kind in (_wire.REQUEST, _wire.NESTED):

@@ -282,6 +282,37 @@ def test_callback_argument_the_parent_cannot_load_fails_the_callback(
         m.terminate_daemon()
 
 
+def test_child_objects_in_a_callback_frame_the_parent_cannot_load_are_released(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The child's objects sent by reference with a callback argument the parent cannot load are released."""
+    _module(tmp_path / "child", "sp_twin", THING)
+    _module(tmp_path / "parent", "sp_twin", '__version__ = "1.0"\n')
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "child"))
+    script = CALLBACK_SCRIPT + (
+        "import threading\n"
+        "def locks(cb):\n"
+        "    try:\n"
+        "        cb(threading.Lock(), sp_twin.Thing(1), threading.Lock(), x=threading.Lock())\n"
+        "    except AttributeError:\n"
+        "        return 'caught'\n"
+    )
+    m = spawnproxy.run_script(script, env=env)
+    try:
+        monkeypatch.syspath_prepend(str(tmp_path / "parent"))
+        monkeypatch.delitem(sys.modules, "sp_twin", raising=False)
+        importlib.import_module("sp_twin")
+        session = spawnproxy.daemon_of(m)._session
+        baseline = session.request("stats", (), "stats")[3]["objects"]
+        for _ in range(3):
+            assert m.locks(spawnproxy.by_ref(print)) == "caught"
+        gc.collect()
+        assert wait_until(lambda: session.request("stats", (), "stats")[3]["objects"] == baseline, timeout=5)
+    finally:
+        sys.modules.pop("sp_twin", None)
+        m.terminate_daemon()
+
+
 def test_callback_result_the_child_cannot_load_fails_the_callback(parent_only: Callable[[], Any]) -> None:
     """A callback's result the child cannot load fails that callback in the child, not the child."""
     m = spawnproxy.run_script(
