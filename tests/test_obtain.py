@@ -116,3 +116,18 @@ def test_a_result_that_cannot_be_loaded_is_logged(
         sys.modules.pop("sp_child_only", None)
         importlib.invalidate_caches()
         m.terminate_daemon()
+
+
+def test_obtain_and_is_proxy_over_a_served_daemon() -> None:
+    """A client of a served daemon tells proxies from values and copies what a proxy stands for."""
+    server = spawnproxy.serve(spawnproxy.ScriptDefinition(SCRIPT))
+    try:
+        root = spawnproxy.connect(server.address, authkey=server.authkey)
+        assert spawnproxy.is_proxy(root) and spawnproxy.is_proxy(root.numbers)
+        copy = spawnproxy.obtain(root.numbers)
+        copy.append(4)
+        assert copy == [1, 2, {"k": [3]}, 4] and root.numbers == [1, 2, {"k": [3]}]
+        with pytest.raises(spawnproxy.SerializationError, match="child cannot pickle it"):
+            spawnproxy.obtain(root.lock)
+    finally:
+        server.terminate()
