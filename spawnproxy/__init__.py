@@ -26,6 +26,7 @@ from ._errors import (
 from ._network import Server, connect, serve
 from ._options import call_timeout
 from ._proxy import ObjectProxy
+from ._values import is_proxy, obtain
 from ._version import __version__
 
 __all__ = [
@@ -50,6 +51,8 @@ __all__ = [
     "call_timeout",
     "connect",
     "daemon_of",
+    "is_proxy",
+    "obtain",
     "run_module",
     "run_object",
     "run_script",

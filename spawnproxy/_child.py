@@ -21,6 +21,7 @@ from ._loader import load
 from ._operators import OPERATORS as _OPERATORS
 from ._table import ObjectTable
 
+_PROTOCOL = 5
 _SCALARS = frozenset([str, int, bool, float, complex, bytes, type(None)])
 
 
@@ -320,9 +321,25 @@ class Child:
                     self._closed = True
                     self._cond.notify_all()
                 raise _wire.ChannelClosed("the parent has gone") from None
-            if tag == _wire.TAG_PICKLE:  # most requests: the codec's first case, inline
-                return pickle.loads(payload)
-            return self.codec.loads(tag, payload)
+            try:
+                if tag == _wire.TAG_PICKLE:  # most requests: the codec's first case, inline
+                    return pickle.loads(payload)
+                return self.codec.loads(tag, payload)
+            except _wire.ChannelClosed:
+                raise
+            except Exception as exc:  # costs nothing until raised
+                # A frame that names what this interpreter lacks (a parent-only class, another
+                # version of a package): it fails its own call, never the child.
+                answer = self.codec.unloadable(tag, payload, exc)
+                payload = None  # the failed frame's memory (a memfd's mapping) goes now
+                if answer is None:
+                    raise
+                if answer[1] < 0:
+                    return answer  # the parent's answer to us: raised where it was asked for
+                try:
+                    self._send(*self.codec.dumps(answer), rid=answer[1])
+                except _wire.LaneClosed:
+                    pass  # the caller gave up meanwhile
 
     def _forked(self):
         """In a process forked from the child: let go of the lanes, or the parent's threads
@@ -404,6 +421,9 @@ class Child:
                 data = codec.reply_by_value(rid, payload)  # (tag, pickle, out-of-band buffers)
                 if data is None:
                     how, payload = _wire.REF, self.ref(payload)
+                    if codec.refused:
+                        # The parent lacks a module the value's pickle names: it is told which.
+                        payload, codec.refused = payload + (codec.refused,), None
             elif how == BATCH:
                 items, end, ref = payload
                 data = codec.dumps_values(lambda values: (_wire.REPLY, rid, _wire.VALUE, (values, end, ref)), items)
@@ -709,6 +729,15 @@ def op_close(child, target):
     return _wire.VALUE, None
 
 
+def op_obtain(child, target):
+    """A copy of the target, pickled here for the parent to load: (True, pickle) or (False, why)."""
+    obj = child._resolve(target)[1]
+    try:
+        return _wire.VALUE, (True, pickle.dumps(obj, _PROTOCOL))
+    except Exception as exc:
+        return _wire.VALUE, (False, "%s: %s" % (type(exc).__name__, exc))
+
+
 def op_ping(child, value=None):
     return _wire.VALUE, value
 
@@ -738,6 +767,7 @@ OPS = {
     "batch": op_batch,
     "close": op_close,
     "ping": op_ping,
+    "obtain": op_obtain,
     "stats": op_stats,
     "listen": op_listen,
 }

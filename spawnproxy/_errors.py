@@ -133,9 +133,12 @@ class CallTimeoutError(SpawnProxyError, TimeoutError):
 
 
 class SerializationError(SpawnProxyError):
-    """An argument or a result could not be serialized; says which and in which direction.
+    """An argument or a result could not be serialized or loaded; says which and in which direction.
 
-    Nothing was sent: the child is untouched and stays usable.
+    Raised before anything is sent when the parent cannot serialize an argument,
+    and when the child cannot load one (that call does not run); either way the
+    child, its state and its other callers are untouched.  `obtain` raises it
+    when no local copy of a proxy's object can be made.
 
     Example:
         >>> import spawnproxy

@@ -15,6 +15,7 @@ read through a proxy are reached by path, so `p.method(x)` is one round trip.
 from __future__ import annotations
 
 import collections
+import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from ._session import Session
 
 Target = Any  # int | tuple[int | str, ...]
+_log = logging.getLogger("spawnproxy")
 
 
 class _Ref:
@@ -128,10 +130,12 @@ class _Remote:
         if how == _wire.ERROR:
             raise _serialize.rebuild_exception(payload)
         if how == _wire.REF:
-            oid, key, info = payload
+            oid, key, info = payload[0], payload[1], payload[2]
             session = self._sp_session
             if info is None:
                 info = session.types.get(key)
+            if len(payload) > 3:
+                _by_reference_because(what, info, payload[3])
             handle = _Remote(
                 self._sp_daemon,
                 session,
@@ -288,6 +292,18 @@ class _Remote:
 FIRST_BATCH = 16
 MAX_BATCH = 4096
 STEP = 4
+
+
+def _by_reference_because(what: object, info: Any, modules: list[str]) -> None:
+    """Log why a result came back as a proxy: its pickle names modules the parent cannot import."""
+    kind = f"{info[0]}.{info[1]}" if info else "an object"
+    _log.debug(
+        "the result of %s, a %s, stays in the child as a proxy: it cannot be loaded here "
+        "(ModuleNotFoundError: the parent cannot import %s)",
+        what,
+        kind,
+        ", ".join(modules),
+    )
 
 
 def batch_sizes() -> Iterator[int]:

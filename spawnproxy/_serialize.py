@@ -374,27 +374,55 @@ class _Placeholder:
 
 
 class _HeaderUnpickler(pickle.Unpickler):
+    def __init__(self, file: io.BytesIO, buffers: Any) -> None:
+        super().__init__(file, buffers=buffers)
+        self.events: list[tuple[Any, ...]] = []  # in frame order: (module, name) of a global, (pid,)
+
     def find_class(self, module: str, name: str) -> Any:
+        self.events.append((module, name))
         return _Placeholder
 
     def persistent_load(self, pid: Any) -> Any:
+        self.events.append((pid,))
         return None
 
 
-def message_head(tag: bytes, payload: Any) -> tuple[int | None, int | None]:
-    """(kind, request id) of a message that `decode` could not load (its classes stubbed out)."""
+def message_head(tag: bytes, payload: Any) -> tuple[int | None, int | None, list[int]]:
+    """(kind, request id) of a message that `decode` could not load (its classes stubbed out), and
+    the ids of the child's objects it names that the failed load never reached (to be released)."""
     buffers = None
     if tag == _wire.TAG_BUFFERS:
         tag, payload, buffers = _wire.split_buffers(payload)
     if tag != _wire.TAG_PICKLE and tag != _wire.TAG_REFS:
-        return None, None
+        return None, None, []
+    unpickler = _HeaderUnpickler(io.BytesIO(payload), buffers)
     try:
-        message = _HeaderUnpickler(io.BytesIO(payload), buffers=buffers).load()
+        message = unpickler.load()
     except Exception:
-        return None, None
+        return None, None, []
     if type(message) is tuple and len(message) > 1 and type(message[0]) is int and type(message[1]) is int:
-        return message[0], message[1]
-    return None, None
+        return message[0], message[1], _unreached(unpickler.events)
+    return None, None, []
+
+
+def _unreached(events: list[tuple[Any, ...]]) -> list[int]:
+    """The child's objects, new to the parent, named after the first global the parent lacks."""
+    for i, event in enumerate(events):
+        if len(event) == 2 and _lacks(*event):
+            return [e[0][1] for e in events[i:] if len(e) == 1 and e[0][0] == "ref" and len(e[0]) == 4]
+    return []
+
+
+def _lacks(module: str, name: str) -> bool:
+    """Whether the global `module.name` is missing here (nothing is imported to find out)."""
+    obj: Any = sys.modules.get(module)
+    if obj is None:
+        return True
+    for part in name.split("."):
+        obj = getattr(obj, part, _lacks)
+        if obj is _lacks:
+            return True
+    return False
 
 
 def can_import(modules: Sequence[str]) -> list[bool]:
@@ -452,6 +480,17 @@ def encode_exception(exc: BaseException) -> tuple[Any, ...]:
     return (tp.__module__, tp.__qualname__, message, data, text)
 
 
+def unloadable_request(exc: BaseException) -> tuple[Any, ...]:
+    """The error, encoded for the child, of a request of its whose operands cannot be loaded here.
+
+    The child's code gets the load error with its own type (an `AttributeError`, an
+    `ImportError`, ...); the traceback it carries says that the request did not run.
+    """
+    module, qualname, message, data, text = encode_exception(exc)
+    text = f"an argument the child sent cannot be loaded in the parent; the request did not run\n{text}"
+    return (module, qualname, message, data, text)
+
+
 def rebuild_exception(encoded: tuple[Any, ...]) -> BaseException:
     """Turn an exception encoded by the child into a local one with remote frames."""
     module, qualname, message, data, frames, text, cause, context = encoded
@@ -464,8 +503,12 @@ def rebuild_exception(encoded: tuple[Any, ...]) -> BaseException:
         except Exception:
             exc = None
     if not isinstance(exc, BaseException):
-        type_name = qualname if module == "builtins" else f"{module}.{qualname}"
-        exc = RemoteError(type_name, message, text)
+        if module == "spawnproxy" and qualname == "SerializationError":
+            # The child's own error about a request it could not load (see _childcodec.unloadable).
+            exc = SerializationError(message)
+        else:
+            type_name = qualname if module == "builtins" else f"{module}.{qualname}"
+            exc = RemoteError(type_name, message, text)
     tb = _rebuild_traceback(frames)
     if tb is not None:
         exc = exc.with_traceback(tb)

@@ -640,12 +640,13 @@ class Session:
         except (Exception, SystemExit) as exc:  # a sys.exit pickled by reference: no reason to exit here
             # The answer to some call that cannot be rebuilt here: it must reach its
             # own caller as an error (or be dropped if late), not fail whoever reads.
-            kind, rid = _serialize.message_head(tag, payload)
+            kind, rid, unreached = _serialize.message_head(tag, payload)
+            self.releases.extend(unreached)  # the child counted them for this message
             if kind == _wire.REPLY:
                 message = (_wire.REPLY, rid, _UNLOADABLE, exc)
             elif kind in (_wire.REQUEST, _wire.NESTED):
                 # A request of the child's we cannot load: it gets the error as its answer.
-                error = _serialize.encode_exception(exc)
+                error = _serialize.unloadable_request(exc)
                 self._send(_wire.TAG_PICKLE, _serialize.dumps((_wire.REPLY, rid, _wire.ERROR, error)), what, None, None)
                 message = (_wire.RELEASE, [])
             else:

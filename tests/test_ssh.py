@@ -352,3 +352,17 @@ def test_ssh_child_imports_nothing_from_its_working_directory(sshd: Sshd, tmp_pa
     finally:
         mod.terminate_daemon()
     assert not marker.exists(), marker.read_text()
+def test_unloadable_argument_fails_that_call_alone(
+    remote: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An argument the ssh child cannot load raises SerializationError; the child goes on serving."""
+    (tmp_path / "sp_parent_only_ssh.py").write_text("class Thing:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import sp_parent_only_ssh  # type: ignore[import-not-found]
+
+    try:
+        with pytest.raises(spawnproxy.SerializationError, match="No module named 'sp_parent_only_ssh'"):
+            remote.add(sp_parent_only_ssh.Thing(), 1)
+        assert remote.add(2, 3) == 5
+    finally:
+        monkeypatch.delitem(os.sys.modules, "sp_parent_only_ssh", raising=False)

@@ -31,6 +31,8 @@ PUBLIC = {
     "call_timeout",
     "connect",
     "daemon_of",
+    "is_proxy",
+    "obtain",
     "run_module",
     "run_object",
     "run_script",
