@@ -352,6 +352,8 @@ def test_ssh_child_imports_nothing_from_its_working_directory(sshd: Sshd, tmp_pa
     finally:
         mod.terminate_daemon()
     assert not marker.exists(), marker.read_text()
+
+
 def test_unloadable_argument_fails_that_call_alone(
     remote: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
