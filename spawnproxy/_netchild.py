@@ -7,17 +7,22 @@ handshake, which both ends share.
 
 - `TLSChannel` and `PipeChannel`: `_wire.Channel` over an `ssl` socket and
   over a pair of pipes (an `ssh` process's stdin and stdout).
-- `authenticate`: the `multiprocessing.connection` HMAC challenge, both
-  ways, over a raw socket with a bounded length and a deadline; nothing is
-  unpickled before it succeeds.
-- `Listener`: the accept loop of a served daemon; each authenticated client
-  gets a thread and a `Child` of its own (its own object table, so its
-  references are released when it disconnects) sharing the root object.
+- `_HandshakeConnection`: what the client's half of the
+  `multiprocessing.connection` HMAC challenge reads and writes through,
+  with a bounded length and a deadline; nothing is unpickled before it
+  succeeds.
+- `Listener`: a served daemon's listening socket; its handshakes run in one
+  selector loop (`_accept`), and each authenticated client gets a thread and
+  a `Child` of its own (its own object table, so its references are released
+  when it disconnects) sharing the root object.
+- `no_sigpipe`: a write to a pipe or a TLS socket whose reader has gone
+  raises instead of killing the process.
 - `main_stdio`: the entry point of a child started through `ssh`.
 """
 
 import os
 import select
+import signal
 import socket
 import struct
 import sys
@@ -27,9 +32,30 @@ import time
 from . import _child, _wire
 
 _HEADER = struct.Struct("!i")
-# Unauthenticated connections handled at once; more are closed at once, so a
-# flood of slow peers costs a bounded number of threads and buffers.
-MAX_PENDING = 32
+_NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
+_SIGPIPE = {signal.SIGPIPE} if hasattr(signal, "SIGPIPE") and hasattr(signal, "pthread_sigmask") else None
+
+
+def no_sigpipe(call, *args):
+    """`call(*args)`, which writes, with SIGPIPE blocked in this thread.
+
+    A reader that has gone then makes the write fail with EPIPE instead of
+    killing the process, even where a served script restored SIGPIPE's
+    default action.  For what takes no MSG_NOSIGNAL: pipes, and TLS sockets
+    (OpenSSL writes with write(2)); Linux has no SO_NOSIGPIPE.  The SIGPIPE
+    the write raised waits for this very thread, blocked: it is taken before
+    the old mask comes back, so nobody ever receives it.
+    """
+    if _SIGPIPE is None:
+        return call(*args)
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGPIPE)
+    try:
+        return call(*args)
+    finally:
+        if signal.SIGPIPE not in old:
+            if signal.SIGPIPE in signal.sigpending():
+                signal.sigtimedwait(_SIGPIPE, 0)
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 # -- transports -----------------------------------------------------------------------
@@ -64,7 +90,8 @@ class TLSChannel(_wire.Channel):
                 if self.fd < 0:
                     raise _wire.ChannelClosed("the channel is closed")
                 try:
-                    return call(arg)
+                    # Reads write too (alerts, key updates): every TLS call is guarded.
+                    return no_sigpipe(call, arg)
                 except ssl.SSLWantReadError:
                     events = select.POLLIN
                 except ssl.SSLWantWriteError:
@@ -108,9 +135,17 @@ class PipeChannel(_wire.Channel):
         self.sock = None
         self._setup(read_fd, write_fd, watch_fds)
         self._recvmsg_into = self._pipe_recvmsg_into
+        self._send = self._pipe_send
+        self._sendmsg = self._pipe_sendmsg
 
     def _pipe_recvmsg_into(self, buffers, ancsize):
         return os.readv(self.fd, buffers), [], 0, None
+
+    def _pipe_send(self, data, flags):
+        return no_sigpipe(os.write, self._wfd, data)
+
+    def _pipe_sendmsg(self, parts, ancillary, flags):
+        return no_sigpipe(os.writev, self._wfd, parts)
 
     def close(self):
         for fd in {self.fd, self._wfd}:
@@ -146,7 +181,12 @@ class _HandshakeConnection:
 
     def send_bytes(self, data):
         self._timeout()
-        self._sock.sendall(_HEADER.pack(len(data)) + data)
+        frame = _HEADER.pack(len(data)) + data
+        ssl = sys.modules.get("ssl")  # imported by whoever made a TLS socket
+        if ssl is not None and isinstance(self._sock, ssl.SSLSocket):
+            no_sigpipe(self._sock.sendall, frame)  # an SSL socket's sendall takes no flags
+        else:
+            self._sock.sendall(frame, _NOSIGNAL)
 
     def _read(self, n):
         data = b""
@@ -166,24 +206,6 @@ class _HandshakeConnection:
         if size < 0 or (maxlength is not None and size > maxlength):
             raise AuthenticationError("handshake message of announced length %d refused" % size)
         return self._read(size)
-
-
-def authenticate(sock, authkey, deadline, server):
-    """Prove to the peer that we hold `authkey` and have it prove the same, both before `deadline`.
-
-    The server challenges first, as `multiprocessing.connection.Listener`
-    does; raises `multiprocessing.AuthenticationError`, `EOFError` or
-    `OSError` (a timeout included) on failure.
-    """
-    from multiprocessing.connection import answer_challenge, deliver_challenge
-
-    conn = _HandshakeConnection(sock, deadline)
-    if server:
-        deliver_challenge(conn, authkey)
-        answer_challenge(conn, authkey)
-    else:
-        answer_challenge(conn, authkey)
-        deliver_challenge(conn, authkey)
 
 
 def open_channel(sock, keepalive):
@@ -301,50 +323,23 @@ class Listener:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 sock.bind(tuple(config["address"]))
                 self.address = sock.getsockname()[:2]
-            sock.listen(128)
+            sock.listen(1024)  # a burst of connections must not overflow the queue (the kernel caps it)
         except BaseException:
             sock.close()
             raise
         self.sock = sock
-        self._pending = threading.BoundedSemaphore(MAX_PENDING)
-        threading.Thread(target=self._accept, name="spawnproxy-listener", daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                conn, peer = self.sock.accept()
-            except OSError:
-                time.sleep(0.05)  # out of file descriptors, most likely: let clients end
-                continue
-            if not self._pending.acquire(False):
-                conn.close()  # too many peers still in their handshake
-                continue
-            threading.Thread(target=self._serve, args=(conn, peer), name="spawnproxy-client", daemon=True).start()
-
-    def _handshake(self, conn, peer):
-        deadline = time.monotonic() + self.timeout
         try:
-            if self.context is not None:
-                conn.settimeout(self.timeout)
-                conn = self.context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
-                conn.do_handshake()
-            authenticate(conn, self.authkey, deadline, server=True)
-        except Exception as exc:
-            _note("refused a client from %s: %s: %s" % (_describe(peer), type(exc).__name__, exc))
-            try:
-                conn.close()
-            except OSError:
-                pass
-            return None
-        return open_channel(conn, self.keepalive)
+            from . import _accept
+        except ImportError:  # in the child, a module is loaded when first needed
+            _accept = sys.modules[__package__].load("_accept")
+        _accept.AcceptLoop([sock], self.authkey, self.timeout, self.context, self._start_client, _note)
+
+    def _start_client(self, conn, peer):
+        """A peer passed the handshake: serve it in a thread of its own."""
+        threading.Thread(target=self._serve, args=(conn, peer), name="spawnproxy-client", daemon=True).start()
 
     def _serve(self, conn, peer):
-        try:
-            channel = self._handshake(conn, peer)
-        finally:
-            self._pending.release()
-        if channel is None:
-            return
+        channel = open_channel(conn, self.keepalive)
         child = ClientChild(channel, self.root)
         try:
             channel.send(*child.codec.dumps(("hello", hello())))
@@ -419,7 +414,7 @@ def _forward_lines(read_fd, mark, out_fd, lock):
 def _write_all(fd, data):
     try:
         while data:
-            data = data[os.write(fd, data) :]
+            data = data[no_sigpipe(os.write, fd, data) :]
     except OSError:
         pass
 
