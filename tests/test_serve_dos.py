@@ -74,12 +74,17 @@ def _attack(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("transport", ["tcp", "tls"])
 def test_idle_and_reconnecting_peers_do_not_lock_clients_out(
-    attacker: list[subprocess.Popen[str]], capsys: pytest.CaptureFixture[str]
+    attacker: list[subprocess.Popen[str]], capsys: pytest.CaptureFixture[str], transport: str, request: Any
 ) -> None:
     """256 idle peers and 48 that reconnect as fast as they are dropped: real clients are still
     served within a second each, with no thread per pending peer and bounded memory."""
-    with spawnproxy.serve(ScriptDefinition(SCRIPT)) as server:
+    tls = {}
+    if transport == "tls":
+        files = request.getfixturevalue("tls_files")
+        tls = {"certfile": files["cert"], "keyfile": files["key"]}
+    with spawnproxy.serve(ScriptDefinition(SCRIPT), **tls) as server:
         daemon = psutil.Process(server.pid)
         assert server.connect().add(0, 0) == 0
         threads_before = daemon.num_threads()
@@ -94,7 +99,7 @@ def test_idle_and_reconnecting_peers_do_not_lock_clients_out(
         for i in range(5):
             begin = time.monotonic()
             try:
-                client = spawnproxy.connect(server.address, server.authkey, max_attempts=None, timeout=3)
+                client = server.connect(max_attempts=None, timeout=3)
                 assert client.add(i, 1) == i + 1
                 spawnproxy.daemon_of(client).terminate()
             except spawnproxy.ConnectError as exc:
@@ -110,7 +115,7 @@ def test_idle_and_reconnecting_peers_do_not_lock_clients_out(
         stats = json.loads(out.split("STATS ", 1)[1])
         with capsys.disabled():
             print(
-                f"\nunder attack ({stats['connections']} hostile connections in 6 s): "
+                f"\n{transport} under attack ({stats['connections']} hostile connections in 6 s): "
                 f"{len(took) - len(failures)}/{len(took)} clients served, slowest {max(took):.3f} s, "
                 f"daemon CPU {cpu / window:.0%} of a core, RSS {rss_before / 2**20:.1f} -> {rss_peak / 2**20:.1f} MiB, "
                 f"threads {threads_before} -> {threads_peak}"
@@ -259,6 +264,94 @@ def test_a_client_with_default_sigpipe_gets_daemon_died(transport: str, tmp_path
                     stream.close()
     assert code == 0, f"the client exited with {code} after {lines}"
     assert lines == ["MIDCALL DaemonDiedError", "IDLE DaemonDiedError", "AGAIN DaemonDiedError"]
+
+
+def test_a_parent_with_default_sigpipe_survives_its_ssh_child(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A parent that restores SIGPIPE's default action gets DaemonDiedError, not death by the signal, when it
+    writes to the pipe of an ssh process that has gone."""
+    from tests.test_ssh import SSHD, Sshd
+
+    if not os.path.exists(SSHD) or os.geteuid() != 0:
+        pytest.skip("needs OpenSSH's sshd and root (see tests/test_ssh.py)")
+    sshd = Sshd(tmp_path_factory.mktemp("sshd"))
+    try:
+        url = sshd.url(os.path.realpath(sys.executable))
+        parent = subprocess.Popen(
+            [sys.executable, "-m", "tests.targets.sigpipe_client", "ssh", url, json.dumps(sshd.options)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env=_env(),
+        )
+        try:
+            assert parent.stdin is not None and parent.stdout is not None
+            ready = parent.stdout.readline().split()
+            assert ready[:1] == ["READY"], ready
+            os.kill(int(ready[1]), signal.SIGKILL)  # the local ssh process: its stdin pipe has no reader now
+            time.sleep(0.3)
+            parent.stdin.write("go\n")
+            parent.stdin.flush()
+            lines = [parent.stdout.readline().strip(), parent.stdout.readline().strip()]
+            code = parent.wait(20)
+        finally:
+            parent.kill()
+            parent.wait()
+            for stream in (parent.stdin, parent.stdout):
+                if stream:
+                    stream.close()
+    finally:
+        sshd.close()
+    assert code == 0, f"the parent exited with {code} after {lines}"
+    assert lines == ["IDLE DaemonDiedError", "AGAIN DaemonDiedError"]
+
+
+def test_a_daemon_out_of_file_descriptors_refuses_gracefully() -> None:
+    """A daemon whose hard limit is 128 open files, under 300 idle peers: it stays up, notes that it ran out,
+    drops the peers pending longest and still serves a client."""
+    code = (
+        "import resource, sys, spawnproxy\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))\n"
+        f"server = spawnproxy.serve(spawnproxy.ScriptDefinition({SCRIPT!r}), handshake_timeout=10.0)\n"
+        "print(server.address[1], server.authkey.hex(), server.pid, flush=True)\n"
+        "sys.stdin.readline()\n"
+        "server.terminate()\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=_env(),
+    )
+    socks: list[socket.socket] = []
+    try:
+        assert parent.stdin is not None and parent.stdout is not None and parent.stderr is not None
+        port, key, pid = parent.stdout.readline().split()
+        address = ("127.0.0.1", int(port))
+        for _ in range(300):
+            socks.append(socket.create_connection(address, timeout=5))
+        time.sleep(0.5)
+        daemon = psutil.Process(int(pid))
+        assert daemon.num_fds() <= 128
+        begin = time.monotonic()
+        client = spawnproxy.connect(address, bytes.fromhex(key), max_attempts=None, timeout=3)
+        assert client.add(1, 2) == 3
+        took = time.monotonic() - begin
+        spawnproxy.daemon_of(client).terminate()
+        assert daemon.is_running() and daemon.status() != psutil.STATUS_ZOMBIE
+        parent.stdin.write("stop\n")
+        parent.stdin.flush()
+        _, err = parent.communicate(timeout=20)
+    finally:
+        for sock in socks:
+            sock.close()
+        parent.kill()
+        parent.wait()
+    assert "out of file descriptors" in err
+    assert took < SERVED_WITHIN, f"served after {took:.2f} s"
 
 
 # -- 3. refused peers in the log -------------------------------------------------------------------------
