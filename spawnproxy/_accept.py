@@ -220,7 +220,7 @@ class AcceptLoop:
                 self._turn()
             except Exception as exc:  # never let the loop end: the daemon would stop accepting
                 self.refusals.note("accept loop: %s: %s" % (type(exc).__name__, exc))
-                time.sleep(0.05)
+                time.sleep(0.1)  # a fault that repeats must not flood the log
 
     def _turn(self):
         now = time.monotonic()
@@ -229,11 +229,11 @@ class AcceptLoop:
             wake.append(next(iter(self.pending.values())).deadline)
         wake = [when for when in wake if when is not None]
         timeout = max(0.0, min(wake) - now) if wake else None
-        for key, events in self.selector.select(timeout):
+        for key, _events in self.selector.select(timeout):
             if key.data is None:
                 self._accept(key.fileobj)
-            elif key.data.sock.fileno() in self.pending:
-                self._step(key.data, events)
+            elif key.data.sock.fileno() in self.pending:  # (not dropped earlier in this turn)
+                self._step(key.data)
         now = time.monotonic()
         while self.pending:
             oldest = next(iter(self.pending.values()))
@@ -290,7 +290,7 @@ class AcceptLoop:
         except Exception as exc:
             self._refuse(pending, exc)
 
-    def _step(self, pending, events):
+    def _step(self, pending):
         try:
             self._advance(pending)
         except Exception as exc:
