@@ -135,7 +135,10 @@ class Refusals:
         if entry is None and len(self._kinds) >= self.MAX_KINDS:
             kind, entry = "other reasons", self._kinds.get("other reasons")
         if entry is None or (not entry[1] and now >= entry[0]):
-            self.note("refused a client from %s: %s" % (peer, detail or kind))
+            if peer is None:  # not even accepted
+                self.note("refused a client: %s" % (detail or kind))
+            else:
+                self.note("refused a client from %s: %s" % (peer, detail or kind))
             self._kinds[kind] = [now + self.INTERVAL, 0, None, None]
             return
         if not entry[1]:
@@ -157,8 +160,13 @@ class Refusals:
                 del self._kinds[kind]  # a quiet second: the next refusal is noted in full
                 continue
             self.note(
-                "refused %d more clients (%s) since %s, the last from %s"
-                % (entry[1], kind, time.strftime("%H:%M:%S", time.localtime(entry[2])), entry[3])
+                "refused %d more clients (%s) since %s%s"
+                % (
+                    entry[1],
+                    kind,
+                    time.strftime("%H:%M:%S", time.localtime(entry[2])),
+                    "" if entry[3] is None else ", the last from %s" % entry[3],
+                )
             )
             self._kinds[kind] = [now + self.INTERVAL, 0, None, None]
 
@@ -166,10 +174,11 @@ class Refusals:
 class _Pending:
     """A peer in its handshake: its socket, deadline, state and unsent and unread bytes."""
 
-    __slots__ = ("challenge", "deadline", "expected", "inbuf", "outbuf", "peer", "sock", "state", "wants_write")
+    __slots__ = ("challenge", "deadline", "expected", "fd", "inbuf", "outbuf", "peer", "sock", "state", "wants_write")
 
     def __init__(self, sock, peer, deadline):
         self.sock = sock
+        self.fd = sock.fileno()  # its key among the pending, whatever becomes of the socket object
         self.peer = peer
         self.deadline = deadline
         self.state = _ANSWER
@@ -232,7 +241,7 @@ class AcceptLoop:
         for key, _events in self.selector.select(timeout):
             if key.data is None:
                 self._accept(key.fileobj)
-            elif key.data.sock.fileno() in self.pending:  # (not dropped earlier in this turn)
+            elif self.pending.get(key.data.fd) is key.data:  # (not dropped earlier in this turn)
                 self._step(key.data)
         now = time.monotonic()
         while self.pending:
@@ -257,7 +266,7 @@ class AcceptLoop:
             except OSError as exc:
                 if exc.errno not in _OUT_OF_FDS:
                     continue  # the peer gave up before we accepted it (ECONNABORTED...)
-                self.refusals.add("out of file descriptors", "a peer still waiting to be accepted", None)
+                self.refusals.add("out of file descriptors", None)
                 if self.pending:
                     self._drop_oldest("out of file descriptors: dropped the peer pending longest")
                     continue
@@ -280,7 +289,7 @@ class AcceptLoop:
     def _start(self, sock, peer):
         sock.setblocking(False)
         pending = _Pending(sock, peer, time.monotonic() + self.timeout)
-        self.pending[sock.fileno()] = pending
+        self.pending[pending.fd] = pending
         try:
             if self.context is not None:
                 pending.sock = self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
@@ -321,7 +330,7 @@ class AcceptLoop:
             message = self._message(pending)
             while message is not None:
                 self._on_message(pending, message)
-                if pending.sock.fileno() not in self.pending:
+                if self.pending.get(pending.fd) is not pending:
                     return  # handed on
                 message = self._message(pending)
         self._want(pending, bool(pending.outbuf) or pending.wants_write)
@@ -413,13 +422,13 @@ class AcceptLoop:
             self.selector.modify(pending.sock, events, pending)
 
     def _hand_on(self, pending):
-        del self.pending[pending.sock.fileno()]
+        del self.pending[pending.fd]
         self.selector.unregister(pending.sock)
         self.on_ready(pending.sock, pending.peer)
 
     def _refuse(self, pending, exc):
-        fd = pending.sock.fileno()
-        self.pending.pop(fd, None)
+        if self.pending.get(pending.fd) is pending:
+            del self.pending[pending.fd]
         try:
             self.selector.unregister(pending.sock)
         except (KeyError, ValueError):

@@ -413,3 +413,28 @@ def test_refused_peers_are_summarised_in_the_log(capsys: pytest.CaptureFixture[s
         assert counted == 3000, logged[-5:]
     finally:
         logger.removeHandler(handler)
+
+
+def test_refusal_summaries_count_every_peer_at_a_line_a_second_per_kind() -> None:
+    """The first refusal of a kind is noted in full, the rest of its second as one counted line, then
+    the kind rests until a quiet second has passed."""
+    from spawnproxy._accept import Refusals
+
+    lines: list[str] = []
+    refusals = Refusals(lines.append)
+    for i in range(1000):  # 1,000 refusals of two kinds over 2.5 s
+        now = 100.0 + i * 0.0025
+        refusals.add("wrong key" if i % 2 else "timeout", f"127.0.0.1:{i}", None, now)
+        refusals.flush(now)
+    refusals.flush(103.0)
+    refusals.flush(104.5)
+    assert len(lines) <= 2 * 4, lines
+    counted = sum(int(m.group(1)) if (m := re.search(r"refused (\d+) more", line)) else 1 for line in lines)
+    assert counted == 1000
+    assert lines[0] == "refused a client from 127.0.0.1:0: timeout"
+    assert re.fullmatch(
+        r"refused \d+ more clients \(wrong key\) since \d\d:\d\d:\d\d, the last from 127\.0\.0\.1:\d+", lines[-1]
+    )
+    refusals.add("timeout", "127.0.0.1:1", "the handshake took too long", 110.0)
+    assert lines[-1] == "refused a client from 127.0.0.1:1: the handshake took too long"
+    assert refusals.due() is None
