@@ -82,7 +82,7 @@ class TLSChannel(_wire.Channel):
         self._sendmsg = self._tls_sendmsg
         self._readv = self._tls_readv
 
-    def _io(self, call, arg):
+    def _io(self, call, arg, write=False):
         import ssl
 
         while True:
@@ -90,8 +90,10 @@ class TLSChannel(_wire.Channel):
                 if self.fd < 0:
                     raise _wire.ChannelClosed("the channel is closed")
                 try:
-                    # Reads write too (alerts, key updates): every TLS call is guarded.
-                    return no_sigpipe(call, arg)
+                    # Only writes are guarded (a few system calls each): a read writes only to
+                    # answer a renegotiation or a key update, which no client asks for (the
+                    # handshakes, where an unauthenticated peer might, are guarded in `_accept`).
+                    return no_sigpipe(call, arg) if write else call(arg)
                 except ssl.SSLWantReadError:
                     events = select.POLLIN
                 except ssl.SSLWantWriteError:
@@ -111,11 +113,11 @@ class TLSChannel(_wire.Channel):
         return self._io(self.sock.recv_into, buffers[0])
 
     def _tls_send(self, data, flags):
-        return self._io(self.sock.send, data)
+        return self._io(self.sock.send, data, True)
 
     def _tls_sendmsg(self, parts, ancillary, flags):
         # One part at a time: the caller resumes after what was written.
-        return self._io(self.sock.send, parts[0])
+        return self._io(self.sock.send, parts[0], True)
 
     def wait(self, timeout=None):
         # Decrypted bytes may wait inside OpenSSL while the socket itself is quiet.
