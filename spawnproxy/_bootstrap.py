@@ -29,10 +29,11 @@ from collections.abc import Mapping
 from typing import Any
 
 # Child-side modules, in the order they must be loaded.
-CHILD_MODULES = ("_wire", "_operators", "_table", "_loader", "_childcodec", "_child", "_netchild")
+CHILD_MODULES = ("_wire", "_operators", "_table", "_loader", "_childcodec", "_child", "_netchild", "_accept")
 # Shipped, but compiled and run only when needed: the network side, by a child told to
-# listen (`_child.op_listen`) or reached through ssh.  The other children skip that work.
-ON_DEMAND = ("_netchild",)
+# listen (`_child.op_listen`; `_netchild` loads its accept loop, `_accept`) or reached
+# through ssh.  The other children skip that work.
+ON_DEMAND = ("_netchild", "_accept")
 CHILD_PACKAGE = "_spawnproxy_child"
 MIN_CHILD_VERSION = (3, 8)
 TOO_OLD_EXIT = 78

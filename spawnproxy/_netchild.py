@@ -7,18 +7,23 @@ handshake, which both ends share.
 
 - `TLSChannel` and `PipeChannel`: `_wire.Channel` over an `ssl` socket and
   over a pair of pipes (an `ssh` process's stdin and stdout).
-- `authenticate`: the `multiprocessing.connection` HMAC challenge, both
-  ways, over a raw socket with a bounded length and a deadline; nothing is
-  unpickled before it succeeds.
-- `Listener`: the accept loop of a served daemon; each authenticated client
-  gets a thread and a `Child` of its own (its own object table, so its
-  references are released when it disconnects) sharing the root object.
+- `_HandshakeConnection`: what the client's half of the
+  `multiprocessing.connection` HMAC challenge reads and writes through,
+  with a bounded length and a deadline; nothing is unpickled before it
+  succeeds.
+- `Listener`: a served daemon's listening socket; its handshakes run in one
+  selector loop (`_accept`), and each authenticated client gets a thread and
+  a `Child` of its own (its own object table, so its references are released
+  when it disconnects) sharing the root object.
+- `no_sigpipe`: a write to a pipe or a TLS socket whose reader has gone
+  raises instead of killing the process.
 - `main_stdio`: the entry point of a child started through `ssh`.
 """
 
 import errno
 import os
 import select
+import signal
 import socket
 import struct
 import sys
@@ -28,9 +33,30 @@ import time
 from . import _child, _wire
 
 _HEADER = struct.Struct("!i")
-# Unauthenticated connections handled at once; more are closed at once, so a
-# flood of slow peers costs a bounded number of threads and buffers.
-MAX_PENDING = 32
+_NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
+_SIGPIPE = {signal.SIGPIPE} if hasattr(signal, "SIGPIPE") and hasattr(signal, "pthread_sigmask") else None
+
+
+def no_sigpipe(call, *args):
+    """`call(*args)`, which writes, with SIGPIPE blocked in this thread.
+
+    A reader that has gone then makes the write fail with EPIPE instead of
+    killing the process, even where a served script restored SIGPIPE's
+    default action.  For what takes no MSG_NOSIGNAL: pipes, and TLS sockets
+    (OpenSSL writes with write(2)); Linux has no SO_NOSIGPIPE.  The SIGPIPE
+    the write raised waits for this very thread, blocked: it is taken before
+    the old mask comes back, so nobody ever receives it.
+    """
+    if _SIGPIPE is None:
+        return call(*args)
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGPIPE)
+    try:
+        return call(*args)
+    finally:
+        if signal.SIGPIPE not in old:
+            if signal.SIGPIPE in signal.sigpending():
+                signal.sigtimedwait(_SIGPIPE, 0)
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 # -- transports -----------------------------------------------------------------------
@@ -57,7 +83,7 @@ class TLSChannel(_wire.Channel):
         self._sendmsg = self._tls_sendmsg
         self._readv = self._tls_readv
 
-    def _io(self, call, arg):
+    def _io(self, call, arg, write=False):
         import ssl
 
         while True:
@@ -65,7 +91,10 @@ class TLSChannel(_wire.Channel):
                 if self.fd < 0:
                     raise _wire.ChannelClosed("the channel is closed")
                 try:
-                    return call(arg)
+                    # Only writes are guarded (a few system calls each): a read writes only to
+                    # answer a renegotiation or a key update, which no client asks for (the
+                    # handshakes, where an unauthenticated peer might, are guarded in `_accept`).
+                    return no_sigpipe(call, arg) if write else call(arg)
                 except ssl.SSLWantReadError:
                     events = select.POLLIN
                 except ssl.SSLWantWriteError:
@@ -85,11 +114,11 @@ class TLSChannel(_wire.Channel):
         return self._io(self.sock.recv_into, buffers[0])
 
     def _tls_send(self, data, flags):
-        return self._io(self.sock.send, data)
+        return self._io(self.sock.send, data, True)
 
     def _tls_sendmsg(self, parts, ancillary, flags):
         # One part at a time: the caller resumes after what was written.
-        return self._io(self.sock.send, parts[0])
+        return self._io(self.sock.send, parts[0], True)
 
     def wait(self, timeout=None):
         # Decrypted bytes may wait inside OpenSSL while the socket itself is quiet.
@@ -109,9 +138,17 @@ class PipeChannel(_wire.Channel):
         self.sock = None
         self._setup(read_fd, write_fd, watch_fds)
         self._recvmsg_into = self._pipe_recvmsg_into
+        self._send = self._pipe_send
+        self._sendmsg = self._pipe_sendmsg
 
     def _pipe_recvmsg_into(self, buffers, ancsize):
         return os.readv(self.fd, buffers), [], 0, None
+
+    def _pipe_send(self, data, flags):
+        return no_sigpipe(os.write, self._wfd, data)
+
+    def _pipe_sendmsg(self, parts, ancillary, flags):
+        return no_sigpipe(os.writev, self._wfd, parts)
 
     def close(self):
         for fd in {self.fd, self._wfd}:
@@ -147,7 +184,12 @@ class _HandshakeConnection:
 
     def send_bytes(self, data):
         self._timeout()
-        self._sock.sendall(_HEADER.pack(len(data)) + data)
+        frame = _HEADER.pack(len(data)) + data
+        ssl = sys.modules.get("ssl")  # imported by whoever made a TLS socket
+        if ssl is not None and isinstance(self._sock, ssl.SSLSocket):
+            no_sigpipe(self._sock.sendall, frame)  # an SSL socket's sendall takes no flags
+        else:
+            self._sock.sendall(frame, _NOSIGNAL)
 
     def _read(self, n):
         data = b""
@@ -167,24 +209,6 @@ class _HandshakeConnection:
         if size < 0 or (maxlength is not None and size > maxlength):
             raise AuthenticationError("handshake message of announced length %d refused" % size)
         return self._read(size)
-
-
-def authenticate(sock, authkey, deadline, server):
-    """Prove to the peer that we hold `authkey` and have it prove the same, both before `deadline`.
-
-    The server challenges first, as `multiprocessing.connection.Listener`
-    does; raises `multiprocessing.AuthenticationError`, `EOFError` or
-    `OSError` (a timeout included) on failure.
-    """
-    from multiprocessing.connection import answer_challenge, deliver_challenge
-
-    conn = _HandshakeConnection(sock, deadline)
-    if server:
-        deliver_challenge(conn, authkey)
-        answer_challenge(conn, authkey)
-    else:
-        answer_challenge(conn, authkey)
-        deliver_challenge(conn, authkey)
 
 
 def open_channel(sock, keepalive):
@@ -295,11 +319,15 @@ def _bind_unix(path):
         finally:
             os.umask(old_umask)
         _socket_paths.append((path, socket_identity(os.lstat(path))))
-        sock.listen(128)
+        sock.listen(BACKLOG)
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+# A burst of connections must not overflow the queue (the kernel caps it at somaxconn).
+BACKLOG = 1024
 
 
 def _answers(path):
@@ -323,7 +351,7 @@ def _bind_tcp(host, port):
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
-        sock.listen(128)
+        sock.listen(BACKLOG)
     except BaseException:
         sock.close()
         raise
@@ -402,46 +430,18 @@ class Listener:
         # Several sockets for `localhost` (127.0.0.1 and ::1), one otherwise.
         self.socks, self.address = bind(config["address"])
         self.sock = self.socks[0]
-        self._pending = threading.BoundedSemaphore(MAX_PENDING)
-        for sock in self.socks:
-            threading.Thread(target=self._accept, args=(sock,), name="spawnproxy-listener", daemon=True).start()
-
-    def _accept(self, sock):
-        while True:
-            try:
-                conn, peer = sock.accept()
-            except OSError:
-                time.sleep(0.05)  # out of file descriptors, most likely: let clients end
-                continue
-            if not self._pending.acquire(False):
-                conn.close()  # too many peers still in their handshake
-                continue
-            threading.Thread(target=self._serve, args=(conn, peer), name="spawnproxy-client", daemon=True).start()
-
-    def _handshake(self, conn, peer):
-        deadline = time.monotonic() + self.timeout
         try:
-            if self.context is not None:
-                conn.settimeout(self.timeout)
-                conn = self.context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
-                conn.do_handshake()
-            authenticate(conn, self.authkey, deadline, server=True)
-        except Exception as exc:
-            _note("refused a client from %s: %s: %s" % (_describe(peer), type(exc).__name__, exc))
-            try:
-                conn.close()
-            except OSError:
-                pass
-            return None
-        return open_channel(conn, self.keepalive)
+            from . import _accept
+        except ImportError:  # in the child, a module is loaded when first needed
+            _accept = sys.modules[__package__].load("_accept")
+        _accept.AcceptLoop(self.socks, self.authkey, self.timeout, self.context, self._start_client, _note)
+
+    def _start_client(self, conn, peer):
+        """A peer passed the handshake: serve it in a thread of its own."""
+        threading.Thread(target=self._serve, args=(conn, peer), name="spawnproxy-client", daemon=True).start()
 
     def _serve(self, conn, peer):
-        try:
-            channel = self._handshake(conn, peer)
-        finally:
-            self._pending.release()
-        if channel is None:
-            return
+        channel = open_channel(conn, self.keepalive)
         child = ClientChild(channel, self.root)
         try:
             channel.send(*child.codec.dumps(("hello", hello())))
@@ -516,7 +516,7 @@ def _forward_lines(read_fd, mark, out_fd, lock):
 def _write_all(fd, data):
     try:
         while data:
-            data = data[os.write(fd, data) :]
+            data = data[no_sigpipe(os.write, fd, data) :]
     except OSError:
         pass
 

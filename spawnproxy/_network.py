@@ -495,7 +495,7 @@ def _secure(
 
 def _tls_handshake(sock: ssl.SSLSocket, text: str) -> None:
     try:
-        sock.do_handshake()
+        _netchild.no_sigpipe(sock.do_handshake)
     except ssl.SSLCertVerificationError as exc:
         raise ConnectError(
             f"the daemon at {text} presented a certificate this client does not trust: "
@@ -867,8 +867,11 @@ def _start_detached(
     # wait that is bounded, as killing that process would end nothing.
     limit = None if start_timeout is None else start_timeout + 5
     try:
-        proc.stdin.write(data)
-        proc.stdin.close()
+        # A supervisor that died at once must not take this process with it (SIGPIPE).
+        with contextlib.suppress(BrokenPipeError):
+            _netchild.no_sigpipe(proc.stdin.write, data)
+        with contextlib.suppress(BrokenPipeError):
+            _netchild.no_sigpipe(proc.stdin.close)
         line = proc.stdout.readline() if select.select([proc.stdout], [], [], limit)[0] else b""
     finally:
         proc.stdout.close()
