@@ -27,7 +27,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import weakref
@@ -43,6 +42,7 @@ from ._options import check_timeout
 from ._output import OutputLog
 from ._process import reap_later
 from ._proxy import ObjectProxy
+from ._statefile import RotatingLog, open_log, process_start_time, read_state_file, write_private
 
 __all__ = ["Server", "connect", "serve"]
 
@@ -53,6 +53,8 @@ DEFAULT_HOST = "127.0.0.1"
 HANDSHAKE_TIMEOUT = 1.0
 CONNECT_TIMEOUT = 5.0
 KEEPALIVE = 30
+# A detached daemon's log past this size is renamed to <log>.1 (replacing the older one).
+LOG_MAX_BYTES = 4 * 1024 * 1024
 _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 
@@ -100,35 +102,6 @@ def read_authkey_file(path: str | os.PathLike[str]) -> bytes:
     """The key in a key file: its bytes, without surrounding whitespace."""
     with open(path, "rb") as f:
         return check_authkey(f.read().strip())
-
-
-def write_private(path: str | os.PathLike[str], text: str) -> None:
-    """Write a file only its owner can read, atomically (a reader never sees half of it)."""
-    path = os.path.abspath(path)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".spawnproxy-")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def read_state_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The address, key, pids and TLS settings a daemon wrote (see `serve(state_file=...)`)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            state: dict[str, Any] = json.load(f)
-    except FileNotFoundError:
-        raise ConnectError(f"no state file {os.fspath(path)!r}: is the daemon running?") from None
-    except (OSError, ValueError) as exc:
-        raise ConnectError(f"cannot read the state file {os.fspath(path)!r}: {exc}") from None
-    if not isinstance(state, dict) or "address" not in state or "authkey" not in state:
-        raise ConnectError(f"{os.fspath(path)!r} is not a spawnproxy state file")
-    return state
 
 
 # -- TLS -------------------------------------------------------------------------------------
@@ -262,7 +235,8 @@ def connect(
     `address` is `(host, port)`, `"host:port"` or a Unix socket path;
     `authkey` the daemon's key (bytes).  Or give `state_file`, the file a
     detached daemon wrote: it holds both, and the daemon's certificate when
-    it serves TLS.  `ssl_context` (an `ssl.SSLContext` for clients) makes
+    it serves TLS; one that is not this user's, or that others may read or
+    write, is refused (`ConnectError`) before anything connects.  `ssl_context` (an `ssl.SSLContext` for clients) makes
     the connection TLS; `server_hostname` is the name checked against the
     daemon's certificate (default: the host of `address`).
 
@@ -468,6 +442,7 @@ class Server:
         certfile: str | None,
         state_file: str | None,
         supervisor: int | None = None,
+        supervisor_start: int | None = None,
     ) -> None:
         self._daemon = daemon
         self.address = address
@@ -476,6 +451,7 @@ class Server:
         self.certfile = certfile
         self.state_file = state_file
         self.supervisor = supervisor  # a detached daemon: the pid to signal
+        self._supervisor_start = supervisor_start  # ... while it is still the process that started then
         self._terminated = False
 
     @property
@@ -516,7 +492,7 @@ class Server:
         if self._daemon is not None:
             self._daemon.terminate(timeout)
         elif self.supervisor is not None and not self._terminated:
-            stop_pid(self.supervisor, timeout)
+            stop_pid(self.supervisor, timeout, self._supervisor_start)
         self._terminated = True
         if isinstance(self.address, str):
             with contextlib.suppress(OSError):
@@ -538,10 +514,13 @@ class Server:
 
     def state(self) -> dict[str, Any]:
         """What the state file holds: enough for `connect(state_file=...)` and `spawnproxy stop`."""
+        pid = self.supervisor or os.getpid()
         return {
             "address": list(self.address) if isinstance(self.address, tuple) else self.address,
             "authkey": self.authkey.hex(),
-            "pid": self.supervisor or os.getpid(),
+            "pid": pid,
+            # With its start time, the pid names this very process, never one that reused it.
+            "pid_start": process_start_time(pid),
             "daemon_pid": self.pid,
             "tls": {"certfile": self.certfile} if self.certfile else None,
         }
@@ -580,7 +559,9 @@ def serve(
 
     `detach=True` starts the daemon on its own: it goes on running after
     this process exits, until `terminate()` or `spawnproxy stop`.  Its
-    output goes to `log_file` (default: the state file's name + `.log`).
+    output goes to `log_file` (default: the state file's name + `.log`),
+    which must be this user's alone if it exists (a symbolic link is
+    refused) and which is renamed to `<log>.1` when it passes 4 MiB.
     `state_file` (required with `detach`) receives, readable only by its
     owner, the address, key, process ids and certificate: what
     `connect(state_file=...)` and `spawnproxy stop` need.
@@ -682,8 +663,9 @@ def _start_detached(
             old = read_state_file(state_path)
         except ConnectError:
             old = {}
-        if old.get("pid") and _pid_alive(old["pid"]):
-            raise DaemonStartError(f"a daemon (pid {old['pid']}) already runs with state file {state_path!r}")
+        pid, started = old.get("pid"), old.get("pid_start")
+        if isinstance(pid, int) and _pid_alive(pid) and started in (None, process_start_time(pid)):
+            raise DaemonStartError(f"a daemon (pid {pid}) already runs with state file {state_path!r}")
     log_path = os.path.abspath(os.fspath(log_file)) if log_file is not None else state_path + ".log"
     spec = {
         "definition": definition_or_object,
@@ -693,6 +675,7 @@ def _start_detached(
         "files": files,
         "state_file": state_path,
         "log_file": log_path,
+        "log_max_bytes": LOG_MAX_BYTES,
         "handshake_timeout": handshake_timeout,
         "keepalive": keepalive,
         "options": options,
@@ -706,7 +689,7 @@ def _start_detached(
     env = dict(os.environ)
     env["PYTHONPATH"] = _package_root() + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     start_timeout = options.get("start_timeout", 60.0)
-    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    log_fd, log_created = open_log(log_path)
     try:
         proc = subprocess.Popen(
             [sys.executable, "-c", "from spawnproxy._network import _supervise; _supervise()"],
@@ -716,6 +699,9 @@ def _start_detached(
             start_new_session=True,
             env=env,
         )
+    except BaseException:
+        _forget_log(log_path, log_created)
+        raise
     finally:
         os.close(log_fd)
     assert proc.stdin is not None and proc.stdout is not None
@@ -735,7 +721,8 @@ def _start_detached(
     except ValueError:
         raise DaemonStartError(f"the detached daemon did not report that it listens (see {log_path})") from None
     if not report.get("ok"):
-        raise DaemonStartError(report.get("error", "the detached daemon did not start"))
+        _forget_log(log_path, log_created)  # what it holds is in the error
+        raise DaemonStartError(report.get("error", "the detached daemon did not start"), report.get("remote_traceback"))
     address = report["address"]
     return Server(
         None,
@@ -745,7 +732,15 @@ def _start_detached(
         files.get("certfile"),
         state_path,
         supervisor=report["pid"],
+        supervisor_start=report.get("pid_start"),
     )
+
+
+def _forget_log(path: str, created: bool) -> None:
+    """Remove the log a failed start created (one it appended to holds older output: it stays)."""
+    if created:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 def _supervise() -> None:
@@ -763,14 +758,17 @@ def _supervise() -> None:
     # The report goes through a private copy of the pipe: whatever the daemon prints
     # while it starts must land in the log, not in the starter's reading.
     report = os.fdopen(os.dup(1), "w")
-    log_fd = os.open(spec["log_file"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    os.dup2(log_fd, 1)
-    os.dup2(log_fd, 2)
-    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+    try:
+        log_fd, _ = open_log(spec["log_file"])
+    except OSError as exc:  # (the starter checked it: something changed it since)
+        report.write(json.dumps({"ok": False, "error": str(exc)}) + "\n")
+        report.close()
+        os._exit(1)
+    # Everything the daemon and this process write goes through one bounded log.
+    sys.stdout = sys.stderr = RotatingLog(spec["log_file"], log_fd, spec["log_max_bytes"])
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
-    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -788,7 +786,9 @@ def _supervise() -> None:
             **spec["options"],
         )
     except BaseException as exc:
-        report.write(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}"}) + "\n")
+        error = str(exc) if isinstance(exc, SpawnProxyError) else f"{type(exc).__name__}: {exc}"
+        remote = getattr(exc, "remote_traceback", None)
+        report.write(json.dumps({"ok": False, "error": error, "remote_traceback": remote}) + "\n")
         report.close()
         os._exit(1)
     server.supervisor = os.getpid()
@@ -827,25 +827,24 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
-def stop_pid(pid: int, timeout: float = 5.0) -> bool:
-    """SIGTERM a detached daemon's supervisor, then SIGKILL; whether it has ended."""
-    if not _looks_like_supervisor(pid):
-        raise SpawnProxyError(f"process {pid} is not a spawnproxy daemon (the state file is stale?)")
+def stop_pid(pid: int, timeout: float = 5.0, start_time: int | None = None) -> bool:
+    """SIGTERM a detached daemon's supervisor, then SIGKILL; whether it has ended.
+
+    With `start_time` (see `Server.state`), a process that started at another
+    time has merely reused the pid: it is not signalled, and the daemon counts as ended.
+    """
+
+    def ended() -> bool:
+        return not _pid_alive(pid) or (start_time is not None and process_start_time(pid) != start_time)
+
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        if ended():
+            return True
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
-            if not _pid_alive(pid):
+            if ended():
                 return True
             time.sleep(0.02)
-    return not _pid_alive(pid)
-
-
-def _looks_like_supervisor(pid: int) -> bool:
-    """Guard against a recycled pid: the process must be our supervisor."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"spawnproxy" in f.read()
-    except OSError:
-        return not _pid_alive(pid)
+    return ended()
