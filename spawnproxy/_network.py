@@ -25,6 +25,7 @@ import select
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import threading
@@ -151,6 +152,21 @@ class NetPeer:
 
     def stderr_text(self) -> str:
         return f"; the connection to the daemon at {self.address} was lost"
+
+    def said_stopping(self) -> bool:
+        """Whether the next frame unread on the socket is the daemon's STOPPING.
+
+        A client that was idle when its daemon stopped learns of the end by a failed
+        send (a Unix socket refuses it at once): the frame is still there to be peeked.
+        """
+        sock = self.channel.sock
+        try:
+            head = sock.recv(64, socket.MSG_PEEK | socket.MSG_DONTWAIT) if sock is not None else b""
+            (size,) = struct.unpack_from("!i", head)
+            frame = head[4 : 4 + size]
+            return size == len(frame) and frame[:1] == b"P" and pickle.loads(frame[1:]) == (_wire.STOPPING,)
+        except Exception:
+            return False
 
     def interrupt(self) -> None:
         pass  # no signal crosses the network: a second Ctrl-C abandons the call

@@ -901,6 +901,9 @@ class Session:
             text = describe_exit(code) if code is not None else "its channel closing"
             tail = self.process.stderr_text()
             pid = self.pid
+            said = getattr(self.process, "said_stopping", None)  # (a served daemon's connection)
+            if not self._stopping and said is not None:
+                self._stopping = said()
             if self._stopping:  # not "by itself": someone stopped it (spawnproxy stop, stop_daemon())
                 how, tail = "was stopped on purpose", ""
             else:

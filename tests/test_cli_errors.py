@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import spawnproxy
 from tests.test_cli_state import ROOT, SCRIPT, cli, one_line_error
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("private_state_home")]
@@ -94,3 +96,23 @@ def test_client_of_a_stopped_daemon_is_told_it_was_stopped(calc: Path) -> None:
         cli("stop", cwd=calc)
     assert env_call.returncode == 1
     assert "stopped" in err and "ended by itself" not in err and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("transport", ["tcp", "unix"])
+def test_idle_client_of_a_stopped_daemon_is_told_it_was_stopped(tmp_path: Path, transport: str) -> None:
+    """An idle client's next call after its daemon was stopped says so; after a crash, that it ended by itself."""
+    address = str(tmp_path / "d.sock") if transport == "unix" else None
+    stopped = spawnproxy.serve(spawnproxy.ScriptDefinition("def f():\n    return 1\n"), address)
+    crashed = spawnproxy.serve(spawnproxy.ScriptDefinition("def f():\n    return 1\n"))
+    try:
+        calm, doomed = stopped.connect(), crashed.connect()
+        assert calm.f() == 1 and doomed.f() == 1
+        stopped.terminate()
+        os.kill(crashed.pid, signal.SIGKILL)
+        with pytest.raises(spawnproxy.DaemonDiedError, match="was stopped on purpose"):
+            calm.f()
+        with pytest.raises(spawnproxy.DaemonDiedError, match="ended by itself"):
+            doomed.f()
+    finally:
+        stopped.terminate()
+        crashed.terminate()
