@@ -617,6 +617,8 @@ def serve(
             format_address(where),
         )
     state_path = None if state_file is None else os.path.abspath(os.fspath(state_file))
+    if state_path is not None and os.path.exists(state_path):
+        _check_not_running(state_path)
     if detach:
         if state_path is None:
             raise ValueError("serve(detach=True) needs a state_file: it is how clients find the daemon later")
@@ -674,14 +676,6 @@ def _start_detached(
     keepalive: int,
     options: dict[str, Any],
 ) -> Server:
-    if os.path.exists(state_path):
-        try:
-            old = read_state_file(state_path)
-        except ConnectError:
-            old = {}
-        pid, started = old.get("pid"), old.get("pid_start")
-        if isinstance(pid, int) and _pid_alive(pid) and started in (None, process_start_time(pid)):
-            raise DaemonStartError(f"a daemon (pid {pid}) already runs with state file {state_path!r}")
     log_path = os.path.abspath(os.fspath(log_file)) if log_file is not None else state_path + ".log"
     spec = {
         "definition": definition_or_object,
@@ -750,6 +744,17 @@ def _start_detached(
         supervisor=report["pid"],
         supervisor_start=report.get("pid_start"),
     )
+
+
+def _check_not_running(state_path: str) -> None:
+    """Refuse to take over the state file of a daemon that still runs (its process, same start time)."""
+    try:
+        old = read_state_file(state_path)
+    except ConnectError:
+        return  # unreadable, or not private: it is replaced, never used
+    pid, started = old.get("pid"), old.get("pid_start")
+    if isinstance(pid, int) and _pid_alive(pid) and started in (None, process_start_time(pid)):
+        raise DaemonStartError(f"a daemon (pid {pid}) already runs with state file {state_path!r}")
 
 
 def _forget_log(path: str, created: bool) -> None:

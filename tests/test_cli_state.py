@@ -303,3 +303,16 @@ def test_detached_log_is_bounded(tmp_path: Path) -> None:
             env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=30,
         )  # fmt: skip
     assert stopped.returncode == 0, stopped.stderr
+
+
+def test_a_running_daemon_keeps_its_name(calc: Path) -> None:
+    """A second serve under a name whose daemon runs, detached or not, is refused; the first one carries on."""
+    assert cli("serve", "calc.py", "--detach", cwd=calc).returncode == 0
+    try:
+        for extra in (["--detach"], []):
+            refused = one_line_error(cli("serve", "calc.py", *extra, cwd=calc))
+            assert "already runs" in refused, refused
+        assert cli("call", "add", "1", "2", cwd=calc).stdout.strip() == "3"
+    finally:
+        stopped = cli("stop", cwd=calc)
+    assert stopped.returncode == 0, stopped.stderr
