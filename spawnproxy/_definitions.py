@@ -15,6 +15,10 @@ __all__ = ["InstanceDefinition", "ModuleDefinition", "ScriptDefinition"]
 class ScriptDefinition:
     """A code string to run in a fresh module of its own in the child.
 
+    `filename` is what tracebacks and syntax errors call the script (and its
+    `__file__`): the path of the file it was read from, say; by default a
+    name made from its text.
+
     Example:
         >>> import spawnproxy
         >>> with spawnproxy.DaemonProxy(spawnproxy.ScriptDefinition("x = 40 + 2")) as daemon:
@@ -22,12 +26,16 @@ class ScriptDefinition:
         42
     """
 
-    def __init__(self, script: str) -> None:
+    def __init__(self, script: str, *, filename: str | None = None) -> None:
         if not isinstance(script, str):
             raise TypeError(f"script must be a str of Python code, not {type(script).__name__}")
+        if filename is not None and not isinstance(filename, str):
+            raise TypeError(f"filename must be a str, not {type(filename).__name__}")
         self.script = script
-        digest = hashlib.sha1(script.encode("utf-8", "surrogatepass")).hexdigest()[:10]
-        self.filename = f"<spawnproxy-script-{digest}>"
+        if filename is None:
+            digest = hashlib.sha1(script.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+            filename = f"<spawnproxy-script-{digest}>"
+        self.filename = filename
         # The parent knows the source too: remote tracebacks can then show its lines.
         linecache.cache[self.filename] = (len(script), None, script.splitlines(True), self.filename)
 

@@ -20,6 +20,7 @@ handshake, which both ends share.
 - `main_stdio`: the entry point of a child started through `ssh`.
 """
 
+import atexit
 import errno
 import os
 import select
@@ -252,6 +253,7 @@ def op_root(child):
 def op_listen(child, config):
     """Start accepting clients; answer with the address actually bound."""
     listener = Listener(child.table.get(config["root"]), config)  # its accept thread keeps it
+    atexit.register(_say_stopping)  # its parent ends it on purpose: the daemon is being stopped
     return _wire.VALUE, listener.address
 
 
@@ -260,11 +262,25 @@ def op_stop(child):
 
     def stop():
         time.sleep(0.05)
+        _say_stopping()
         _unlink_sockets()
         _child.flush_and_exit()
 
     threading.Thread(target=stop, name="spawnproxy-stop", daemon=True).start()
     return _wire.VALUE, os.getpid()
+
+
+def _say_stopping():
+    """Tell each client that the daemon stops on purpose (it did not crash); bounded, best effort."""
+    for child in list(_child._LIVE):
+        if not isinstance(child, ClientChild) or not child._send_lock.acquire(timeout=0.1):
+            continue
+        try:
+            child.channel.send(*child.codec.dumps((_wire.STOPPING,)), deadline=time.monotonic() + 0.2)
+        except Exception:
+            pass  # that client is gone, or stuck: it learns of the end as of a crash
+        finally:
+            child._send_lock.release()
 
 
 # The ops of network clients; "listen" itself is `_child`'s, which loads this module.

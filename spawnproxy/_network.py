@@ -27,9 +27,9 @@ import shlex
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import weakref
@@ -45,6 +45,7 @@ from ._options import check_timeout
 from ._output import OutputLog
 from ._process import reap_later
 from ._proxy import ObjectProxy
+from ._statefile import RotatingLog, open_log, process_start_time, read_state_file, write_private
 
 __all__ = ["Server", "connect", "serve"]
 
@@ -55,6 +56,8 @@ DEFAULT_HOST = "127.0.0.1"
 HANDSHAKE_TIMEOUT = 1.0
 CONNECT_TIMEOUT = 5.0
 KEEPALIVE = 30
+# A detached daemon's log past this size is renamed to <log>.1 (replacing the older one).
+LOG_MAX_BYTES = 4 * 1024 * 1024
 _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 
@@ -206,35 +209,6 @@ def read_authkey_file(path: str | os.PathLike[str]) -> bytes:
         raise ValueError(f"the key in {name!r}: {exc}") from None
 
 
-def write_private(path: str | os.PathLike[str], text: str) -> None:
-    """Write a file only its owner can read, atomically (a reader never sees half of it)."""
-    path = os.path.abspath(path)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".spawnproxy-")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def read_state_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The address, key, pids and TLS settings a daemon wrote (see `serve(state_file=...)`)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            state: dict[str, Any] = json.load(f)
-    except FileNotFoundError:
-        raise ConnectError(f"no state file {os.fspath(path)!r}: is the daemon running?") from None
-    except (OSError, ValueError) as exc:
-        raise ConnectError(f"cannot read the state file {os.fspath(path)!r}: {exc}") from None
-    if not isinstance(state, dict) or "address" not in state or "authkey" not in state:
-        raise ConnectError(f"{os.fspath(path)!r} is not a spawnproxy state file")
-    return state
-
-
 # -- TLS -------------------------------------------------------------------------------------
 
 
@@ -283,6 +257,21 @@ class NetPeer:
 
     def stderr_text(self) -> str:
         return f"; the connection to the daemon at {self.address} was lost"
+
+    def said_stopping(self) -> bool:
+        """Whether the next frame unread on the socket is the daemon's STOPPING.
+
+        A client that was idle when its daemon stopped learns of the end by a failed
+        send (a Unix socket refuses it at once): the frame is still there to be peeked.
+        """
+        sock = self.channel.sock
+        try:
+            head = sock.recv(64, socket.MSG_PEEK | socket.MSG_DONTWAIT) if sock is not None else b""
+            (size,) = struct.unpack_from("!i", head)
+            frame = head[4 : 4 + size]
+            return size == len(frame) and frame[:1] == b"P" and pickle.loads(frame[1:]) == (_wire.STOPPING,)
+        except Exception:
+            return False
 
     def interrupt(self) -> None:
         pass  # no signal crosses the network: a second Ctrl-C abandons the call
@@ -368,7 +357,9 @@ def connect(
     socket path (with a `/` in it, or `"unix:path"`), as for `serve`;
     `authkey` the daemon's key (bytes, at least 16).  Or give
     `state_file`, the file a detached daemon wrote: it holds both, and the
-    daemon's certificate when it serves TLS.  `ssl_context` (an `ssl.SSLContext` for clients) makes
+    daemon's certificate when it serves TLS; one that is not this user's, or
+    that others may read or write, is refused (`ConnectError`) before anything
+    connects.  `ssl_context` (an `ssl.SSLContext` for clients) makes
     the connection TLS; `server_hostname` is the name checked against the
     daemon's certificate (default: the host of `address`).
 
@@ -575,6 +566,7 @@ class Server:
         state_file: str | None,
         supervisor: int | None = None,
         socket_id: tuple[int, int, int] | None = None,
+        supervisor_start: int | None = None,
     ) -> None:
         self._daemon = daemon
         self.address = address
@@ -584,6 +576,7 @@ class Server:
         self.state_file = state_file
         self.supervisor = supervisor  # a detached daemon: the pid to signal
         self._socket_id = socket_id  # which Unix socket the daemon made, to unlink that one only
+        self._supervisor_start = supervisor_start  # ... while it is still the process that started then
         self._terminated = False
 
     @property
@@ -624,7 +617,7 @@ class Server:
         if self._daemon is not None:
             self._daemon.terminate(timeout)
         elif self.supervisor is not None and not self._terminated:
-            stop_pid(self.supervisor, timeout)
+            stop_pid(self.supervisor, timeout, self._supervisor_start)
         self._terminated = True
         if (
             isinstance(self.address, str)
@@ -651,10 +644,13 @@ class Server:
 
     def state(self) -> dict[str, Any]:
         """What the state file holds: enough for `connect(state_file=...)` and `spawnproxy stop`."""
+        pid = self.supervisor or os.getpid()
         return {
             "address": list(self.address) if isinstance(self.address, tuple) else self.address,
             "authkey": self.authkey.hex(),
-            "pid": self.supervisor or os.getpid(),
+            "pid": pid,
+            # With its start time, the pid names this very process, never one that reused it.
+            "pid_start": process_start_time(pid),
             "daemon_pid": self.pid,
             "tls": {"certfile": self.certfile} if self.certfile else None,
         }
@@ -700,7 +696,9 @@ def serve(
 
     `detach=True` starts the daemon on its own: it goes on running after
     this process exits, until `terminate()` or `spawnproxy stop`.  Its
-    output goes to `log_file` (default: the state file's name + `.log`).
+    output goes to `log_file` (default: the state file's name + `.log`),
+    which must be this user's alone if it exists (a symbolic link is
+    refused) and which is renamed to `<log>.1` when it passes 4 MiB.
     `state_file` (required with `detach`) receives, readable only by its
     owner, the address, key, process ids and certificate: what
     `connect(state_file=...)` and `spawnproxy stop` need.
@@ -747,6 +745,8 @@ def serve(
             format_address(where),
         )
     state_path = None if state_file is None else os.path.abspath(os.fspath(state_file))
+    if state_path is not None and os.path.exists(state_path):
+        _check_not_running(state_path)
     if detach:
         if state_path is None:
             raise ValueError("serve(detach=True) needs a state_file: it is how clients find the daemon later")
@@ -817,13 +817,6 @@ def _start_detached(
     keepalive: int,
     options: dict[str, Any],
 ) -> Server:
-    if os.path.exists(state_path):
-        try:
-            old = read_state_file(state_path)
-        except ConnectError:
-            old = {}
-        if old.get("pid") and _pid_alive(old["pid"]):
-            raise DaemonStartError(f"a daemon (pid {old['pid']}) already runs with state file {state_path!r}")
     log_path = os.path.abspath(os.fspath(log_file)) if log_file is not None else state_path + ".log"
     spec = {
         "definition": definition_or_object,
@@ -833,6 +826,7 @@ def _start_detached(
         "files": files,
         "state_file": state_path,
         "log_file": log_path,
+        "log_max_bytes": LOG_MAX_BYTES,
         "handshake_timeout": handshake_timeout,
         "keepalive": keepalive,
         "options": options,
@@ -849,7 +843,7 @@ def _start_detached(
     env = _bootstrap.safe_environment(os.environ)
     env["PYTHONPATH"] = _package_root() + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     start_timeout = options.get("start_timeout", 60.0)
-    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    log_fd, log_created = open_log(log_path)
     try:
         proc = subprocess.Popen(
             [sys.executable, "-c", _bootstrap.SAFE_PATH + "from spawnproxy._network import _supervise; _supervise()"],
@@ -859,6 +853,9 @@ def _start_detached(
             start_new_session=True,
             env=env,
         )
+    except BaseException:
+        _forget_log(log_path, log_created)
+        raise
     finally:
         os.close(log_fd)
     assert proc.stdin is not None and proc.stdout is not None
@@ -881,7 +878,8 @@ def _start_detached(
     except ValueError:
         raise DaemonStartError(f"the detached daemon did not report that it listens (see {log_path})") from None
     if not report.get("ok"):
-        raise DaemonStartError(report.get("error", "the detached daemon did not start"))
+        _forget_log(log_path, log_created)  # what it holds is in the error
+        raise DaemonStartError(report.get("error", "the detached daemon did not start"), report.get("remote_traceback"))
     address = report["address"]
     return Server(
         None,
@@ -891,7 +889,26 @@ def _start_detached(
         files.get("certfile"),
         state_path,
         supervisor=report["pid"],
+        supervisor_start=report.get("pid_start"),
     )
+
+
+def _check_not_running(state_path: str) -> None:
+    """Refuse to take over the state file of a daemon that still runs (its process, same start time)."""
+    try:
+        old = read_state_file(state_path)
+    except ConnectError:
+        return  # unreadable, or not private: it is replaced, never used
+    pid, started = old.get("pid"), old.get("pid_start")
+    if isinstance(pid, int) and _pid_alive(pid) and started in (None, process_start_time(pid)):
+        raise DaemonStartError(f"a daemon (pid {pid}) already runs with state file {state_path!r}")
+
+
+def _forget_log(path: str, created: bool) -> None:
+    """Remove the log a failed start created (one it appended to holds older output: it stays)."""
+    if created:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 def _supervise() -> None:
@@ -911,14 +928,17 @@ def _supervise() -> None:
     # The report goes through a private copy of the pipe: whatever the daemon prints
     # while it starts must land in the log, not in the starter's reading.
     report = os.fdopen(os.dup(1), "w")
-    log_fd = os.open(spec["log_file"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    os.dup2(log_fd, 1)
-    os.dup2(log_fd, 2)
-    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+    try:
+        log_fd, _ = open_log(spec["log_file"])
+    except OSError as exc:  # (the starter checked it: something changed it since)
+        report.write(json.dumps({"ok": False, "error": str(exc)}) + "\n")
+        report.close()
+        os._exit(1)
+    # Everything the daemon and this process write goes through one bounded log.
+    sys.stdout = sys.stderr = RotatingLog(spec["log_file"], log_fd, spec["log_max_bytes"])
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
-    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -937,7 +957,9 @@ def _supervise() -> None:
             **spec["options"],
         )
     except BaseException as exc:
-        report.write(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}"}) + "\n")
+        error = str(exc) if isinstance(exc, SpawnProxyError) else f"{type(exc).__name__}: {exc}"
+        remote = getattr(exc, "remote_traceback", None)
+        report.write(json.dumps({"ok": False, "error": error, "remote_traceback": remote}) + "\n")
         report.close()
         os._exit(1)
     server.supervisor = os.getpid()
@@ -976,25 +998,24 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
-def stop_pid(pid: int, timeout: float = 5.0) -> bool:
-    """SIGTERM a detached daemon's supervisor, then SIGKILL; whether it has ended."""
-    if not _looks_like_supervisor(pid):
-        raise SpawnProxyError(f"process {pid} is not a spawnproxy daemon (the state file is stale?)")
+def stop_pid(pid: int, timeout: float = 5.0, start_time: int | None = None) -> bool:
+    """SIGTERM a detached daemon's supervisor, then SIGKILL; whether it has ended.
+
+    With `start_time` (see `Server.state`), a process that started at another
+    time has merely reused the pid: it is not signalled, and the daemon counts as ended.
+    """
+
+    def ended() -> bool:
+        return not _pid_alive(pid) or (start_time is not None and process_start_time(pid) != start_time)
+
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        if ended():
+            return True
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
-            if not _pid_alive(pid):
+            if ended():
                 return True
             time.sleep(0.02)
-    return not _pid_alive(pid)
-
-
-def _looks_like_supervisor(pid: int) -> bool:
-    """Guard against a recycled pid: the process must be our supervisor."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"spawnproxy" in f.read()
-    except OSError:
-        return not _pid_alive(pid)
+    return ended()

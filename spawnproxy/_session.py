@@ -108,6 +108,7 @@ class Session:
         self._local = _Local()
         self._ids = itertools.count(1)
         self._failure: Callable[[object], SpawnProxyError] | None = None
+        self._stopping = False  # a served daemon said it stops on purpose
         self._reader: threading.Thread | None = None
         self._jobs: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._worker: threading.Thread | None = None
@@ -697,6 +698,9 @@ class Session:
         if kind == _wire.RELEASE:
             self.exports.release(message[1])
             return
+        if kind == _wire.STOPPING:
+            self._stopping = True
+            return
         if kind == _wire.NESTED:
             with self._lock:
                 if message[2] in self._waiting:
@@ -898,10 +902,15 @@ class Session:
             text = describe_exit(code) if code is not None else "its channel closing"
             tail = self.process.stderr_text()
             pid = self.pid
-            self._failure = lambda call: DaemonDiedError(
-                f"child {pid} ended by itself ({text}); {call} cannot run{tail}", code
-            )
-            first = DaemonDiedError(f"child {pid} ended by itself ({text}) during {what}{tail}", code)
+            said = getattr(self.process, "said_stopping", None)  # (a served daemon's connection)
+            if not self._stopping and said is not None:
+                self._stopping = said()
+            if self._stopping:  # not "by itself": someone stopped it (spawnproxy stop, stop_daemon())
+                how, tail = "was stopped on purpose", ""
+            else:
+                how = f"ended by itself ({text})"
+            self._failure = lambda call: DaemonDiedError(f"child {pid} {how}; {call} cannot run{tail}", code)
+            first = DaemonDiedError(f"child {pid} {how} during {what}{tail}", code)
             with self._cond:
                 self._cond.notify_all()
             self._end_waiters()

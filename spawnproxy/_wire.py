@@ -33,6 +33,7 @@ child asking its parent for module sources all ride on this).
     (NESTED, request_id, outer_id, op, *operands)
     (REPLY, request_id, how, payload)     how: VALUE, REF, PATH, SAME, BASE, ERROR
     (RELEASE, [object ids])              one-way, never answered
+    (STOPPING,)                          one-way, a served daemon to its clients: it stops on purpose
 
 The parent's request ids are positive, the child's negative.  The low LANE_BITS
 bits of a parent's id name the lane its answer goes back on: each thread of the
@@ -66,6 +67,7 @@ REQUEST = 0
 REPLY = 1
 RELEASE = 2
 NESTED = 3
+STOPPING = 4
 
 # How a reply carries its result.
 VALUE = 0  # payload is the value itself

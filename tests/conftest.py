@@ -184,3 +184,19 @@ def wait_until(predicate: Callable[[], object], timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.01)
     return bool(predicate())
+
+
+@pytest.fixture
+def private_state_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> str:
+    """XDG_RUNTIME_DIR and XDG_STATE_HOME point into a fresh private directory: no test touches the user's own.
+
+    Returns the runtime directory (mode 0700), where daemons' state files go by default.
+    """
+    base = tmp_path_factory.mktemp("xdg")
+    runtime, state_home = base / "runtime", base / "state"
+    for path in (runtime, state_home):
+        path.mkdir(mode=0o700)
+        path.chmod(0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    monkeypatch.setenv("XDG_STATE_HOME", str(state_home))
+    return str(runtime)

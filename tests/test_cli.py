@@ -17,7 +17,7 @@ import pytest
 
 from spawnproxy import _cli
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("private_state_home")]
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = "import os\ndef add(a, b):\n    return a + b\nprint('calc ready')\n"
@@ -36,11 +36,11 @@ def calc(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_detach_connect_call_stop(calc: Path) -> None:
+def test_detach_connect_call_stop(calc: Path, private_state_home: str) -> None:
     """serve --detach returns at once with a private state file; connect, call and stop use it."""
     started = spawnproxy_cli("serve", "calc.py", "--detach", cwd=calc)
     assert started.returncode == 0, started.stderr
-    state = calc / _cli.DEFAULT_STATE_FILE
+    state = Path(private_state_home) / "spawnproxy" / "default.json"
     try:
         assert (state.stat().st_mode & 0o777) == 0o600
         checked = spawnproxy_cli("connect", cwd=calc)
@@ -55,7 +55,7 @@ def test_detach_connect_call_stop(calc: Path) -> None:
         stopped = spawnproxy_cli("stop", cwd=calc)
     assert stopped.returncode == 0, stopped.stderr
     assert not state.exists()
-    assert "calc ready" in (calc / "spawnproxy.json.log").read_text()
+    assert "calc ready" in (state.parent / "default.log").read_text()
     gone = spawnproxy_cli("connect", cwd=calc)
     assert gone.returncode == 1 and "no state file" in gone.stderr
 
@@ -87,7 +87,7 @@ def test_module_class_with_arguments_and_a_key_file(tmp_path: Path) -> None:
     assert not os.path.exists(tmp_path / "s.json")
 
 
-def test_foreground_serve_ends_on_sigterm(calc: Path) -> None:
+def test_foreground_serve_ends_on_sigterm(calc: Path, private_state_home: str) -> None:
     """Without --detach the daemon serves until SIGTERM, then removes its state file."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen(
@@ -113,17 +113,19 @@ def test_foreground_serve_ends_on_sigterm(calc: Path) -> None:
         for stream in (proc.stdout, proc.stderr):
             if stream:
                 stream.close()
-    assert not (calc / _cli.DEFAULT_STATE_FILE).exists()
+    assert not (Path(private_state_home) / "spawnproxy" / "default.json").exists()
 
 
-def test_stop_removes_a_stale_state_file(tmp_path: Path) -> None:
+def test_stop_removes_a_stale_state_file(tmp_path: Path, private_state_home: str) -> None:
     """A state file whose process has ended and whose address answers nothing is removed, with a message."""
     ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    state = tmp_path / _cli.DEFAULT_STATE_FILE
+    state = Path(private_state_home) / "spawnproxy" / "default.json"
+    state.parent.mkdir(mode=0o700)
     state.write_text(json.dumps({"address": ["127.0.0.1", port], "authkey": "00ff" * 8, "pid": int(ended.stdout)}))
+    state.chmod(0o600)
     stopped = spawnproxy_cli("stop", cwd=tmp_path)
     assert stopped.returncode == 0 and "stale" in stopped.stdout, stopped.stderr
     assert not state.exists()
