@@ -251,7 +251,12 @@ class Child:
             return
 
     def _wait(self, rid):
-        """Run the requests for this thread until the reply to `rid` comes (rid None: for ever)."""
+        """Run the requests for this thread until the reply to `rid` comes (rid None: for ever).
+
+        The main thread waiting inside a call (for a callback's answer) runs only what is
+        nested in that call: a later call, even of a caller who gave this one up, waits
+        until this one has ended (see `_nested_first`).
+        """
         me = threading.get_ident()
         main = me == self._main_ident
         if main:
@@ -259,11 +264,12 @@ class Child:
         else:
             queue = collections.deque()
             self._queues[rid] = queue
+        inside = main and rid is not None
         replies = self._replies
         recv_lock = self._recv_lock
         try:
             while True:
-                if queue:
+                if queue and (not inside or self._nested_first(queue)):
                     self._run_next(queue)
                     continue
                 if rid in replies:
@@ -273,7 +279,7 @@ class Child:
                 if recv_lock.acquire(False):
                     previous, self._leader = self._leader, me
                     try:
-                        if queue or rid in replies:
+                        if rid in replies or (queue and (not inside or self._nested_first(queue))):
                             continue  # handed over while the lock was taken
                         if self.releases:
                             self._send(None, None)
@@ -291,7 +297,8 @@ class Child:
                     msg = None
                     continue
                 with self._cond:
-                    if not queue and rid not in replies and not self._closed:
+                    runnable = queue and (not inside or self._nested_first(queue))
+                    if not runnable and rid not in replies and not self._closed:
                         if self._leader is None:
                             # The lock was just taken, its holder not yet noted: let it run.
                             self._cond.wait(0.001)
@@ -301,11 +308,30 @@ class Child:
                                 self._cond.wait()
                             finally:
                                 self._followers -= 1
-                if self._closed and not queue and rid not in replies:
+                if self._closed and rid not in replies and not (queue and (not inside or self._nested_first(queue))):
                     raise _wire.ChannelClosed("the parent has gone")
         finally:
             if not main:
                 self._queues.pop(rid, None)
+
+    @staticmethod
+    def _nested_first(queue):
+        """Whether a call of the main thread, waiting for the parent, may run a message of `queue`
+        now; if so, that message is first.
+
+        Only requests nested in the call may run (NESTED: its callbacks' calls), and the
+        releases that came before any plain request.  A plain request is a later call,
+        perhaps of a caller who gave this one up (a timeout, a cancelled await): it waits,
+        in order, with the releases after it, until this call has ended.
+        """
+        if queue[0][0] != _wire.REQUEST:
+            return True
+        for i, msg in enumerate(queue):
+            if msg[0] == _wire.NESTED:
+                del queue[i]
+                queue.appendleft(msg)
+                return True
+        return False
 
     def _read(self):
         channel = self.channel
