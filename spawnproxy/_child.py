@@ -239,7 +239,7 @@ class Child:
         self._closed = False
         self._finder = None
         self._lanes = {}  # lane number -> channel to the parent thread it belongs to
-        self._held = {}  # lane number -> the last result sent on it that names parent objects
+        self._held = {}  # lane number -> (request id, the last result sent on it that names parent objects)
         _LIVE.add(self)
 
     # -- the loop -------------------------------------------------------------
@@ -399,6 +399,14 @@ class Child:
         kind = msg[0]
         if kind == _wire.RELEASE:
             self.table.release(msg[1])
+            if self._held:
+                # A negative id: the parent has read the answer to that request (see _send_releases
+                # in the parent's session); what was held for it may go.
+                for rid in msg[1]:
+                    if rid < 0:
+                        held = self._held.get(-rid & _wire.LANE_MASK)
+                        if held is not None and held[0] == -rid:
+                            del self._held[-rid & _wire.LANE_MASK]
             return
         if kind == _wire.NESTED:
             rid, op, operands = msg[1], msg[3], msg[4:]
@@ -454,8 +462,9 @@ class Child:
                 # The answer names objects of the parent's, of which `payload` may hold the
                 # child's only references.  Released now, the release would go on the channel
                 # and could be read (and the objects dropped) before the caller reads its answer
-                # on its lane: they are kept until the caller's next request, or its lane's end.
-                self._held[rid & _wire.LANE_MASK] = payload
+                # on its lane: they are kept until the parent says it has read the answer, the
+                # caller's next request, or its lane's end.
+                self._held[rid & _wire.LANE_MASK] = (rid, payload)
         except _wire.LaneClosed:
             # The caller gave up (a timeout) and closed its lane: no one will take the answer.
             if how == _wire.REF:
@@ -577,6 +586,8 @@ class Child:
 
     def _resolve_ref(self, pid):
         if pid[0] == "local":
+            if not _releaser:
+                _start_releaser()
             kind = CallableParentRef if pid[2] else ParentRef
             return kind(self, pid[1], pid[3], None, pid[4])
         return self._resolve(pid[1])[1]
@@ -821,7 +832,34 @@ def _arm_deathline(fd):
 _LIVE = WeakSet()
 
 
+# How often (s) the releases of parent objects that no message has carried are sent.
+RELEASE_PERIOD = 0.25
+_releaser = []  # the thread that sends them, once the first parent object has come
+
+
+def _start_releaser():
+    thread = threading.Thread(target=_release_loop, name="spawnproxy-releases", daemon=True)
+    _releaser.append(thread)
+    thread.start()
+
+
+def _release_loop():
+    """A ParentRef dropped while no call runs (by a thread of the child's, or once the parent
+    has read the answer that named it) is released within RELEASE_PERIOD, not at some later
+    message: the parent may be idle for ever.  While messages flow, they carry the releases."""
+    while True:
+        time.sleep(RELEASE_PERIOD)
+        for child in list(_LIVE):
+            if child.releases:
+                try:
+                    child._send(None, None)
+                except (_wire.ChannelClosed, OSError):
+                    pass  # that connection has ended
+        child = None
+
+
 def _after_fork():
+    del _releaser[:]
     for child in list(_LIVE):
         child._forked()
 

@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import _serialize, _wire
+from . import _flush, _serialize, _wire
 from ._errors import (
     CallTimeoutError,
     DaemonDiedError,
@@ -74,6 +74,7 @@ _UNSET: Any = object()
 class _Local(threading.local):
     serving: int | None = None  # the child's request this thread runs (a default: no AttributeError to pay)
     lane: Lane | None = None  # where the child answers this thread's blocking calls
+    named = False  # the message this thread decodes names an object of the parent's
 
 
 class Session:
@@ -116,6 +117,7 @@ class Session:
         self._dill_calls = 0  # lane calls whose request the child may ask about as it loads it
         self._retired: dict[int, tuple[Lane, int]] = {}  # fd -> lane of a call given up, and the call
         self._drain_lock = threading.Lock()
+        _flush.watch(self)  # releases go within _flush.PERIOD, even if no call follows
 
     # -- calling -------------------------------------------------------------------
 
@@ -508,10 +510,13 @@ class Session:
         releases = self.releases
         while releases:
             batch.append(releases.popleft())
+        was_pending = self.channel.pending
         try:
             self.channel.send(_wire.TAG_PICKLE, _serialize.dumps((_wire.RELEASE, batch)), deadline, self._read_ahead)
         except _wire.SendTimeout:
-            releases.extendleft(reversed(batch))  # not sent: they go with the next request
+            if was_pending or not self.channel.pending:
+                releases.extendleft(reversed(batch))  # not sent: they go with the next request
+            # else part of the frame went: its rest goes first with the next frame, as it is
             raise
 
     def _send_lane_closes(self, deadline: float | None) -> None:
@@ -542,11 +547,14 @@ class Session:
                     self._cond.notify_all()
         return True
 
-    def flush_releases_nowait(self) -> None:
-        """Send the pending releases now if the channel is free (for finalizers: never blocks on a lock)."""
+    def flush_releases_nowait(self, within: float | None = None) -> None:
+        """Send the pending releases now if the channel is free (for finalizers: never blocks on a lock).
+
+        With `within`, a child that does not read gets them later (the next frame carries them).
+        """
         if self._failure is None and self.releases and self._send_lock.acquire(False):
             try:
-                self._send_releases(None)
+                self._send_releases(None if within is None else time.monotonic() + within)
             except (EOFError, OSError, _wire.SendTimeout):
                 pass  # the child is gone: the next read says so
             finally:
@@ -634,9 +642,7 @@ class Session:
             raise self._fail(what) from None
         try:
             # Most answers are plain pickles: _serialize.decode's first case, inline.
-            message: tuple[Any, ...] = (
-                pickle.loads(payload) if tag == _wire.TAG_PICKLE else _serialize.decode(tag, payload, self._resolve_pid)
-            )
+            message: tuple[Any, ...] = pickle.loads(payload) if tag == _wire.TAG_PICKLE else self._decode(tag, payload)
         except (Exception, SystemExit) as exc:  # a sys.exit pickled by reference: no reason to exit here
             # The answer to some call that cannot be rebuilt here: it must reach its
             # own caller as an error (or be dropped if late), not fail whoever reads.
@@ -655,9 +661,21 @@ class Session:
             self.types[message[3][1]] = message[3][2]
         return message
 
+    def _decode(self, tag: bytes, payload: bytes | memoryview) -> tuple[Any, ...]:
+        """A message that is not a plain pickle (see `_serialize.decode`)."""
+        local = self._local
+        local.named = False
+        message: tuple[Any, ...] = _serialize.decode(tag, payload, self._resolve_pid)
+        if local.named and message[0] == _wire.REPLY and message[1] & _wire.LANE_MASK:
+            # The child keeps the objects of ours that an answer on a lane names until we have
+            # read it (see _child.Child._run_next): a negative id in the next releases says so.
+            self.releases.append(-message[1])
+        return message
+
     def _resolve_pid(self, pid: Any) -> Any:
         """The object a persistent id in the child's message stands for."""
         if pid[0] == "local":
+            self._local.named = True
             return self.exports.get(pid[1])
         _, oid, key, info = pid
         if info is not None:
