@@ -830,6 +830,9 @@ class Session:
                             # Decided under the lock that ensure_reader takes: no request is left unread.
                             self._reader = None
                             return
+                        # A call that leaves the child an object of ours wakes no lingering reader
+                        # (it only starts a missing one): look again soon, for what the child sends.
+                        wait = min(wait, _POLL)
                     self._followers += 1
                     try:
                         self._cond.wait(wait)
