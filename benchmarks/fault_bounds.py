@@ -112,7 +112,7 @@ def idle_release(transport: str, runs: int = 10) -> list[float]:
                 path = os.path.join(directory, f"released-{i}")
                 held: list[Any] = []
                 if transport == "thread":
-                    worker = threading.Thread(target=lambda path=path: held.append(root.make(path)))
+                    worker = threading.Thread(target=lambda path=path, held=held: held.append(root.make(path)))
                     worker.start()
                     worker.join()
                 else:

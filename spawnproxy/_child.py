@@ -115,7 +115,8 @@ class ParentRef(object):
     def __del__(self):
         try:
             if self._sp_owner is None:
-                # Never sends: the release rides along the child's next message.
+                # Never sends: the release rides along the child's next message, or goes
+                # with the releaser thread's (_release_loop) if none comes soon.
                 self._sp_child.releases.append(self._sp_target)
         except AttributeError:
             pass
@@ -279,7 +280,7 @@ class Child:
                 if recv_lock.acquire(False):
                     previous, self._leader = self._leader, me
                     try:
-                        if rid in replies or (queue and (not inside or self._nested_first(queue))):
+                        if (queue and (not inside or self._nested_first(queue))) or rid in replies:
                             continue  # handed over while the lock was taken
                         if self.releases:
                             self._send(None, None)

@@ -4,14 +4,16 @@ A proxy dropped in the parent queues its object's release on its session
 (`_proxy._Ref`); the next frame sent carries the batch, so while calls flow
 releases cost no frame of their own.  When no call follows, one thread per
 process (not per proxy, not per session) looks every `PERIOD` seconds at the
-sessions it watches and sends what is still queued, if the channel is free: a
-busy channel is about to carry the batch anyway.  The thread is a daemon, holds
-no session alive (a weak set), and ends when no session is left; a call pays
-nothing for it.
+release queues of the sessions it watches and sends what is still queued, if
+the channel is free: a busy channel is about to carry the batch anyway.  The
+thread is a daemon, holds no session alive (a weak reference each), ends when
+no session is left, and its look is a few instructions: a call pays nothing
+for it.
 """
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 import weakref
@@ -23,7 +25,8 @@ if TYPE_CHECKING:
 # How often (s) pending releases are looked at: a dropped proxy is released within about this.
 PERIOD = 0.25
 
-_sessions: weakref.WeakSet[Session] = weakref.WeakSet()
+# (a session's queue of releases, the session): the queue alone keeps no session alive.
+_watched: list[tuple[collections.deque[int], weakref.ref[Session]]] = []
 _lock = threading.Lock()
 _thread: threading.Thread | None = None
 
@@ -32,7 +35,7 @@ def watch(session: Session) -> None:
     """Flush `session`'s pending releases every PERIOD seconds while it lives."""
     global _thread
     with _lock:
-        _sessions.add(session)
+        _watched.append((session.releases, weakref.ref(session)))
         if _thread is None or not _thread.is_alive():  # not alive: this is a forked process
             _thread = threading.Thread(target=_run, name="spawnproxy-releases", daemon=True)
             _thread.start()
@@ -42,17 +45,18 @@ def _run() -> None:
     global _thread
     while True:
         time.sleep(PERIOD)
-        with _lock:
-            sessions = list(_sessions)
-            if not sessions:
-                _thread = None
-                return
-            _sessions.difference_update([session for session in sessions if session.closed])
-        _flush(sessions)
-        del sessions[:]  # hold no session alive while asleep
+        for releases, ref in _watched:
+            if releases:
+                _flush(ref)
+        if not all(ref() for _, ref in _watched):
+            with _lock:
+                _watched[:] = [(releases, ref) for releases, ref in _watched if ref() is not None]
+                if not _watched:
+                    _thread = None
+                    return
 
 
-def _flush(sessions: list[Session]) -> None:
-    for session in sessions:
-        if session.releases:
-            session.flush_releases_nowait(PERIOD)
+def _flush(ref: weakref.ref[Session]) -> None:
+    session = ref()
+    if session is not None:
+        session.flush_releases_nowait(PERIOD)
