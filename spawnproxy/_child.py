@@ -270,7 +270,7 @@ class Child:
         recv_lock = self._recv_lock
         try:
             while True:
-                if queue and (not inside or self._nested_first(queue)):
+                if queue and (not inside or self._nested_first(queue, rid)):
                     self._run_next(queue)
                     continue
                 if rid in replies:
@@ -280,7 +280,7 @@ class Child:
                 if recv_lock.acquire(False):
                     previous, self._leader = self._leader, me
                     try:
-                        if (queue and (not inside or self._nested_first(queue))) or rid in replies:
+                        if (queue and (not inside or self._nested_first(queue, rid))) or rid in replies:
                             continue  # handed over while the lock was taken
                         if self.releases:
                             self._send(None, None)
@@ -298,7 +298,7 @@ class Child:
                     msg = None
                     continue
                 with self._cond:
-                    runnable = queue and (not inside or self._nested_first(queue))
+                    runnable = queue and (not inside or self._nested_first(queue, rid))
                     if not runnable and rid not in replies and not self._closed:
                         if self._leader is None:
                             # The lock was just taken, its holder not yet noted: let it run.
@@ -309,26 +309,33 @@ class Child:
                                 self._cond.wait()
                             finally:
                                 self._followers -= 1
-                if self._closed and rid not in replies and not (queue and (not inside or self._nested_first(queue))):
+                if (
+                    self._closed
+                    and rid not in replies
+                    and not (queue and (not inside or self._nested_first(queue, rid)))
+                ):
                     raise _wire.ChannelClosed("the parent has gone")
         finally:
             if not main:
                 self._queues.pop(rid, None)
 
     @staticmethod
-    def _nested_first(queue):
-        """Whether a call of the main thread, waiting for the parent, may run a message of `queue`
-        now; if so, that message is first.
+    def _nested_first(queue, rid):
+        """Whether the main thread, waiting inside a call for the parent's answer to its request
+        `rid`, may run a message of `queue` now; if so, that message is first.
 
-        Only requests nested in the call may run (NESTED: its callbacks' calls), and the
-        releases that came before any plain request.  A plain request is a later call,
-        perhaps of a caller who gave this one up (a timeout, a cancelled await): it waits,
-        in order, with the releases after it, until this call has ended.
+        Only what is nested in that request may run (NESTED with `rid` as its outer: the
+        calls its callback makes), and releases that came before anything else.  A plain
+        request is a later call, perhaps of a caller who gave this one up (a timeout, a
+        cancelled await); a request nested in an outer one comes from a callback whose call
+        into this one gave up.  Either waits, in order and with the releases after it, until
+        the calls it would run inside have ended.
         """
-        if queue[0][0] != _wire.REQUEST:
+        first = queue[0]
+        if first[0] == _wire.RELEASE or (first[0] == _wire.NESTED and first[2] == rid):
             return True
         for i, msg in enumerate(queue):
-            if msg[0] == _wire.NESTED:
+            if msg[0] == _wire.NESTED and msg[2] == rid:
                 del queue[i]
                 queue.appendleft(msg)
                 return True

@@ -75,6 +75,7 @@ class _Local(threading.local):
     serving: int | None = None  # the child's request this thread runs (a default: no AttributeError to pay)
     lane: Lane | None = None  # where the child answers this thread's blocking calls
     named = False  # the message this thread decodes names an object of the parent's
+    reading: Lane | None = None  # the lane of the call whose callback this thread runs (see _retire_lane)
 
 
 class Session:
@@ -287,7 +288,14 @@ class Session:
                         self.drop(message)  # the late answer of an earlier call of this thread
                     elif kind == _wire.NESTED:
                         if message[2] == rid:
-                            self._serve(message)  # a callback of this call: run here
+                            # A callback of this call: run here.  This thread reads the lane
+                            # again once it returns, whatever the calls it makes meanwhile do.
+                            local = self._local
+                            outer, local.reading = local.reading, lane
+                            try:
+                                self._serve(message)
+                            finally:
+                                local.reading = outer
                         else:
                             self._to_worker(message)
                     else:
@@ -308,6 +316,11 @@ class Session:
         the lane until the call's answer comes (and drops it), then closes it.
         This thread gets a new lane for its next call.
         """
+        if self._local.reading is lane:
+            # A call made by a callback whose own call waits on this lane: this thread reads
+            # it again as soon as the callback returns, and until then, in the calls it makes.
+            # It keeps the lane: retired, it would close under the call that waits on it.
+            return
         if self._local.lane is lane:
             self._local.lane = None
         if self._failure is not None:

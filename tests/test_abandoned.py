@@ -109,3 +109,15 @@ def test_a_call_after_a_cancelled_aio_call_does_not_run_inside_it(w) -> None:
     assert w.crunch("C", 1, None) == "C"
     assert list(w.log) == [("A", 1), ("B", 1), ("C", 1)]
     assert seen == list(range(200))
+
+
+def test_a_callback_whose_call_timed_out_calls_again_after_it_not_inside_it(w) -> None:
+    """Inside a callback, a nested call times out: the callback's next call waits for it, one level up."""
+
+    def callback(i: int) -> None:
+        with spawnproxy.call_timeout(0.2), pytest.raises(spawnproxy.CallTimeoutError):
+            w.crunch("A", 200, spawnproxy.by_ref(lambda i: None))
+        assert w.crunch("B", 1, None) == "B"
+
+    assert w.crunch("X", 1, spawnproxy.by_ref(callback)) == "X"
+    assert list(w.log) == [("X", 1), ("A", 2), ("B", 2)]
