@@ -14,6 +14,7 @@ for it.
 from __future__ import annotations
 
 import collections
+import os
 import threading
 import time
 import weakref
@@ -36,7 +37,7 @@ def watch(session: Session) -> None:
     global _thread
     with _lock:
         _watched.append((session.releases, weakref.ref(session)))
-        if _thread is None or not _thread.is_alive():  # not alive: this is a forked process
+        if _thread is None:
             _thread = threading.Thread(target=_run, name="spawnproxy-releases", daemon=True)
             _thread.start()
 
@@ -60,3 +61,15 @@ def _flush(ref: weakref.ref[Session]) -> None:
     session = ref()
     if session is not None:
         session.flush_releases_nowait(PERIOD)
+
+
+def _forget_after_fork() -> None:
+    # A forked process shares the sockets of the sessions it inherits: it must not send on them.
+    global _lock, _thread
+    _watched.clear()
+    _thread = None
+    _lock = threading.Lock()  # another thread may have held it at the fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
