@@ -107,18 +107,29 @@ def exports(proxy: Any) -> int:
     return len(spawnproxy.daemon_of(proxy)._session.exports)
 
 
-def test_a_parent_object_the_child_drops_while_the_parent_is_idle_is_released() -> None:
+@pytest.mark.parametrize("transport", ["local", "tcp", "unix", "tls"])
+def test_a_parent_object_the_child_drops_while_the_parent_is_idle_is_released(
+    transport: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     """A thread of the child's drops a by_ref object between calls: the parent lets go of it within 1 s."""
-    mod = spawnproxy.run_script(SCRIPT)
+    if transport == "local":
+        server, root = None, spawnproxy.run_script(SCRIPT)
+    else:
+        tls = request.getfixturevalue("tls_files") if transport == "tls" else None
+        server = _serve(transport, tmp_path, tls, SCRIPT)
+        root = server.connect()
     try:
-        mod.keep(spawnproxy.by_ref(lambda: None))
-        assert exports(mod) == 1
-        mod.forget_soon(0.1)
+        root.keep(spawnproxy.by_ref(lambda: None))
+        assert exports(root) == 1
+        root.forget_soon(0.1)
         started = time.monotonic()
-        assert wait_until(lambda: exports(mod) == 0, timeout=3.0)
+        assert wait_until(lambda: exports(root) == 0, timeout=3.0)
         assert time.monotonic() - started < 0.1 + BOUND
     finally:
-        mod.terminate_daemon()
+        if server is None:
+            root.terminate_daemon()
+        else:
+            server.terminate()
 
 
 def test_a_parent_object_named_in_an_answer_is_released_while_the_parent_is_idle() -> None:
