@@ -7,7 +7,7 @@ process (not per proxy, not per session) looks every `PERIOD` seconds at the
 release queues of the sessions it watches and sends what is still queued, if
 the channel is free: a busy channel is about to carry the batch anyway.  The
 thread is a daemon, holds no session alive (a weak reference each), ends when
-no session is left, and its look is a few instructions: a call pays nothing
+no session is left open, and its look is a few instructions: a call pays nothing
 for it.
 """
 
@@ -49,12 +49,17 @@ def _run() -> None:
         for releases, ref in _watched:
             if releases:
                 _flush(ref)
-        if not all(ref() for _, ref in _watched):
+        if any(_gone(ref) for _, ref in _watched):
             with _lock:
-                _watched[:] = [(releases, ref) for releases, ref in _watched if ref() is not None]
+                _watched[:] = [(releases, ref) for releases, ref in _watched if not _gone(ref)]
                 if not _watched:
                     _thread = None
                     return
+
+
+def _gone(ref: weakref.ref[Session]) -> bool:
+    session = ref()
+    return session is None or session.closed  # an ended child takes no more releases
 
 
 def _flush(ref: weakref.ref[Session]) -> None:
