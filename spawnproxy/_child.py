@@ -263,8 +263,9 @@ class Child:
         if main:
             queue = self._main_queue
         else:
-            queue = collections.deque()
-            self._queues[rid] = queue
+            queue = self._queues.get(rid)
+            if queue is None:
+                queue = self._queues[rid] = collections.deque()
         inside = main and rid is not None
         replies = self._replies
         recv_lock = self._recv_lock
@@ -562,21 +563,29 @@ class Child:
 
     def _request(self, op, make, values):
         rid = next(self._ids)
-        if threading.get_ident() == self._main_ident:
+        main = threading.get_ident() == self._main_ident
+        if main:
             outer = self.serving
         else:
             outer = getattr(self._local, "serving", None)
         head = (_wire.REQUEST, rid, op) if outer is None else (_wire.NESTED, rid, outer, op)
         tag, data, buffers = self.codec.dumps_values(lambda vs: head + make(vs), values)
+        if not main:
+            # Before the request goes: what the parent nests in it must find this thread's
+            # queue, not the main thread's (which, inside a call, would hold it back).
+            self._queues[rid] = collections.deque()
         try:
             self._send(tag, data, buffers, outer)
             reply = self._wait(rid)
         except _wire.LaneClosed:
             raise ConnectionError("the parent gave up the call this one is part of; %s cannot run there" % op) from None
         except _wire.ChannelClosed:
-            if threading.get_ident() == self._main_ident:
+            if main:
                 raise SystemExit(0) from None
             raise ConnectionError("the parent process has gone; %s cannot run there" % op) from None
+        finally:
+            if not main:
+                self._queues.pop(rid, None)
         if reply[2] == _wire.ERROR:
             raise rebuild_parent_exception(reply[3])
         return reply[3]
