@@ -116,7 +116,8 @@ class ParentRef(object):
     def __del__(self):
         try:
             if self._sp_owner is None:
-                # Never sends: the release rides along the child's next message.
+                # Never sends: the release rides along the child's next message, or goes
+                # with the releaser thread's (_release_loop) if none comes soon.
                 self._sp_child.releases.append(self._sp_target)
         except AttributeError:
             pass
@@ -240,7 +241,7 @@ class Child:
         self._closed = False
         self._finder = None
         self._lanes = {}  # lane number -> channel to the parent thread it belongs to
-        self._held = {}  # lane number -> the last result sent on it that names parent objects
+        self._held = {}  # lane number -> (request id, the last result sent on it that names parent objects)
         _LIVE.add(self)
 
     # -- the loop -------------------------------------------------------------
@@ -252,19 +253,26 @@ class Child:
             return
 
     def _wait(self, rid):
-        """Run the requests for this thread until the reply to `rid` comes (rid None: for ever)."""
+        """Run the requests for this thread until the reply to `rid` comes (rid None: for ever).
+
+        The main thread waiting inside a call (for a callback's answer) runs only what is
+        nested in that call: a later call, even of a caller who gave this one up, waits
+        until this one has ended (see `_nested_first`).
+        """
         me = threading.get_ident()
         main = me == self._main_ident
         if main:
             queue = self._main_queue
         else:
-            queue = collections.deque()
-            self._queues[rid] = queue
+            queue = self._queues.get(rid)
+            if queue is None:
+                queue = self._queues[rid] = collections.deque()
+        inside = main and rid is not None
         replies = self._replies
         recv_lock = self._recv_lock
         try:
             while True:
-                if queue:
+                if queue and (not inside or self._nested_first(queue, rid)):
                     self._run_next(queue)
                     continue
                 if rid in replies:
@@ -274,7 +282,7 @@ class Child:
                 if recv_lock.acquire(False):
                     previous, self._leader = self._leader, me
                     try:
-                        if queue or rid in replies:
+                        if (queue and (not inside or self._nested_first(queue, rid))) or rid in replies:
                             continue  # handed over while the lock was taken
                         if self.releases:
                             self._send(None, None)
@@ -292,7 +300,8 @@ class Child:
                     msg = None
                     continue
                 with self._cond:
-                    if not queue and rid not in replies and not self._closed:
+                    runnable = queue and (not inside or self._nested_first(queue, rid))
+                    if not runnable and rid not in replies and not self._closed:
                         if self._leader is None:
                             # The lock was just taken, its holder not yet noted: let it run.
                             self._cond.wait(0.001)
@@ -302,11 +311,37 @@ class Child:
                                 self._cond.wait()
                             finally:
                                 self._followers -= 1
-                if self._closed and not queue and rid not in replies:
+                if (
+                    self._closed
+                    and rid not in replies
+                    and not (queue and (not inside or self._nested_first(queue, rid)))
+                ):
                     raise _wire.ChannelClosed("the parent has gone")
         finally:
             if not main:
                 self._queues.pop(rid, None)
+
+    @staticmethod
+    def _nested_first(queue, rid):
+        """Whether the main thread, waiting inside a call for the parent's answer to its request
+        `rid`, may run a message of `queue` now; if so, that message is first.
+
+        Only what is nested in that request may run (NESTED with `rid` as its outer: the
+        calls its callback makes), and releases that came before anything else.  A plain
+        request is a later call, perhaps of a caller who gave this one up (a timeout, a
+        cancelled await); a request nested in an outer one comes from a callback whose call
+        into this one gave up.  Either waits, in order and with the releases after it, until
+        the calls it would run inside have ended.
+        """
+        first = queue[0]
+        if first[0] == _wire.RELEASE or (first[0] == _wire.NESTED and first[2] == rid):
+            return True
+        for i, msg in enumerate(queue):
+            if msg[0] == _wire.NESTED and msg[2] == rid:
+                del queue[i]
+                queue.appendleft(msg)
+                return True
+        return False
 
     def _read(self):
         channel = self.channel
@@ -390,6 +425,14 @@ class Child:
         kind = msg[0]
         if kind == _wire.RELEASE:
             self.table.release(msg[1])
+            if self._held:
+                # A negative id: the parent has read the answer to that request (see _send_releases
+                # in the parent's session); what was held for it may go.
+                for rid in msg[1]:
+                    if rid < 0:
+                        held = self._held.get(-rid & _wire.LANE_MASK)
+                        if held is not None and held[0] == -rid:
+                            del self._held[-rid & _wire.LANE_MASK]
             return
         if kind == _wire.NESTED:
             rid, op, operands = msg[1], msg[3], msg[4:]
@@ -448,8 +491,9 @@ class Child:
                 # The answer names objects of the parent's, of which `payload` may hold the
                 # child's only references.  Released now, the release would go on the channel
                 # and could be read (and the objects dropped) before the caller reads its answer
-                # on its lane: they are kept until the caller's next request, or its lane's end.
-                self._held[rid & _wire.LANE_MASK] = payload
+                # on its lane: they are kept until the parent says it has read the answer, the
+                # caller's next request, or its lane's end.
+                self._held[rid & _wire.LANE_MASK] = (rid, payload)
         except _wire.LaneClosed:
             # The caller gave up (a timeout) and closed its lane: no one will take the answer.
             if how == _wire.REF:
@@ -539,21 +583,29 @@ class Child:
 
     def _request(self, op, make, values):
         rid = next(self._ids)
-        if threading.get_ident() == self._main_ident:
+        main = threading.get_ident() == self._main_ident
+        if main:
             outer = self.serving
         else:
             outer = getattr(self._local, "serving", None)
         head = (_wire.REQUEST, rid, op) if outer is None else (_wire.NESTED, rid, outer, op)
         tag, data, buffers = self.codec.dumps_values(lambda vs: head + make(vs), values)
+        if not main:
+            # Before the request goes: what the parent nests in it must find this thread's
+            # queue, not the main thread's (which, inside a call, would hold it back).
+            self._queues[rid] = collections.deque()
         try:
             self._send(tag, data, buffers, outer)
             reply = self._wait(rid)
         except _wire.LaneClosed:
             raise ConnectionError("the parent gave up the call this one is part of; %s cannot run there" % op) from None
         except _wire.ChannelClosed:
-            if threading.get_ident() == self._main_ident:
+            if main:
                 raise SystemExit(0) from None
             raise ConnectionError("the parent process has gone; %s cannot run there" % op) from None
+        finally:
+            if not main:
+                self._queues.pop(rid, None)
         if reply[2] == _wire.ERROR:
             raise rebuild_parent_exception(reply[3])
         return reply[3]
@@ -571,6 +623,8 @@ class Child:
 
     def _resolve_ref(self, pid):
         if pid[0] == "local":
+            if not _releaser:
+                _start_releaser()
             kind = CallableParentRef if pid[2] else ParentRef
             return kind(self, pid[1], pid[3], None, pid[4])
         return self._resolve(pid[1])[1]
@@ -832,7 +886,34 @@ def _arm_deathline(fd):
 _LIVE = WeakSet()
 
 
+# How often (s) the releases of parent objects that no message has carried are sent.
+RELEASE_PERIOD = 0.25
+_releaser = []  # the thread that sends them, once the first parent object has come
+
+
+def _start_releaser():
+    thread = threading.Thread(target=_release_loop, name="spawnproxy-releases", daemon=True)
+    _releaser.append(thread)
+    thread.start()
+
+
+def _release_loop():
+    """A ParentRef dropped while no call runs (by a thread of the child's, or once the parent
+    has read the answer that named it) is released within RELEASE_PERIOD, not at some later
+    message: the parent may be idle for ever.  While messages flow, they carry the releases."""
+    while True:
+        time.sleep(RELEASE_PERIOD)
+        for child in list(_LIVE):
+            if child.releases:
+                try:
+                    child._send(None, None)
+                except (_wire.ChannelClosed, OSError):
+                    pass  # that connection has ended
+        child = None
+
+
 def _after_fork():
+    del _releaser[:]
     for child in list(_LIVE):
         child._forked()
 

@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import _serialize, _wire
+from . import _flush, _serialize, _wire
 from ._errors import (
     CallTimeoutError,
     DaemonDiedError,
@@ -74,6 +74,8 @@ _UNSET: Any = object()
 class _Local(threading.local):
     serving: int | None = None  # the child's request this thread runs (a default: no AttributeError to pay)
     lane: Lane | None = None  # where the child answers this thread's blocking calls
+    named = False  # the message this thread decodes names an object of the parent's
+    reading: Lane | None = None  # the lane of the call whose callback this thread runs (see _retire_lane)
 
 
 class Session:
@@ -117,6 +119,7 @@ class Session:
         self._dill_calls = 0  # lane calls whose request the child may ask about as it loads it
         self._retired: dict[int, tuple[Lane, int]] = {}  # fd -> lane of a call given up, and the call
         self._drain_lock = threading.Lock()
+        _flush.watch(self)  # releases go within _flush.PERIOD, even if no call follows
 
     # -- calling -------------------------------------------------------------------
 
@@ -286,7 +289,14 @@ class Session:
                         self.drop(message)  # the late answer of an earlier call of this thread
                     elif kind == _wire.NESTED:
                         if message[2] == rid:
-                            self._serve(message)  # a callback of this call: run here
+                            # A callback of this call: run here.  This thread reads the lane
+                            # again once it returns, whatever the calls it makes meanwhile do.
+                            local = self._local
+                            outer, local.reading = local.reading, lane
+                            try:
+                                self._serve(message)
+                            finally:
+                                local.reading = outer
                         else:
                             self._to_worker(message)
                     else:
@@ -307,6 +317,11 @@ class Session:
         the lane until the call's answer comes (and drops it), then closes it.
         This thread gets a new lane for its next call.
         """
+        if self._local.reading is lane:
+            # A call made by a callback whose own call waits on this lane: this thread reads
+            # it again as soon as the callback returns, and until then, in the calls it makes.
+            # It keeps the lane: retired, it would close under the call that waits on it.
+            return
         if self._local.lane is lane:
             self._local.lane = None
         if self._failure is not None:
@@ -509,10 +524,13 @@ class Session:
         releases = self.releases
         while releases:
             batch.append(releases.popleft())
+        was_pending = self.channel.pending
         try:
             self.channel.send(_wire.TAG_PICKLE, _serialize.dumps((_wire.RELEASE, batch)), deadline, self._read_ahead)
         except _wire.SendTimeout:
-            releases.extendleft(reversed(batch))  # not sent: they go with the next request
+            if was_pending or not self.channel.pending:
+                releases.extendleft(reversed(batch))  # not sent: they go with the next request
+            # else part of the frame went: its rest goes first with the next frame, as it is
             raise
 
     def _send_lane_closes(self, deadline: float | None) -> None:
@@ -543,11 +561,14 @@ class Session:
                     self._cond.notify_all()
         return True
 
-    def flush_releases_nowait(self) -> None:
-        """Send the pending releases now if the channel is free (for finalizers: never blocks on a lock)."""
+    def flush_releases_nowait(self, within: float | None = None) -> None:
+        """Send the pending releases now if the channel is free (for finalizers: never blocks on a lock).
+
+        With `within`, a child that does not read gets them later (the next frame carries them).
+        """
         if self._failure is None and self.releases and self._send_lock.acquire(False):
             try:
-                self._send_releases(None)
+                self._send_releases(None if within is None else time.monotonic() + within)
             except (EOFError, OSError, _wire.SendTimeout):
                 pass  # the child is gone: the next read says so
             finally:
@@ -635,9 +656,7 @@ class Session:
             raise self._fail(what) from None
         try:
             # Most answers are plain pickles: _serialize.decode's first case, inline.
-            message: tuple[Any, ...] = (
-                pickle.loads(payload) if tag == _wire.TAG_PICKLE else _serialize.decode(tag, payload, self._resolve_pid)
-            )
+            message: tuple[Any, ...] = pickle.loads(payload) if tag == _wire.TAG_PICKLE else self._decode(tag, payload)
         except (Exception, SystemExit) as exc:  # a sys.exit pickled by reference: no reason to exit here
             # The answer to some call that cannot be rebuilt here: it must reach its
             # own caller as an error (or be dropped if late), not fail whoever reads.
@@ -657,9 +676,21 @@ class Session:
             self.types[message[3][1]] = message[3][2]
         return message
 
+    def _decode(self, tag: bytes, payload: bytes | memoryview) -> tuple[Any, ...]:
+        """A message that is not a plain pickle (see `_serialize.decode`)."""
+        local = self._local
+        local.named = False
+        message: tuple[Any, ...] = _serialize.decode(tag, payload, self._resolve_pid)
+        if local.named and message[0] == _wire.REPLY and message[1] & _wire.LANE_MASK:
+            # The child keeps the objects of ours that an answer on a lane names until we have
+            # read it (see _child.Child._run_next): a negative id in the next releases says so.
+            self.releases.append(-message[1])
+        return message
+
     def _resolve_pid(self, pid: Any) -> Any:
         """The object a persistent id in the child's message stands for."""
         if pid[0] == "local":
+            self._local.named = True
             return self.exports.get(pid[1])
         _, oid, key, info = pid
         if info is not None:
@@ -817,6 +848,9 @@ class Session:
                             # Decided under the lock that ensure_reader takes: no request is left unread.
                             self._reader = None
                             return
+                        # A call that leaves the child an object of ours wakes no lingering reader
+                        # (it only starts a missing one): look again soon, for what the child sends.
+                        wait = min(wait, _POLL)
                     self._followers += 1
                     try:
                         self._cond.wait(wait)

@@ -32,7 +32,8 @@ child asking its parent for module sources all ride on this).
     (REQUEST, request_id, op, *operands)
     (NESTED, request_id, outer_id, op, *operands)
     (REPLY, request_id, how, payload)     how: VALUE, REF, PATH, SAME, BASE, ERROR
-    (RELEASE, [object ids])              one-way, never answered
+    (RELEASE, [object ids])              one-way, never answered; from the parent, a negative
+                                         id -r says the answer to request r has been read
     (STOPPING,)                          one-way, a served daemon to its clients: it stops on purpose
 
 The parent's request ids are positive, the child's negative.  The low LANE_BITS

@@ -368,3 +368,18 @@ def test_unloadable_argument_fails_that_call_alone(
         assert remote.add(2, 3) == 5
     finally:
         monkeypatch.delitem(os.sys.modules, "sp_parent_only_ssh", raising=False)
+
+
+def test_a_dropped_proxy_is_released_on_the_host_while_idle(sshd: Sshd, tmp_path: Path) -> None:
+    """Over ssh (pipes, no lanes), a proxy dropped with no call after it is released within 1 s."""
+    from tests.test_releases import BOUND, released_within
+    from tests.test_releases import SCRIPT as RELEASES
+
+    mod = spawnproxy.run_script(
+        RELEASES, python_exe=sshd.url(os.path.realpath(os.sys.executable)), ssh_options=sshd.options
+    )
+    try:
+        proxies = [mod.make(str(tmp_path / "released"))]
+        assert released_within(tmp_path / "released", proxies.clear) < BOUND
+    finally:
+        mod.terminate_daemon()
