@@ -378,7 +378,9 @@ def connect(
     (doubling, at most 1 s).  `timeout` bounds each attempt, handshakes
     included; `call_timeout` is the default timeout of calls, as for a local
     child; `keepalive` is the idle time in seconds after which TCP probes
-    check that the daemon is still reachable.
+    check that the daemon is still reachable (one lost with the network is
+    given up 25 s into its silence with the default 10: see
+    docs/reliability.md; 0: no probes).
 
     A wrong key raises `AuthenticationError` at once; a daemon that cannot
     be reached, or whose certificate is not trusted, `ConnectError`.
@@ -707,7 +709,8 @@ def serve(
 
     `handshake_timeout` bounds each client's TLS and key handshake (a peer
     that is slower is dropped); `keepalive` is the idle time in seconds after
-    which TCP probes find clients lost with the network.  `python_exe`,
+    which TCP probes find clients lost with the network (25 s into their
+    silence with the default 10; 0: no probes).  `python_exe`,
     `logger` and `**options` are those of `DaemonProxy`.
 
     Example:

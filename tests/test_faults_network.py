@@ -157,6 +157,7 @@ def network() -> Iterator[Network]:
     made = Network()
     try:
         made.build()
+        made.run_in(made.daemon, lambda: None)  # entering one needs CAP_SYS_ADMIN too
     except OSError as exc:
         made.remove()
         pytest.skip(f"cannot make network namespaces here: {exc}")
