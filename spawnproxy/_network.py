@@ -54,7 +54,7 @@ Address = tuple[str, int] | str | os.PathLike[str]
 DEFAULT_HOST = "127.0.0.1"
 HANDSHAKE_TIMEOUT = 1.0
 CONNECT_TIMEOUT = 5.0
-KEEPALIVE = 10  # idle seconds; a lost peer is given up 25 s into its silence (see _netchild.tune_tcp)
+KEEPALIVE = 10  # idle seconds; a lost peer is given up 25 s into its silence (see _netchild.lost_after)
 _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 

@@ -65,7 +65,7 @@ def late(seconds, size):
     return b"x" * size
 """
 
-# A short keepalive, so that a test waits seconds, not the default's half minute.
+# A short keepalive (lost after 5 s), so that a test waits seconds, not the default's 25.
 KEEPALIVE = 2
 
 
@@ -222,29 +222,34 @@ def test_a_network_cut_is_noticed_within_the_keepalive_bound(
         network.daemon, lambda: spawnproxy.serve(ScriptDefinition(SCRIPT), (DAEMON_IP, 0), **options, **tls)
     )
     try:
-        clients = network.run_in(network.clients, lambda: [server.connect(**options) for _ in range(4)])
-        waiting, bounded, late, idle = clients
+        clients = network.run_in(network.clients, lambda: [server.connect(**options) for _ in range(6)])
+        waiting, answered, bounded, late, late_bounded, idle = clients
         things = [client.make() for client in clients]
-        assert server.proxy.live.__len__() == 4
-        # Calls the daemon is running at the cut; it finishes them after it gave their clients up.
+        assert server.proxy.live.__len__() == 6
+        # Calls the daemon is running at the cut: one it finishes after it gave its client up,
+        # one whose answer it writes into the void.
         in_call = Outcome(lambda: waiting.nap(bound + 2))
+        answering = Outcome(lambda: answered.nap(1))
         in_call_bounded = Outcome(_with_timeout(lambda: bounded.nap(bound + 2), 1.0))
         time.sleep(0.3)
         network.cut()
         cut = time.monotonic()
-        # A call made after the cut: its request is never acknowledged.
-        after_bounded = Outcome(_with_timeout(lambda: late.nap(0), 1.0), delay=0.5)
+        # Calls made after the cut: their requests are never acknowledged.
+        after = Outcome(lambda: late.nap(0), delay=0.5)
+        after_bounded = Outcome(_with_timeout(lambda: late_bounded.nap(0), 1.0), delay=0.5)
 
         assert in_call_bounded.join(2) and isinstance(in_call_bounded.error, spawnproxy.CallTimeoutError)
         assert 0.9 <= in_call_bounded.took() <= 1.5
         assert after_bounded.join(3) and isinstance(after_bounded.error, spawnproxy.CallTimeoutError)
         assert 0.9 <= after_bounded.took() <= 1.5
-        assert in_call.join(cut + bound + 1.5 - time.monotonic()), (
-            f"a call waiting at the cut still waits {time.monotonic() - cut:.1f} s after it"
-        )
-        assert isinstance(in_call.error, spawnproxy.DaemonDiedError), in_call.error
-        # The daemon gives every client up: the idle ones at the keepalive bound, the busy ones
-        # when their call ends (after the bound: its answer cannot be written).
+        for outcome, end in ((in_call, cut), (answering, cut), (after, after.started or cut + 0.5)):
+            assert outcome.join(end + bound + 1.5 - time.monotonic()), (
+                f"a call still waits {time.monotonic() - end:.1f} s into the silence"
+            )
+            assert isinstance(outcome.error, spawnproxy.DaemonDiedError), outcome.error
+        # The daemon gives every client up: those idle at the cut at the keepalive bound, the one
+        # it answered when the answer is not acknowledged within it, the busy one when its call
+        # ends (its answer cannot be written).
         freed = wait_until(lambda: server.proxy.live.__len__() == 0, timeout=cut + bound + 4 - time.monotonic())
         assert freed, f"the daemon still holds {server.proxy.live.__len__()} of the lost clients' objects"
         # A client idle through it all learns at its next call, at once.
