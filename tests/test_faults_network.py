@@ -278,6 +278,21 @@ def test_keepalive_settings_on_both_ends() -> None:
         server.terminate()
 
 
+@pytest.mark.slow
+def test_the_watch_on_unacknowledged_data_ends_with_the_last_connection() -> None:
+    """The thread that watches connections for unacknowledged data runs only while one is open."""
+    server = spawnproxy.serve(ScriptDefinition(SCRIPT))
+    try:
+        client = server.connect()
+        assert client.nap(0) == 0
+        assert any(t.name == "spawnproxy-netwatch" for t in threading.enumerate())
+        spawnproxy.daemon_of(client).terminate()
+        del client
+        assert wait_until(lambda: all(t.name != "spawnproxy-netwatch" for t in threading.enumerate()), timeout=3.0)
+    finally:
+        server.terminate()
+
+
 PROBE = """
 import gc, socket
 
