@@ -101,6 +101,9 @@ class TLSChannel(_wire.Channel):
                 except ssl.SSLWantWriteError:
                     events = select.POLLOUT
                 except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                    if call == self.sock.send:
+                        # Not 0 written, which the writer would retry for ever: the connection is gone.
+                        raise BrokenPipeError("the TLS connection is closed (or was lost)") from None
                     return 0
                 except BlockingIOError:
                     events = select.POLLIN | select.POLLOUT
@@ -216,6 +219,8 @@ def open_channel(sock, keepalive):
     """The channel over a socket that passed the handshake (TLS or not): blocking again, tuned."""
     sock.settimeout(None)
     tune_tcp(sock, keepalive)
+    if keepalive and sock.family in (socket.AF_INET, socket.AF_INET6):
+        watch_unacknowledged(sock, lost_after(keepalive))
     ssl = sys.modules.get("ssl")  # imported by whoever made a TLS socket
     if ssl is not None and isinstance(sock, ssl.SSLSocket):
         return TLSChannel(sock)
@@ -223,15 +228,97 @@ def open_channel(sock, keepalive):
 
 
 def tune_tcp(sock, keepalive):
-    """No Nagle delay for small frames; keepalive probes notice a peer lost with the network."""
+    """No Nagle delay for small frames; keepalive probes notice a peer lost with the network.
+
+    After `keepalive` idle seconds, 3 probes `keepalive // 2` seconds apart:
+    a peer that answers none is given up (25 s with the default of 10).
+    Probes run only while nothing sent awaits its acknowledgement: see
+    `watch_unacknowledged` for the other case.
+    """
     if sock.family not in (socket.AF_INET, socket.AF_INET6):
         return
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if keepalive:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        for name, value in (("TCP_KEEPIDLE", keepalive), ("TCP_KEEPINTVL", max(1, keepalive // 3)), ("TCP_KEEPCNT", 3)):
+        for name, value in (("TCP_KEEPIDLE", keepalive), ("TCP_KEEPINTVL", max(1, keepalive // 2)), ("TCP_KEEPCNT", 3)):
             if hasattr(socket, name):
                 sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), int(value))
+
+
+def lost_after(keepalive):
+    """Seconds of silence after which an end with this `keepalive` gives its peer up: 25 with 10."""
+    return keepalive + 3 * max(1, keepalive // 2)
+
+
+# tcpi_unacked and tcpi_last_ack_recv (ms ago) of Linux's struct tcp_info.
+_TCP_INFO = struct.Struct("=24xI28xI")
+_watched = None  # a WeakKeyDictionary, socket -> [limit (s), since when data awaits its acknowledgement]
+_watch_lock = threading.Lock()
+
+
+def watch_unacknowledged(sock, limit):
+    """Shut `sock` down once data it sent has waited `limit` s for an acknowledgement that does not come.
+
+    Keepalive probes do not run while sent data awaits its acknowledgement,
+    so a request or an answer written into a cut network would otherwise be
+    retransmitted for ~15 minutes (Linux's tcp_retries2) before anyone
+    learns of it.  Not TCP_USER_TIMEOUT: since Linux 5.11 it also ends a
+    connection whose peer keeps its window closed that long, and healthy
+    peers do (a daemon busy with one call reads nothing more of that client;
+    a client reads no late answer until it calls again) while they still
+    acknowledge.  One thread looks at every watched socket once a second
+    (Linux only) and ends when none is left.
+    """
+    global _watched
+    if not hasattr(socket, "TCP_INFO"):
+        return
+    with _watch_lock:
+        start = _watched is None
+        if start:
+            import weakref
+
+            _watched = weakref.WeakKeyDictionary()
+        _watched[sock] = [limit, None]
+    if start:
+        threading.Thread(target=_watch, name="spawnproxy-netwatch", daemon=True).start()
+
+
+def _watch():
+    global _watched
+    while True:
+        time.sleep(1.0)
+        with _watch_lock:
+            watched = list(_watched.items())
+            if not watched:
+                _watched = None
+                return
+        _sweep(watched, time.monotonic())
+        del watched  # not kept through the sleep: a socket dropped meanwhile goes at once
+
+
+def _sweep(watched, now):
+    for sock, state in watched:
+        try:
+            unacked, ack_recv = _TCP_INFO.unpack_from(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104))
+        except (OSError, struct.error):
+            done = True  # closed
+        else:
+            if not unacked:
+                state[1] = None
+            elif state[1] is None:
+                state[1] = now  # (the last acknowledgement may be old: the connection was idle)
+            # Silent since the later of the last acknowledgement and the first sweep that saw
+            # data waiting (the time since data was last *sent* does not do: retransmissions reset it).
+            done = state[1] is not None and min(ack_recv / 1000.0, now - state[1]) >= state[0]
+            if done:
+                try:
+                    # The plain socket's shutdown: SSLSocket's drops its TLS state under a reader.
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        if done:
+            with _watch_lock:
+                _watched.pop(sock, None)
 
 
 # -- serving clients ---------------------------------------------------------------------
@@ -429,7 +516,7 @@ class Listener:
         self.root = root
         self.authkey = config["authkey"]
         self.timeout = config.get("handshake_timeout", 1.0)
-        self.keepalive = config.get("keepalive", 30)
+        self.keepalive = config.get("keepalive", 10)
         self.context = None
         if config.get("certfile"):
             import ssl

@@ -55,7 +55,7 @@ Address = tuple[str, int] | str | os.PathLike[str]
 DEFAULT_HOST = "127.0.0.1"
 HANDSHAKE_TIMEOUT = 1.0
 CONNECT_TIMEOUT = 5.0
-KEEPALIVE = 30
+KEEPALIVE = 10  # idle seconds; a lost peer is given up 25 s into its silence (see _netchild.lost_after)
 # A detached daemon's log past this size is renamed to <log>.1 (replacing the older one).
 LOG_MAX_BYTES = 4 * 1024 * 1024
 _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
@@ -369,7 +369,9 @@ def connect(
     (doubling, at most 1 s).  `timeout` bounds each attempt, handshakes
     included; `call_timeout` is the default timeout of calls, as for a local
     child; `keepalive` is the idle time in seconds after which TCP probes
-    check that the daemon is still reachable.
+    check that the daemon is still reachable (one lost with the network is
+    given up 25 s into its silence with the default 10: see
+    docs/reliability.md; 0: no probes).
 
     A wrong key raises `AuthenticationError` at once; a daemon that cannot
     be reached, or whose certificate is not trusted, `ConnectError`.
@@ -705,7 +707,8 @@ def serve(
 
     `handshake_timeout` bounds each client's TLS and key handshake (a peer
     that is slower is dropped); `keepalive` is the idle time in seconds after
-    which TCP probes find clients lost with the network.  `python_exe`,
+    which TCP probes find clients lost with the network (25 s into their
+    silence with the default 10; 0: no probes).  `python_exe`,
     `logger` and `**options` are those of `DaemonProxy`.
 
     Example:
