@@ -5,9 +5,9 @@ The rule they serve is in docs/guides/values-and-proxies.md.
 
 from __future__ import annotations
 
-import pickle
 from typing import TypeVar
 
+from . import _serialize, _wire
 from ._errors import SerializationError
 from ._proxy import ObjectProxy, handle_of
 
@@ -64,7 +64,7 @@ def obtain(x: T) -> T:
     if not made:
         raise SerializationError(f"no copy of {label} can be made: the child cannot pickle it: {data}")
     try:
-        return pickle.loads(data)  # type: ignore[no-any-return]
+        return _serialize.decode(_wire.TAG_PICKLE, data)  # type: ignore[no-any-return]
     except Exception as exc:
         raise SerializationError(
             f"no copy of {label} can be made: its pickle cannot be loaded in the parent: {type(exc).__name__}: {exc}"

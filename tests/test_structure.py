@@ -65,6 +65,7 @@ def test_child_side_needs_only_the_standard_library() -> None:
         "std = set(sys.stdlib_module_names) | {'_spawnproxy_child'}\n"
         "print(sorted(new - std))\n"
     )
-    out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=60)
+    # On standard input: the sources are past what one command-line argument may hold (128 KiB).
+    out = subprocess.run([sys.executable, "-I", "-"], input=code, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
