@@ -45,7 +45,7 @@ from ._options import check_timeout
 from ._output import OutputLog
 from ._process import reap_later
 from ._proxy import ObjectProxy
-from ._statefile import RotatingLog, open_log, process_start_time, read_state_file, write_private
+from ._statefile import RotatingLog, open_log, privacy_problem, process_start_time, read_state_file, write_private
 
 __all__ = ["Server", "connect", "serve"]
 
@@ -190,17 +190,13 @@ def read_authkey_file(path: str | os.PathLike[str]) -> bytes:
     password to this account.
     """
     name = os.fspath(path)
-    with open(path, "rb") as f:
-        info = os.fstat(f.fileno())
-        if info.st_uid != os.geteuid():
+    # O_NONBLOCK: a FIFO planted there must not hang the reader (it is refused below).
+    with os.fdopen(os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as f:
+        problem = privacy_problem(os.fstat(f.fileno()))
+        if problem is not None:
             raise PermissionError(
-                f"the key file {name!r} is not owned by you (uid {os.geteuid()}) but by uid {info.st_uid}: "
-                "refusing a key someone else controls"
-            )
-        if info.st_mode & 0o077:
-            raise PermissionError(
-                f"the key file {name!r} is open to group or others (mode {info.st_mode & 0o777:03o}): "
-                f"run chmod 600 {shlex.quote(name)}, and make a new key if others may have read it"
+                f"refusing the key file {name!r}: it {problem}; it must be yours alone "
+                f"(chmod 600 {shlex.quote(name)}, and make a new key if others may have read it)"
             )
         data = f.read().strip()
     try:

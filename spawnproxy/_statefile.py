@@ -52,12 +52,14 @@ def check_name(name: str) -> str:
     return name
 
 
-def _private_dir_problem(st: os.stat_result) -> str | None:
-    """Why a directory is not private to this user, or None if it is."""
-    if not stat.S_ISDIR(st.st_mode):
+def privacy_problem(st: os.stat_result, directory: bool = False) -> str | None:
+    """Why a file (or a directory) is not private to this user, or None if it is."""
+    if directory and not stat.S_ISDIR(st.st_mode):
         return "is not a directory"
+    if not directory and not stat.S_ISREG(st.st_mode):
+        return "is not a regular file"
     if st.st_uid != os.geteuid():
-        return f"belongs to uid {st.st_uid}, not to you (uid {os.geteuid()})"
+        return f"is not owned by you (uid {os.geteuid()}) but by uid {st.st_uid}"
     if st.st_mode & 0o077:
         return f"is open to others (mode {stat.S_IMODE(st.st_mode):04o})"
     return None
@@ -69,7 +71,7 @@ def state_directory(create: bool = False) -> str:
     base = None
     if os.path.isabs(runtime):
         with contextlib.suppress(OSError):
-            if _private_dir_problem(os.stat(runtime)) is None:
+            if privacy_problem(os.stat(runtime), directory=True) is None:
                 base = runtime
     if base is None:
         base = os.environ.get("XDG_STATE_HOME", "")
@@ -84,7 +86,7 @@ def state_directory(create: bool = False) -> str:
         st = os.lstat(path)
     except FileNotFoundError:
         return path  # nothing there yet: a reader then finds no state file
-    problem = "is a symbolic link" if stat.S_ISLNK(st.st_mode) else _private_dir_problem(st)
+    problem = "is a symbolic link" if stat.S_ISLNK(st.st_mode) else privacy_problem(st, directory=True)
     if problem is not None:
         raise PermissionError(
             f"refusing the state directory {path!r}: it {problem}; it must be yours alone (chmod 700 {path})"
@@ -97,16 +99,6 @@ def default_paths(name: str = DEFAULT_NAME, create: bool = False) -> tuple[str, 
     directory = state_directory(create)
     check_name(name)
     return os.path.join(directory, name + ".json"), os.path.join(directory, name + ".log")
-
-
-def _private_file_problem(st: os.stat_result) -> str | None:
-    if not stat.S_ISREG(st.st_mode):
-        return "is not a regular file"
-    if st.st_uid != os.geteuid():
-        return f"belongs to uid {st.st_uid}, not to you (uid {os.geteuid()})"
-    if st.st_mode & 0o077:
-        return f"is open to others (mode {stat.S_IMODE(st.st_mode):04o})"
-    return None
 
 
 def write_private(path: str | os.PathLike[str], text: str) -> None:
@@ -143,7 +135,7 @@ def read_state_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     except OSError as exc:
         raise ConnectError(f"cannot read the state file {where!r}: {exc}") from None
     with os.fdopen(fd, "rb") as f:
-        problem = _private_file_problem(os.fstat(f.fileno()))
+        problem = privacy_problem(os.fstat(f.fileno()))
         if problem is not None:
             raise ConnectError(
                 f"refusing the state file {where!r}: it {problem}; a state file holds a daemon's key "
@@ -188,7 +180,7 @@ def open_log(path: str) -> tuple[int, bool]:
             if os.path.islink(path):
                 raise PermissionError(f"refusing the log file {path!r}: it is a symbolic link") from None
             raise PermissionError(f"cannot open the log file {path!r}: {exc}") from None
-    problem = _private_file_problem(os.fstat(fd))
+    problem = privacy_problem(os.fstat(fd))
     if problem is not None:
         os.close(fd)
         raise PermissionError(
