@@ -35,6 +35,9 @@ class Peer(Protocol):
     def interrupt(self) -> None:
         """Interrupt the call it runs (Ctrl-C), where that is possible."""
 
+    def said_stopping(self) -> bool:
+        """Whether it said, before its channel closed, that it stops on purpose (a served daemon)."""
+
     def close_channel(self) -> None:
         """The first, non-blocking step of ending it."""
 

@@ -197,6 +197,9 @@ class ChildProcess:
         lines = [line if len(line) <= 300 else line[:300] + f"... ({len(line)} characters)" for line in tail[-20:]]
         return "; last lines on its stderr:\n    " + "\n    ".join(lines)
 
+    def said_stopping(self) -> bool:
+        return False  # a child of ours stops on purpose only when we end it: the session knows
+
     def interrupt(self) -> None:
         """Send SIGINT: the call running in the child raises KeyboardInterrupt there."""
         if self.popen.returncode is None:

@@ -936,9 +936,8 @@ class Session:
             text = describe_exit(code) if code is not None else "its channel closing"
             tail = self.process.stderr_text()
             pid = self.pid
-            said = getattr(self.process, "said_stopping", None)  # (a served daemon's connection)
-            if not self._stopping and said is not None:
-                self._stopping = said()
+            if not self._stopping:
+                self._stopping = self.process.said_stopping()
             if self._stopping:  # not "by itself": someone stopped it (spawnproxy stop, stop_daemon())
                 how, tail = "was stopped on purpose", ""
             else:
