@@ -4,6 +4,7 @@ ever connect to loopback addresses, and every loop is bounded in count and time.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -40,6 +41,28 @@ def _env() -> dict[str, str]:
 
 def _frame(payload: bytes) -> bytes:
     return struct.pack("!i", len(payload)) + payload
+
+
+@contextlib.contextmanager
+def _sigpipe_client(*args: str) -> Iterator[subprocess.Popen[str]]:
+    """tests.targets.sigpipe_client run with `args`, talked to over its stdin and stdout; ended after."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.targets.sigpipe_client", *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=_env(),
+    )
+    try:
+        assert process.stdin is not None and process.stdout is not None
+        yield process
+    finally:
+        process.kill()
+        process.wait()
+        for stream in (process.stdin, process.stdout):
+            if stream:
+                stream.close()
 
 
 @pytest.fixture
@@ -244,15 +267,7 @@ def test_a_client_with_default_sigpipe_gets_daemon_died(transport: str, tmp_path
     address: Any = str(tmp_path / "d.sock") if transport == "unix" else None
     with spawnproxy.serve(ScriptDefinition(SCRIPT), address) as server:
         where = server.address if isinstance(server.address, str) else "%s:%d" % server.address
-        client = subprocess.Popen(
-            [sys.executable, "-m", "tests.targets.sigpipe_client", where, server.authkey.hex()],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-            env=_env(),
-        )
-        try:
+        with _sigpipe_client(where, server.authkey.hex()) as client:
             assert client.stdin is not None and client.stdout is not None
             assert client.stdout.readline().strip() == "READY"
             os.kill(server.pid, signal.SIGKILL)
@@ -261,12 +276,6 @@ def test_a_client_with_default_sigpipe_gets_daemon_died(transport: str, tmp_path
             client.stdin.flush()
             lines += [client.stdout.readline().strip(), client.stdout.readline().strip()]
             code = client.wait(20)
-        finally:
-            client.kill()
-            client.wait()
-            for stream in (client.stdin, client.stdout):
-                if stream:
-                    stream.close()
     assert code == 0, f"the client exited with {code} after {lines}"
     assert lines == ["MIDCALL DaemonDiedError", "IDLE DaemonDiedError", "AGAIN DaemonDiedError"]
 
@@ -281,15 +290,7 @@ def test_a_parent_with_default_sigpipe_survives_its_ssh_child(tmp_path_factory: 
     sshd = Sshd(tmp_path_factory.mktemp("sshd"))
     try:
         url = sshd.url(os.path.realpath(sys.executable))
-        parent = subprocess.Popen(
-            [sys.executable, "-m", "tests.targets.sigpipe_client", "ssh", url, json.dumps(sshd.options)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-            env=_env(),
-        )
-        try:
+        with _sigpipe_client("ssh", url, json.dumps(sshd.options)) as parent:
             assert parent.stdin is not None and parent.stdout is not None
             ready = parent.stdout.readline().split()
             assert ready[:1] == ["READY"], ready
@@ -299,12 +300,6 @@ def test_a_parent_with_default_sigpipe_survives_its_ssh_child(tmp_path_factory: 
             parent.stdin.flush()
             lines = [parent.stdout.readline().strip(), parent.stdout.readline().strip()]
             code = parent.wait(20)
-        finally:
-            parent.kill()
-            parent.wait()
-            for stream in (parent.stdin, parent.stdout):
-                if stream:
-                    stream.close()
     finally:
         sshd.close()
     assert code == 0, f"the parent exited with {code} after {lines}"
