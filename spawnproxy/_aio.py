@@ -15,21 +15,22 @@ import collections
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any
 
-from . import _serialize, _wire
+from . import _serialize
+from ._child import protocol
 from ._options import current_timeout
 from ._proxy import (
     FIRST_BATCH,
+    Label,
     ObjectProxy,
-    _Label,
+    Remote,
     _operands,
     _Ref,
-    _Remote,
     batch_of,
     batch_sizes,
     handle_of,
     iterator_of,
 )
-from ._session import _UNLOADABLE, FAILED, Session, unloadable
+from ._session import FAILED, UNLOADABLE, Session, unloadable
 
 __all__ = ["AsyncProxy", "aio"]
 
@@ -73,7 +74,7 @@ class AsyncProxy:
 
     __slots__ = ("_handle",)
 
-    def __init__(self, handle: _Remote) -> None:
+    def __init__(self, handle: Remote) -> None:
         self._handle = handle
 
     def __getattr__(self, name: str) -> AsyncAttribute:
@@ -96,7 +97,7 @@ class AsyncAttribute:
 
     __slots__ = ("_handle", "_name")
 
-    def __init__(self, handle: _Remote, name: str) -> None:
+    def __init__(self, handle: Remote, name: str) -> None:
         self._handle = handle
         self._name = name
 
@@ -121,7 +122,7 @@ class AsyncCall:
 
     __slots__ = ("_args", "_handle", "_kwargs")
 
-    def __init__(self, handle: _Remote, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def __init__(self, handle: Remote, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         self._handle = handle
         self._args = args
         self._kwargs = kwargs
@@ -129,7 +130,7 @@ class AsyncCall:
     def _call(self) -> Coroutine[Any, Any, Any]:
         handle, args, kwargs = self._handle, self._args, self._kwargs
         return request(
-            handle, "call", (args, kwargs), _Label(("{}()", handle._sp_label)), lambda: _operands(args, kwargs)
+            handle, "call", (args, kwargs), Label(("{}()", handle._sp_label)), lambda: _operands(args, kwargs)
         )
 
     def __await__(self) -> Generator[Any, None, Any]:
@@ -139,10 +140,10 @@ class AsyncCall:
         return AsyncStream(self._handle, self._call)
 
 
-async def _getattr(handle: _Remote, name: str) -> Any:
-    """The attribute read of `_Remote.__getattr__`, awaited."""
+async def _getattr(handle: Remote, name: str) -> Any:
+    """The attribute read of `Remote.__getattr__`, awaited."""
     session = handle._sp_session
-    what = _Label(("reading {}.{}", handle._sp_label, name))
+    what = Label(("reading {}.{}", handle._sp_label, name))
     session.check(what)
     cached = handle._sp_cache.get(name)
     if cached is not None:
@@ -156,7 +157,7 @@ async def _getattr(handle: _Remote, name: str) -> Any:
     return handle._sp_attribute(name, await _reply(session, "getattr", (handle._sp_target, name), what), what)
 
 
-async def request(handle: _Remote, op: str, operands: tuple[Any, ...], what: object, describe: Any = None) -> Any:
+async def request(handle: Remote, op: str, operands: tuple[Any, ...], what: object, describe: Any = None) -> Any:
     """Send a request about `handle`'s object and await its result."""
     reply = await _reply(handle._sp_session, op, (handle._sp_target, *operands), what, describe)
     return handle._sp_reply(reply, what)
@@ -185,7 +186,7 @@ def _settle(session: Session, future: asyncio.Future[tuple[Any, ...]], reply: tu
         session.drop(reply)  # cancelled or timed out while the reply was on its way
     elif reply[2] == FAILED:
         future.set_exception(reply[3])
-    elif reply[2] == _UNLOADABLE:
+    elif reply[2] == UNLOADABLE:
         future.set_exception(unloadable(what, reply[3]))
     else:
         future.set_result(reply)
@@ -209,7 +210,7 @@ async def _await(session: Session, rid: int, future: asyncio.Future[tuple[Any, .
 
 def _expire(future: asyncio.Future[tuple[Any, ...]], session: Session, what: object, timeout: float) -> None:
     if not future.done():
-        future.set_exception(session._timeout(what, timeout))
+        future.set_exception(session.timeout_error(what, timeout))
 
 
 async def _reply(
@@ -243,8 +244,8 @@ class AsyncStream:
         "_what",
     )
 
-    def __init__(self, handle: _Remote, source: Callable[[], Awaitable[Any]] | None = None) -> None:
-        self._handle: _Remote | None = handle if source is None else None
+    def __init__(self, handle: Remote, source: Callable[[], Awaitable[Any]] | None = None) -> None:
+        self._handle: Remote | None = handle if source is None else None
         self._source = source  # makes the awaitable whose result is iterated (when iteration starts)
         self._session = handle._sp_session
         self._buffer: collections.deque[Any] = collections.deque()
@@ -254,7 +255,7 @@ class AsyncStream:
         self._local: Any = None
         self._target: Any = None
         self._sizes = batch_sizes()
-        self._what = _Label(("iterating over {}", handle._sp_label))
+        self._what = Label(("iterating over {}", handle._sp_label))
 
     def __aiter__(self) -> AsyncStream:
         return self
@@ -304,7 +305,7 @@ class AsyncStream:
         self._take(items, end)
 
     def _unpack(self, reply: tuple[Any, ...]) -> tuple[list[Any], Any, Any]:
-        if reply[2] != _wire.VALUE:
+        if reply[2] != protocol.VALUE:
             self._end = True
         return batch_of(reply, self._what)
 
@@ -322,7 +323,7 @@ class AsyncStream:
         self._buffer.clear()
         if self._end is None and self._target is not None:
             self._end = True
-            await _reply(self._session, "close", (self._target,), _Label(("closing {}", self._what)))
+            await _reply(self._session, "close", (self._target,), Label(("closing {}", self._what)))
 
     def __del__(self) -> None:
         try:

@@ -29,11 +29,22 @@ from collections.abc import Mapping
 from typing import Any
 
 # Child-side modules, in the order they must be loaded.
-CHILD_MODULES = ("_wire", "_operators", "_table", "_loader", "_childcodec", "_child", "_netchild", "_accept")
+CHILD_MODULES = (
+    "protocol",
+    "buffers",
+    "channel",
+    "operators",
+    "table",
+    "loader",
+    "codec",
+    "serve",
+    "network",
+    "listener",
+)
 # Shipped, but compiled and run only when needed: the network side, by a child told to
-# listen (`_child.op_listen`; `_netchild` loads its accept loop, `_accept`) or reached
+# listen (`serve.op_listen`; `_netchild` loads its accept loop, `_accept`) or reached
 # through ssh.  The other children skip that work.
-ON_DEMAND = ("_netchild", "_accept")
+ON_DEMAND = ("network", "listener")
 CHILD_PACKAGE = "_spawnproxy_child"
 MIN_CHILD_VERSION = (3, 8)
 TOO_OLD_EXIT = 78
@@ -92,9 +103,9 @@ package.load = load
 for name in bundle.pop("start"):
     load(name)
 if sys.argv[2] == "stdio":
-    load("_netchild").main_stdio()
+    load("network").main_stdio()
 else:
-    package._child.main(fd, int(sys.argv[2]), bundle)
+    package.serve.main(fd, int(sys.argv[2]), bundle)
 """ % {
     "min": MIN_CHILD_VERSION,
     "min_text": "%d.%d" % MIN_CHILD_VERSION,
@@ -115,7 +126,7 @@ def safe_environment(env: Mapping[str, str]) -> dict[str, str]:
 @functools.lru_cache(maxsize=1)
 def child_sources() -> tuple[tuple[str, str], ...]:
     """The sources of the child-side modules, read once from the package."""
-    files = importlib.resources.files(__package__)
+    files = importlib.resources.files(__package__) / "_child"
     return tuple((name, (files / f"{name}.py").read_text(encoding="utf-8")) for name in CHILD_MODULES)
 
 

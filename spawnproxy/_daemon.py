@@ -8,13 +8,14 @@ import time
 import weakref
 from typing import Any
 
-from . import _ssh, _wire
+from . import _ssh
+from ._child import protocol
 from ._definitions import as_definition
 from ._errors import CallTimeoutError, DaemonStartError, RemoteError
 from ._options import Options, call_timeout, check_logger
 from ._peer import Peer
 from ._process import STEP, ChildProcess, reap_later
-from ._proxy import ObjectProxy, _Remote, handle_of, make_proxy, proxy_maker
+from ._proxy import ObjectProxy, Remote, handle_of, make_proxy, proxy_maker
 from ._serialize import rebuild_exception
 from ._session import Session
 
@@ -102,7 +103,7 @@ class DaemonProxy:
         except BaseException:
             self.terminate(STEP)
             raise
-        if reply[2] == _wire.ERROR:
+        if reply[2] == protocol.ERROR:
             self.terminate(STEP)
             error = rebuild_exception(reply[3])
             remote_tb = error.remote_traceback if isinstance(error, RemoteError) else reply[3][5]
@@ -114,7 +115,7 @@ class DaemonProxy:
     def _change_directory(self, cwd: str) -> None:
         """The child changes to `cwd` before it loads anything: a path where the child runs, checked there."""
         reply = self._session.request("chdir", (cwd,), f"changing to cwd {cwd!r}")
-        if reply[2] == _wire.ERROR:
+        if reply[2] == protocol.ERROR:
             error = rebuild_exception(reply[3])
             raise DaemonStartError(
                 f"cwd {cwd!r} cannot be the working directory of child {self._process.pid}: "
@@ -135,7 +136,7 @@ class DaemonProxy:
         proxy = None if self._proxy_ref is None else self._proxy_ref()
         if proxy is None:
             oid, info, names, label = self._root
-            handle = _Remote(self, self._session, oid, None, info, names, None, label, bool(info[3]))
+            handle = Remote(self, self._session, oid, None, info, names, None, label, bool(info[3]))
             proxy = make_proxy(handle)
             self._proxy_ref = weakref.ref(proxy)
         return proxy

@@ -15,7 +15,7 @@ import threading
 import weakref
 from typing import Any
 
-from ._childcodec import method_names
+from ._child.codec import method_names
 
 Target = Any  # int | tuple[int | str, ...]
 

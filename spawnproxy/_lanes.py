@@ -18,7 +18,8 @@ import threading
 import weakref
 from typing import Any
 
-from . import _wire
+from ._child import protocol
+from ._child.channel import Channel
 
 # How often (s) a thread blocked reading its lane looks whether the child is still there.
 LANE_CHECK = 0.25
@@ -29,7 +30,7 @@ class Lane:
 
     __slots__ = ("__weakref__", "channel", "close", "number")
 
-    def __init__(self, number: int, channel: _wire.Channel) -> None:
+    def __init__(self, number: int, channel: Channel) -> None:
         self.number = number
         self.channel = channel
         # Closes the lane; runs by itself when the thread that holds the lane ends.
@@ -39,12 +40,12 @@ class Lane:
 class Lanes:
     """The lanes of one session: numbers, sockets, and the closes the child has yet to hear of."""
 
-    def __init__(self, channel: _wire.Channel) -> None:
+    def __init__(self, channel: Channel) -> None:
         self._channel = channel
         self._lock = threading.Lock()
         self._free: list[int] = []
         self._count = 0
-        self._open: dict[int, _wire.Channel] = {}
+        self._open: dict[int, Channel] = {}
         # Numbers of closed lanes, to be told to the child before any later frame: a
         # number is reused only after its close, so the child never mixes two lanes up.
         self.closing: collections.deque[int] = collections.deque()
@@ -54,7 +55,7 @@ class Lanes:
         with self._lock:
             if self._free:
                 number = self._free.pop()
-            elif self._count < _wire.LANE_MASK:
+            elif self._count < protocol.LANE_MASK:
                 self._count += 1
                 number = self._count
             else:
@@ -69,7 +70,7 @@ class Lanes:
         lane.close.atexit = False
         return lane, theirs
 
-    def _closed(self, number: int, channel: _wire.Channel) -> None:
+    def _closed(self, number: int, channel: Channel) -> None:
         # May run in any thread (a finalizer): takes no lock of the session's.
         channel.close()
         if self._open.get(number) is channel:

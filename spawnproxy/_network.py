@@ -38,7 +38,9 @@ from multiprocessing import AuthenticationError as _MpAuthenticationError
 from multiprocessing.connection import answer_challenge, deliver_challenge
 from typing import Any
 
-from . import _bootstrap, _netchild, _serialize, _wire
+from . import _bootstrap, _serialize
+from ._child import network, protocol
+from ._child.channel import Channel
 from ._daemon import DaemonProxy
 from ._errors import AuthenticationError, ConnectError, DaemonStartError, SpawnProxyError
 from ._options import check_timeout
@@ -55,7 +57,7 @@ Address = tuple[str, int] | str | os.PathLike[str]
 DEFAULT_HOST = "127.0.0.1"
 HANDSHAKE_TIMEOUT = 1.0
 CONNECT_TIMEOUT = 5.0
-KEEPALIVE = 10  # idle seconds; a lost peer is given up 25 s into its silence (see _netchild.lost_after)
+KEEPALIVE = 10  # idle seconds; a lost peer is given up 25 s into its silence (see network.lost_after)
 # A detached daemon's log past this size is renamed to <log>.1 (replacing the older one).
 LOG_MAX_BYTES = 4 * 1024 * 1024
 _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
@@ -235,7 +237,7 @@ def client_context(
 class NetPeer:
     """A served daemon seen from one client: the `Peer` a `Session` talks to."""
 
-    def __init__(self, channel: _wire.Channel, hello: dict[str, Any], address: str) -> None:
+    def __init__(self, channel: Channel, hello: dict[str, Any], address: str) -> None:
         self.channel = channel
         self.hello = hello
         self.pid: int = hello["pid"]
@@ -265,7 +267,7 @@ class NetPeer:
             head = sock.recv(64, socket.MSG_PEEK | socket.MSG_DONTWAIT) if sock is not None else b""
             (size,) = struct.unpack_from("!i", head)
             frame = head[4 : 4 + size]
-            return size == len(frame) and frame[:1] == b"P" and pickle.loads(frame[1:]) == (_wire.STOPPING,)
+            return size == len(frame) and frame[:1] == b"P" and pickle.loads(frame[1:]) == (protocol.STOPPING,)
         except Exception:
             return False
 
@@ -309,7 +311,7 @@ class Connection(DaemonProxy):
         except BaseException:
             self.terminate()
             raise
-        if reply[2] == _wire.ERROR:
+        if reply[2] == protocol.ERROR:
             self.terminate()
             raise _serialize.rebuild_exception(reply[3])
         self._adopt_root(reply[3], label)
@@ -465,7 +467,7 @@ def _secure(
     server_hostname: str | None,
     timeout: float,
     keepalive: int,
-) -> _wire.Channel:
+) -> Channel:
     """TLS (if asked), then the mutual key check; a channel ready for frames.  Closes the socket on failure."""
     deadline = time.monotonic() + timeout
     try:
@@ -478,13 +480,13 @@ def _secure(
     except BaseException:
         sock.close()
         raise
-    channel: _wire.Channel = _netchild.open_channel(sock, keepalive)
+    channel: Channel = network.open_channel(sock, keepalive)
     return channel
 
 
 def _tls_handshake(sock: ssl.SSLSocket, text: str) -> None:
     try:
-        _netchild.no_sigpipe(sock.do_handshake)
+        network.no_sigpipe(sock.do_handshake)
     except ssl.SSLCertVerificationError as exc:
         raise ConnectError(
             f"the daemon at {text} presented a certificate this client does not trust: "
@@ -507,8 +509,8 @@ class _Shed(ConnectError):
 
 
 def _authenticate(sock: socket.socket, key: bytes, deadline: float, text: str, tls: bool) -> None:
-    """The client's half of `_netchild.authenticate`, step by step: each failure has its own message."""
-    conn: Any = _netchild._HandshakeConnection(sock, deadline)
+    """The client's half of `network.authenticate`, step by step: each failure has its own message."""
+    conn: Any = network._HandshakeConnection(sock, deadline)
     answered = False
     try:
         answer_challenge(conn, key)
@@ -769,7 +771,7 @@ def serve(
     except BaseException:
         daemon.terminate()
         raise
-    if reply[2] == _wire.ERROR:
+    if reply[2] == protocol.ERROR:
         daemon.terminate()
         error = _serialize.rebuild_exception(reply[3])
         raise DaemonStartError(
@@ -794,7 +796,7 @@ def _socket_id(address: tuple[str, int] | str) -> tuple[int, int, int] | None:
     if not isinstance(address, str):
         return None
     try:
-        identity: tuple[int, int, int] = _netchild.socket_identity(os.lstat(address))
+        identity: tuple[int, int, int] = network.socket_identity(os.lstat(address))
     except OSError:
         return None
     return identity
@@ -865,9 +867,9 @@ def _start_detached(
     try:
         # A supervisor that died at once must not take this process with it (SIGPIPE).
         with contextlib.suppress(BrokenPipeError):
-            _netchild.no_sigpipe(proc.stdin.write, data)
+            network.no_sigpipe(proc.stdin.write, data)
         with contextlib.suppress(BrokenPipeError):
-            _netchild.no_sigpipe(proc.stdin.close)
+            network.no_sigpipe(proc.stdin.close)
         line = proc.stdout.readline() if select.select([proc.stdout], [], [], limit)[0] else b""
     finally:
         proc.stdout.close()

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from . import _wire
+from ._child.channel import Channel
 from ._output import OutputLog
 
 
 class Peer(Protocol):
     """The other end of a session: its channel, identity, output and lifetime."""
 
-    channel: _wire.Channel
+    channel: Channel
     pid: int
     hello: dict[str, Any]
     executable: str

@@ -27,7 +27,9 @@ import weakref
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import _bootstrap, _serialize, _wire
+from . import _bootstrap, _serialize
+from ._child import protocol
+from ._child.channel import Channel
 from ._errors import DaemonStartError
 from ._output import OutputLog, StreamPump
 
@@ -128,7 +130,7 @@ class ChildProcess:
         self.popen.stderr.close()
         watch = () if self._pidfd is None else (self._pidfd,)
         self._sock = parent_sock
-        self.channel = _wire.Channel(parent_sock, watch_fds=watch)
+        self.channel = Channel(parent_sock, watch_fds=watch)
         _register(self)
         try:
             self.hello = self._handshake(own, start_timeout)
@@ -141,7 +143,7 @@ class ChildProcess:
         bundle = _bootstrap.bundle(own, list(sys.path) if own else None)
         bundle["deathline"] = self._deathline_in_child
         try:
-            self.channel.send(_wire.TAG_PICKLE, _serialize.dumps(bundle))
+            self.channel.send(protocol.TAG_PICKLE, _serialize.dumps(bundle))
         except OSError:
             pass  # the child is already gone: the wait below says why
         deadline = None if timeout is None else time.monotonic() + timeout

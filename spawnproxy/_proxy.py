@@ -1,7 +1,7 @@
 """Proxies: local stand-ins for objects that live in a child.
 
 The only module that knows wrapt.  An `ObjectProxy` is a `wrapt.BaseObjectProxy`
-whose wrapped object is a `_Remote` handle: wrapt forwards every special
+whose wrapped object is a `Remote` handle: wrapt forwards every special
 method to the handle (in C), and the handle's class holds the one explicit
 table that turns each of them into a request to the child.  `ObjectProxy`
 itself only overrides what wrapt must not do for a remote object (its own
@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import wrapt
 
-from . import _serialize, _wire
+from . import _serialize
+from ._child import protocol
 from ._errors import CallTimeoutError, SerializationError
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ def _operands(args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> li
     return named
 
 
-class _Remote:
+class Remote:
     # The handle a proxy wraps: where the object is and how to reach it.  No
     # docstring on purpose: wrapt copies the wrapped object's __doc__ when it
     # makes a proxy, and that must stay a local, free read.
@@ -81,7 +82,7 @@ class _Remote:
         ref: _Ref | None,
         info: Any,
         names: dict[str, bool] | None,
-        base: _Remote | None,
+        base: Remote | None,
         label: str,
         is_callable: bool,
     ) -> None:
@@ -99,7 +100,7 @@ class _Remote:
         setter(self, "_sp_stream", None)  # the batches read ahead of a remote iterator
 
     @staticmethod
-    def _spawnproxy_ref_(handle: _Remote) -> tuple[Session, Target]:
+    def _spawnproxy_ref_(handle: Remote) -> tuple[Session, Target]:
         return handle._sp_session, handle._sp_target
 
     def __reduce_ex__(self, protocol: Any) -> Any:
@@ -115,28 +116,28 @@ class _Remote:
         describe = named if callable(named) else (lambda: named) if named is not None else _no_operands
         reply = session.request(op, (self._sp_target, *operands), what, describe)
         how = reply[2]
-        if how == _wire.VALUE:
+        if how == protocol.VALUE:
             return reply[3]
         return self._sp_result(how, reply[3], what)
 
     def _sp_reply(self, reply: tuple[Any, ...], what: object) -> Any:
         """The result a reply carries: a value, a proxy, or the remote exception raised."""
         how = reply[2]
-        if how == _wire.VALUE:
+        if how == protocol.VALUE:
             return reply[3]
         return self._sp_result(how, reply[3], what)
 
     def _sp_result(self, how: int, payload: Any, what: object) -> Any:
-        if how == _wire.ERROR:
+        if how == protocol.ERROR:
             raise _serialize.rebuild_exception(payload)
-        if how == _wire.REF:
+        if how == protocol.REF:
             oid, key, info = payload[0], payload[1], payload[2]
             session = self._sp_session
             if info is None:
                 info = session.types.get(key)
             if len(payload) > 3:
                 _by_reference_because(what, info, payload[3])
-            handle = _Remote(
+            handle = Remote(
                 self._sp_daemon,
                 session,
                 oid,
@@ -148,16 +149,16 @@ class _Remote:
                 bool(info and info[3]),
             )
             return make_proxy(handle)
-        if how == _wire.SAME:
+        if how == protocol.SAME:
             return make_proxy(self)
-        if how == _wire.BASE:
+        if how == protocol.BASE:
             return make_proxy(self._sp_base or self)
         raise SerializationError(f"unexpected reply kind {how!r} to {what}")
 
     def _sp_path(self, name: str, is_callable: bool) -> Any:
         target = self._sp_target
         path = (target, name) if type(target) is int else target + (name,)
-        handle = _Remote(
+        handle = Remote(
             self._sp_daemon,
             self._sp_session,
             path,
@@ -180,7 +181,7 @@ class _Remote:
         cached = self._sp_cache.get(name)
         if cached is not None:
             return cached
-        what = _Label(("reading {}.{}", self._sp_label, name))
+        what = Label(("reading {}.{}", self._sp_label, name))
         names = self._sp_names
         if names is not None and name not in names:
             names[name] = self._sp_request("attrinfo", (name,), what)
@@ -208,7 +209,7 @@ class _Remote:
 
     def _sp_attribute(self, name: str, reply: tuple[Any, ...], what: object) -> Any:
         """The attribute a `getattr` reply gives."""
-        if reply[2] == _wire.PATH:
+        if reply[2] == protocol.PATH:
             # Something callable: remembered, so that the next `p.x.method()` is one
             # round trip.  It is reached by path at each use, so it never goes stale.
             proxy = self._sp_cache[name] = self._sp_path(name, reply[3])
@@ -243,16 +244,16 @@ class _Remote:
     def _sp_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         # _sp_request, inline, with Session.call: every call passes here.  Labels and operand
         # lists are only needed for errors: made lazily.
-        what = _Label(("{}()", self._sp_label))
+        what = Label(("{}()", self._sp_label))
         reply = self._sp_session.call(self._sp_target, args, kwargs, what, lambda: _operands(args, kwargs))
         how = reply[2]
-        if how == _wire.VALUE:
+        if how == protocol.VALUE:
             return reply[3]
         return self._sp_result(how, reply[3], what)
 
     def _sp_op(self, name: str, *args: Any) -> Any:
         return self._sp_request(
-            "op", (name, args), _Label(("{1}({0})", self._sp_label, name)), (lambda: _operands(args)) if args else None
+            "op", (name, args), Label(("{1}({0})", self._sp_label, name)), (lambda: _operands(args)) if args else None
         )
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Any:
@@ -316,14 +317,14 @@ def batch_sizes() -> Iterator[int]:
 
 def batch_of(reply: tuple[Any, ...], what: object) -> tuple[list[Any], Any, Any]:
     """(items, end, new iterator) of the reply to a `batch` request; raises the error it carries."""
-    if reply[2] == _wire.VALUE:
+    if reply[2] == protocol.VALUE:
         return reply[3]  # type: ignore[no-any-return]
-    if reply[2] == _wire.ERROR:
+    if reply[2] == protocol.ERROR:
         raise _serialize.rebuild_exception(reply[3])
     raise SerializationError(f"unexpected reply kind {reply[2]!r} to {what}")
 
 
-def iterator_of(handle: _Remote, ref: Any) -> tuple[Target, _Ref | None]:
+def iterator_of(handle: Remote, ref: Any) -> tuple[Target, _Ref | None]:
     """The target and reference of the iterator a stream takes its batches from (after the first)."""
     if ref is None:
         return handle._sp_target, handle._sp_ref  # the object is its own iterator
@@ -346,10 +347,10 @@ class Stream:
 
     __slots__ = ("__weakref__", "_buffer", "_end", "_pending", "_ref", "_session", "_sizes", "_target", "_what", "own")
 
-    def __init__(self, handle: _Remote, call_iter: bool) -> None:
+    def __init__(self, handle: Remote, call_iter: bool) -> None:
         session = handle._sp_session
         self._session = session
-        self._what = _Label(("iterating over {}", handle._sp_label))
+        self._what = Label(("iterating over {}", handle._sp_label))
         self._sizes = batch_sizes()
         self._pending: int | None = None
         self._ref: _Ref | None = None
@@ -392,7 +393,7 @@ class Stream:
             except CallTimeoutError:
                 self._pending = rid  # still coming: the next call to next() waits for it again
                 raise
-            if reply[2] != _wire.VALUE:
+            if reply[2] != protocol.VALUE:
                 self._end = True
             items, end, _ = batch_of(reply, self._what)
             self._take(items, end)
@@ -406,7 +407,7 @@ class Stream:
         self._buffer.clear()
         if self._end is None:
             self._end = True
-            self._session.request("close", (self._target,), _Label(("closing {}", self._what)))
+            self._session.request("close", (self._target,), Label(("closing {}", self._what)))
 
     def __del__(self) -> None:
         try:
@@ -422,10 +423,10 @@ class Stream:
         session.flush_releases_nowait()
 
 
-class _Label(tuple):  # type: ignore[type-arg]
+class Label(tuple):  # type: ignore[type-arg]
     """A request's name for error messages, formatted only if an error needs it.
 
-    Made as ``_Label((template, *args))``: tuple's own constructor, with no
+    Made as ``Label((template, *args))``: tuple's own constructor, with no
     Python frame to pay on every call.
     """
 
@@ -440,7 +441,7 @@ def _no_operands() -> list[tuple[str, Any]]:
 
 
 def _forward(op: str) -> Any:
-    def forward(self: _Remote, *args: Any) -> Any:
+    def forward(self: Remote, *args: Any) -> Any:
         return self._sp_op(op, *args)
 
     forward.__name__ = f"__{op}__"
@@ -492,7 +493,7 @@ for _op in ("add", "sub", "mul", "matmul", "truediv", "floordiv", "mod", "lshift
     FORWARDED[f"__r{_op}__"] = f"r{_op}"
     FORWARDED[f"__i{_op}__"] = f"i{_op}"
 for _dunder, _op in FORWARDED.items():
-    setattr(_Remote, _dunder, _forward(_op))
+    setattr(Remote, _dunder, _forward(_op))
 INPLACE = [
     d
     for d in FORWARDED
@@ -523,7 +524,7 @@ class ObjectProxy(wrapt.BaseObjectProxy):  # type: ignore[misc,type-arg]
         >>> mod.terminate_daemon()
     """
 
-    _spawnproxy_ref_ = staticmethod(lambda proxy: _Remote._spawnproxy_ref_(proxy.__wrapped__))
+    _spawnproxy_ref_ = staticmethod(lambda proxy: Remote._spawnproxy_ref_(proxy.__wrapped__))
 
     def terminate_daemon(self, timeout: float = 5.0) -> None:
         """End the child this proxy belongs to; idempotent.
@@ -644,7 +645,7 @@ def proxy_maker(owner_ref: Any) -> Any:
             return None
         session = owner._session
         label = "an object of the child's"
-        handle = _Remote(
+        handle = Remote(
             owner, session, oid, _Ref(oid, session.releases), info, None, None, label, bool(info and info[3])
         )
         return make_proxy(handle)
@@ -656,13 +657,13 @@ def proxy_maker(owner_ref: Any) -> Any:
 _OWN_NAMES = frozenset(dir(CallableObjectProxy)) | {"__wrapped__", "__dict__", "__weakref__"}
 
 
-def make_proxy(handle: _Remote) -> ObjectProxy:
+def make_proxy(handle: Remote) -> ObjectProxy:
     if handle._sp_callable:
         return CallableObjectProxy(handle)
     return ObjectProxy(handle)
 
 
-def handle_of(proxy: ObjectProxy) -> _Remote:
+def handle_of(proxy: ObjectProxy) -> Remote:
     if not isinstance(proxy, ObjectProxy):
         raise TypeError(f"expected a spawnproxy proxy, not {type(proxy).__name__}")
     return proxy.__wrapped__  # type: ignore[no-any-return]

@@ -23,7 +23,8 @@ from typing import Any, Protocol
 
 import tblib
 
-from . import _wire
+from ._child import protocol
+from ._child.buffers import BUFFER_TYPES, buffer_taker, out_of_band, split_buffers
 from ._errors import RemoteError, SerializationError
 
 PROTOCOL = 5
@@ -91,7 +92,7 @@ class _RefPickler(pickle.Pickler):
         return _ref_id(obj, self._owner, self._exported)
 
 
-_BUFFER_TYPES = frozenset(_wire._BUFFER_TYPES)
+_BUFFER_TYPES = frozenset(BUFFER_TYPES)
 
 
 _SCALAR_TYPES = frozenset({int, float, str, bool, type(None)})
@@ -122,9 +123,9 @@ def _plain_operands(message: tuple[Any, ...]) -> bool:
 
 
 def _swapped(value: Any) -> bool:
-    """Whether `_wire.out_of_band` swaps `value` (a large buffer, or any memoryview)."""
+    """Whether `out_of_band` swaps `value` (a large buffer, or any memoryview)."""
     kind = type(value)
-    return kind is memoryview or (kind in _BUFFER_TYPES and len(value) >= _wire.BIG_FRAME)
+    return kind is memoryview or (kind in _BUFFER_TYPES and len(value) >= protocol.BIG_FRAME)
 
 
 def _big_buffers_out_of_band(message: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -149,11 +150,11 @@ def _big_buffers_out_of_band(message: tuple[Any, ...]) -> tuple[Any, ...]:
     for item in message[3:]:
         kind = type(item)
         if kind is tuple:
-            item = tuple(_wire.out_of_band(x) for x in item)
+            item = tuple(out_of_band(x) for x in item)
         elif kind is dict:
-            item = {key: _wire.out_of_band(x) for key, x in item.items()}
+            item = {key: out_of_band(x) for key, x in item.items()}
         else:
-            item = _wire.out_of_band(item)
+            item = out_of_band(item)
         swapped.append(item)
     return message[:3] + tuple(swapped)
 
@@ -174,7 +175,7 @@ class Encoder:
         pickled; if the message cannot be encoded, they are given back.
         """
         if _plain_operands(message):
-            return _wire.TAG_PICKLE, pickle.dumps(message, PROTOCOL), []
+            return protocol.TAG_PICKLE, pickle.dumps(message, PROTOCOL), []
         exported: list[int] = []
         try:
             return self._encode(message, operands, exported)
@@ -195,11 +196,11 @@ class Encoder:
             message = head + (value,)
             try:
                 try:
-                    data, tag = pickle.dumps(message, PROTOCOL), _wire.TAG_PICKLE
+                    data, tag = pickle.dumps(message, PROTOCOL), protocol.TAG_PICKLE
                 except NeedsReferences:
                     buf = io.BytesIO()
                     _RefPickler(buf, self._owner, exported).dump(message)
-                    data, tag = buf.getvalue(), _wire.TAG_REFS
+                    data, tag = buf.getvalue(), protocol.TAG_REFS
                 if _MAIN not in data or not _names_main(message, self._owner):
                     return tag, data, []
             except Exception:
@@ -214,13 +215,13 @@ class Encoder:
         buffers: list[pickle.PickleBuffer] = []
         message = _big_buffers_out_of_band(message)
         try:
-            data = pickle.dumps(message, PROTOCOL, buffer_callback=_wire.buffer_taker(buffers))
-            tag = _wire.TAG_PICKLE
+            data = pickle.dumps(message, PROTOCOL, buffer_callback=buffer_taker(buffers))
+            tag = protocol.TAG_PICKLE
         except NeedsReferences:
             del buffers[:]
             try:
                 buf = io.BytesIO()
-                _RefPickler(buf, self._owner, exported, _wire.buffer_taker(buffers)).dump(message)
+                _RefPickler(buf, self._owner, exported, buffer_taker(buffers)).dump(message)
             except SerializationError:
                 raise
             except Exception as exc:
@@ -228,7 +229,7 @@ class Encoder:
                     self._owner.unexport(exported)
                     del exported[:]
                 return self._encode_slow(message, operands, exc, exported)
-            data, tag = buf.getvalue(), _wire.TAG_REFS
+            data, tag = buf.getvalue(), protocol.TAG_REFS
         except Exception as exc:
             return self._encode_slow(message, operands, exc, exported)
         if len(data) < _SCAN_LIMIT and _MAIN in data:
@@ -268,7 +269,7 @@ class Encoder:
         try:
             buf = io.BytesIO()
             _DillRefPickler(buf, protocol=PROTOCOL, recurse=True).dump(message)
-            return _wire.TAG_DILL, buf.getvalue(), []
+            return protocol.TAG_DILL, buf.getvalue(), []
         except SerializationError:
             raise
         except Exception as exc:
@@ -351,14 +352,14 @@ class _ChildRefUnpickler(pickle.Unpickler):
 
 def decode(tag: bytes, payload: Any, resolve: Callable[[Any], Any] | None = None) -> Any:
     """Load a frame the child sent; `resolve` turns its persistent ids into objects."""
-    if tag == _wire.TAG_PICKLE:
+    if tag == protocol.TAG_PICKLE:
         return pickle.loads(payload)
     buffers = None
-    if tag == _wire.TAG_BUFFERS:
-        tag, payload, buffers = _wire.split_buffers(payload)
-        if tag == _wire.TAG_PICKLE:
+    if tag == protocol.TAG_BUFFERS:
+        tag, payload, buffers = split_buffers(payload)
+        if tag == protocol.TAG_PICKLE:
             return pickle.loads(payload, buffers=buffers)
-    if tag == _wire.TAG_REFS and resolve is not None:
+    if tag == protocol.TAG_REFS and resolve is not None:
         return _ChildRefUnpickler(payload, resolve, buffers).load()
     raise SerializationError(f"the child sent a frame with an unknown tag {tag!r}")
 
@@ -391,9 +392,9 @@ def message_head(tag: bytes, payload: Any) -> tuple[int | None, int | None, list
     """(kind, request id) of a message that `decode` could not load (its classes stubbed out), and
     the ids of the child's objects it names that the failed load never reached (to be released)."""
     buffers = None
-    if tag == _wire.TAG_BUFFERS:
-        tag, payload, buffers = _wire.split_buffers(payload)
-    if tag != _wire.TAG_PICKLE and tag != _wire.TAG_REFS:
+    if tag == protocol.TAG_BUFFERS:
+        tag, payload, buffers = split_buffers(payload)
+    if tag != protocol.TAG_PICKLE and tag != protocol.TAG_REFS:
         return None, None, []
     unpickler = _HeaderUnpickler(io.BytesIO(payload), buffers)
     try:
@@ -453,7 +454,7 @@ class ParentTraceback(Exception):
         return "\n\nTraceback in the parent:\n" + str(self.args[0]).rstrip() if self.args else ""
 
 
-_CHILD_PARENT_TRACEBACK = ("_spawnproxy_child._child", "ParentTraceback")
+_CHILD_PARENT_TRACEBACK = ("_spawnproxy_child.serve", "ParentTraceback")
 _OWN_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 

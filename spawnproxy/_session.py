@@ -41,7 +41,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import _flush, _serialize, _wire
+from . import _flush, _serialize
+from ._child import protocol
+from ._child.channel import Channel, SendTimeout
+from ._child.operators import OPERATORS
 from ._errors import (
     CallTimeoutError,
     DaemonDiedError,
@@ -51,7 +54,6 @@ from ._errors import (
 )
 from ._exports import ExportTable
 from ._lanes import Lane, Lanes
-from ._operators import OPERATORS
 from ._options import UNSET, current_timeout, timeouts
 from ._peer import Peer
 from ._process import describe_exit
@@ -59,7 +61,7 @@ from ._process import describe_exit
 log = logging.getLogger("spawnproxy")
 
 # The kind of a reply that arrived but could not be loaded here (never on the wire).
-_UNLOADABLE = -1
+UNLOADABLE = -1
 # The kind of a reply that never came: the child ended (never on the wire); payload: the error.
 FAILED = -2
 # Packages the child may ask its parent for when it lacks them (pure Python).
@@ -172,9 +174,9 @@ class Session:
         if timeout is UNSET:
             timeout = self.call_timeout
         deadline = None if timeout is None else time.monotonic() + timeout
-        rid = next(self._ids) << _wire.LANE_BITS | lane.number
-        payload = pickle.dumps((_wire.REQUEST, rid, "call", target, args, kwargs), _serialize.PROTOCOL)
-        return self._lane_exchange(lane, rid, _wire.TAG_PICKLE, payload, None, what, deadline, timeout)
+        rid = next(self._ids) << protocol.LANE_BITS | lane.number
+        payload = pickle.dumps((protocol.REQUEST, rid, "call", target, args, kwargs), _serialize.PROTOCOL)
+        return self._lane_exchange(lane, rid, protocol.TAG_PICKLE, payload, None, what, deadline, timeout)
 
     # -- lanes: a blocking call reads its answer on its thread's own socket ----------------
 
@@ -187,7 +189,9 @@ class Session:
             return None  # 65,535 threads hold a lane: this one reads the channel
         lane, theirs = made
         try:
-            self._send(_wire.TAG_LANE, _wire.LANE.pack(lane.number, 1), what, deadline, timeout, fd=theirs.fileno())
+            self._send(
+                protocol.TAG_LANE, protocol.LANE.pack(lane.number, 1), what, deadline, timeout, fd=theirs.fileno()
+            )
         except BaseException:
             assert lane.close is not None
             lane.close()
@@ -225,7 +229,7 @@ class Session:
         # Loading a dill request, the child may ask for dill's source: a plain request,
         # read on the channel, where no caller reads now.  Likewise a child's thread may
         # call an object of ours at any time.
-        dill = tag == _wire.TAG_DILL
+        dill = tag == protocol.TAG_DILL
         if dill or (self.exports.objects and self._reader is None):
             if dill:
                 with self._lock:
@@ -250,7 +254,7 @@ class Session:
         if self._retired:
             for fd in list(self._retired):
                 self._drain_retired(fd)
-        if reply[2] == _UNLOADABLE:
+        if reply[2] == UNLOADABLE:
             raise unloadable(what, reply[3])
         if self.exports.objects and self._reader is None:
             self._ensure_reader()  # the child kept an object of ours: it may call it while no one reads
@@ -269,7 +273,7 @@ class Session:
                     if deadline is not None:
                         ready = channel.wait(max(0.0, deadline - time.monotonic()))
                         if ready is None:
-                            raise self._timeout(what, timeout)
+                            raise self.timeout_error(what, timeout)
                         if ready[0] != channel.fd:
                             raise self._fail(what)  # only the exit handle is ready: the child is gone
                     try:
@@ -283,11 +287,11 @@ class Session:
                             raise self._fail(what) from None
                         continue
                     kind = message[0]
-                    if kind == _wire.REPLY:
+                    if kind == protocol.REPLY:
                         if message[1] == rid:
                             return message
                         self.drop(message)  # the late answer of an earlier call of this thread
-                    elif kind == _wire.NESTED:
+                    elif kind == protocol.NESTED:
                         if message[2] == rid:
                             # A callback of this call: run here.  This thread reads the lane
                             # again once it returns, whatever the calls it makes meanwhile do.
@@ -353,10 +357,10 @@ class Session:
                 while channel.has_frame():
                     message = self._receive("a call given up", channel)
                     kind = message[0]
-                    if kind == _wire.REPLY:
+                    if kind == protocol.REPLY:
                         self.drop(message)
                         done = done or message[1] == rid
-                    elif kind == _wire.NESTED:
+                    elif kind == protocol.NESTED:
                         self._to_worker(message)  # the child waits for its answer
                     else:
                         self._route(message)
@@ -382,9 +386,9 @@ class Session:
             raise self._failure(what)
         if self._abandoned:
             self._forget_abandoned()
-        rid = next(self._ids) << _wire.LANE_BITS | lane
+        rid = next(self._ids) << protocol.LANE_BITS | lane
         outer = self._local.serving
-        head = (_wire.REQUEST, rid, op) if outer is None else (_wire.NESTED, rid, outer, op)
+        head = (protocol.REQUEST, rid, op) if outer is None else (protocol.NESTED, rid, outer, op)
         return (rid, *self.encoder.encode(head + operands, describe))
 
     def submit(
@@ -445,7 +449,7 @@ class Session:
             except CallTimeoutError:
                 kept = keep_on_timeout
                 raise
-            if reply[2] == _UNLOADABLE:
+            if reply[2] == UNLOADABLE:
                 raise unloadable(what, reply[3])
             return reply
         finally:
@@ -502,7 +506,7 @@ class Session:
     ) -> None:
         lock = self._send_lock
         if not lock.acquire(True, -1 if deadline is None else max(0.0, deadline - time.monotonic())):
-            raise self._timeout(what, timeout)  # another thread's send holds the channel
+            raise self.timeout_error(what, timeout)  # another thread's send holds the channel
         try:
             if self.releases:
                 self._send_releases(deadline)
@@ -512,8 +516,8 @@ class Session:
                 self.channel.send_fd(tag, payload, fd, deadline, self._read_ahead)
             else:
                 self.channel.send(tag, payload, deadline, self._read_ahead, buffers)
-        except _wire.SendTimeout:
-            raise self._timeout(what, timeout) from None
+        except SendTimeout:
+            raise self.timeout_error(what, timeout) from None
         except (EOFError, OSError):
             raise self._fail(what) from None
         finally:
@@ -526,8 +530,10 @@ class Session:
             batch.append(releases.popleft())
         was_pending = self.channel.pending
         try:
-            self.channel.send(_wire.TAG_PICKLE, _serialize.dumps((_wire.RELEASE, batch)), deadline, self._read_ahead)
-        except _wire.SendTimeout:
+            self.channel.send(
+                protocol.TAG_PICKLE, _serialize.dumps((protocol.RELEASE, batch)), deadline, self._read_ahead
+            )
+        except SendTimeout:
             if was_pending or not self.channel.pending:
                 releases.extendleft(reversed(batch))  # not sent: they go with the next request
             # else part of the frame went: its rest goes first with the next frame, as it is
@@ -539,8 +545,8 @@ class Session:
         while closing:
             number = closing.popleft()
             try:
-                self.channel.send(_wire.TAG_LANE, _wire.LANE.pack(number, 0), deadline, self._read_ahead)
-            except _wire.SendTimeout:
+                self.channel.send(protocol.TAG_LANE, protocol.LANE.pack(number, 0), deadline, self._read_ahead)
+            except SendTimeout:
                 closing.appendleft(number)
                 raise
 
@@ -569,7 +575,7 @@ class Session:
         if self._failure is None and self.releases and self._send_lock.acquire(False):
             try:
                 self._send_releases(None if within is None else time.monotonic() + within)
-            except (EOFError, OSError, _wire.SendTimeout):
+            except (EOFError, OSError, SendTimeout):
                 pass  # the child is gone: the next read says so
             finally:
                 self._send_lock.release()
@@ -595,7 +601,7 @@ class Session:
                             break
                         remaining = None if deadline is None else deadline - time.monotonic()
                         if remaining is not None and remaining <= 0:
-                            raise self._timeout(what, timeout)
+                            raise self.timeout_error(what, timeout)
                         self._followers += 1
                         try:
                             self._cond.wait(remaining)
@@ -609,7 +615,7 @@ class Session:
                             self._recv_lock.release()
                             if self._followers:
                                 self._cond.notify_all()
-                    if job[0] == _wire.REPLY:
+                    if job[0] == protocol.REPLY:
                         return job
                 # A callback of this call: run here, where a call it makes to the child
                 # can read its own answer (the receive lock is free again).
@@ -631,21 +637,21 @@ class Session:
                 raise self._failure(what)
             ready = channel.wait(remaining)
             if ready is None:
-                raise self._timeout(what, timeout)
+                raise self.timeout_error(what, timeout)
             if ready[0] != channel.fd:
                 raise self._fail(what)  # only the exit handle is ready: the child is gone
             message = self._receive(what)
             kind = message[0]
-            if kind == _wire.REPLY:
+            if kind == protocol.REPLY:
                 if message[1] == rid:
                     return message
                 self._route_reply(message)
-            elif kind == _wire.NESTED and message[2] == rid:
+            elif kind == protocol.NESTED and message[2] == rid:
                 return message
             else:
                 self._route(message)
 
-    def _receive(self, what: object, channel: _wire.Channel | None = None) -> tuple[Any, ...]:
+    def _receive(self, what: object, channel: Channel | None = None) -> tuple[Any, ...]:
         try:
             tag, payload = (channel or self.channel).recv()
         except BlockingIOError:
@@ -656,22 +662,30 @@ class Session:
             raise self._fail(what) from None
         try:
             # Most answers are plain pickles: _serialize.decode's first case, inline.
-            message: tuple[Any, ...] = pickle.loads(payload) if tag == _wire.TAG_PICKLE else self._decode(tag, payload)
+            message: tuple[Any, ...] = (
+                pickle.loads(payload) if tag == protocol.TAG_PICKLE else self._decode(tag, payload)
+            )
         except (Exception, SystemExit) as exc:  # a sys.exit pickled by reference: no reason to exit here
             # The answer to some call that cannot be rebuilt here: it must reach its
             # own caller as an error (or be dropped if late), not fail whoever reads.
             kind, rid, unreached = _serialize.message_head(tag, payload)
             self.releases.extend(unreached)  # the child counted them for this message
-            if kind == _wire.REPLY:
-                message = (_wire.REPLY, rid, _UNLOADABLE, exc)
-            elif kind in (_wire.REQUEST, _wire.NESTED):
+            if kind == protocol.REPLY:
+                message = (protocol.REPLY, rid, UNLOADABLE, exc)
+            elif kind in (protocol.REQUEST, protocol.NESTED):
                 # A request of the child's we cannot load: it gets the error as its answer.
                 error = _serialize.unloadable_request(exc)
-                self._send(_wire.TAG_PICKLE, _serialize.dumps((_wire.REPLY, rid, _wire.ERROR, error)), what, None, None)
-                message = (_wire.RELEASE, [])
+                self._send(
+                    protocol.TAG_PICKLE,
+                    _serialize.dumps((protocol.REPLY, rid, protocol.ERROR, error)),
+                    what,
+                    None,
+                    None,
+                )
+                message = (protocol.RELEASE, [])
             else:
                 raise
-        if message[0] == _wire.REPLY and message[2] == _wire.REF and message[3][2] is not None:
+        if message[0] == protocol.REPLY and message[2] == protocol.REF and message[3][2] is not None:
             # A type is described once: keep it even if this answer is dropped.
             self.types[message[3][1]] = message[3][2]
         return message
@@ -681,9 +695,9 @@ class Session:
         local = self._local
         local.named = False
         message: tuple[Any, ...] = _serialize.decode(tag, payload, self._resolve_pid)
-        if local.named and message[0] == _wire.REPLY and message[1] & _wire.LANE_MASK:
+        if local.named and message[0] == protocol.REPLY and message[1] & protocol.LANE_MASK:
             # The child keeps the objects of ours that an answer on a lane names until we have
-            # read it (see _child.Child._run_next): a negative id in the next releases says so.
+            # read it (see serve.Child._run_next): a negative id in the next releases says so.
             self.releases.append(-message[1])
         return message
 
@@ -721,18 +735,18 @@ class Session:
 
     def drop(self, reply: tuple[Any, ...]) -> None:
         """Let go of a reply no one will take: a reference the child counted for it is given back."""
-        if reply[2] == _wire.REF:
+        if reply[2] == protocol.REF:
             self.releases.append(reply[3][0])
 
     def _route(self, message: tuple[Any, ...]) -> None:
         kind = message[0]
-        if kind == _wire.RELEASE:
+        if kind == protocol.RELEASE:
             self.exports.release(message[1])
             return
-        if kind == _wire.STOPPING:
+        if kind == protocol.STOPPING:
             self._stopping = True
             return
-        if kind == _wire.NESTED:
+        if kind == protocol.NESTED:
             with self._lock:
                 if message[2] in self._waiting:
                     self._nested.setdefault(message[2], collections.deque()).append(message)
@@ -741,7 +755,7 @@ class Session:
                     return
         self._to_worker(message)
 
-    def _timeout(self, what: object, timeout: float | None) -> CallTimeoutError:
+    def timeout_error(self, what: object, timeout: float | None) -> CallTimeoutError:
         return CallTimeoutError(
             f"{what} did not finish within {timeout} s in child {self.pid}; it goes on running there, "
             "and its answer will be discarded"
@@ -759,7 +773,7 @@ class Session:
 
     def _serve(self, message: tuple[Any, ...]) -> None:
         """Run a request of the child's and send the answer (never while holding the receive lock)."""
-        if message[0] == _wire.NESTED:
+        if message[0] == protocol.NESTED:
             rid, op, operands = message[1], message[3], message[4:]
         else:
             rid, op, operands = message[1], message[2], message[3:]
@@ -775,12 +789,16 @@ class Session:
                 local.serving = outer
                 operands = ()
             # What cannot travel by value goes by reference: the child gets a stand-in.
-            tag, payload, buffers = self.encoder.encode_result((_wire.REPLY, rid, _wire.VALUE), value)
+            tag, payload, buffers = self.encoder.encode_result((protocol.REPLY, rid, protocol.VALUE), value)
         except BaseException as exc:  # a KeyboardInterrupt too: it reaches the child's call, then ours
             # Also when the answer cannot be encoded: the child waits for one, whatever happens.
             error = _serialize.encode_exception(exc)
             del exc
-            tag, payload, buffers = _wire.TAG_PICKLE, _serialize.dumps((_wire.REPLY, rid, _wire.ERROR, error)), []
+            tag, payload, buffers = (
+                protocol.TAG_PICKLE,
+                _serialize.dumps((protocol.REPLY, rid, protocol.ERROR, error)),
+                [],
+            )
         del value
         try:
             self._send(tag, payload, "answering the child", None, None, buffers)
@@ -893,7 +911,7 @@ class Session:
             if ready[0] != channel.fd:
                 raise self._fail("reading the child's messages")
             message = self._receive("reading the child's messages")
-            if message[0] == _wire.REPLY:
+            if message[0] == protocol.REPLY:
                 self._route_reply(message)
             else:
                 self._route(message)
@@ -977,7 +995,7 @@ class Session:
             waiters = list(self._async.items())
             self._async.clear()
         for rid, on_reply in waiters:
-            on_reply((_wire.REPLY, rid, FAILED, failure("the call")))
+            on_reply((protocol.REPLY, rid, FAILED, failure("the call")))
         self.exports.clear()
 
 

@@ -4,7 +4,7 @@ The system's OpenSSH client runs the bootstrap on the remote host; the
 protocol travels over the ssh process's stdin and stdout, so nothing needs
 to be installed there but a CPython 3.8+.  The remote child sends what it
 writes to its own stdout and stderr down ssh's stderr, each line marked with
-its stream (`_netchild.main_stdio`); the parent sorts the lines back.
+its stream (`network.main_stdio`); the parent sorts the lines back.
 
 Lifetime: the local `ssh` process stands for the child (its exit code is the
 remote child's, or 255 when ssh itself failed).  Closing ssh's stdin ends the
@@ -24,7 +24,8 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from . import _bootstrap, _netchild
+from . import _bootstrap
+from ._child import network
 from ._errors import DaemonStartError
 from ._output import OutputLog, StreamPump
 from ._process import ChildProcess, _register
@@ -93,10 +94,10 @@ class SshPump(StreamPump):
     """ssh's stderr: the remote child's stdout and stderr lines (marked), and ssh's own messages."""
 
     def _emit(self, raw: bytes) -> None:
-        if raw.startswith(_netchild.STDOUT_MARK):
+        if raw.startswith(network.STDOUT_MARK):
             self._name, self._level, raw = "stdout", logging.INFO, raw[2:]
         else:
-            if raw.startswith(_netchild.STDERR_MARK):
+            if raw.startswith(network.STDERR_MARK):
                 raw = raw[2:]
             self._name, self._level = "stderr", logging.WARNING
         super()._emit(raw)
@@ -150,7 +151,7 @@ class SshProcess(ChildProcess):
         self.popen.stdout.close()
         self.popen.stdin.close()
         watch = () if self._pidfd is None else (self._pidfd,)
-        self.channel = _netchild.PipeChannel(read_fd, write_fd, watch_fds=watch)
+        self.channel = network.PipeChannel(read_fd, write_fd, watch_fds=watch)
         _register(self)
         try:
             self.hello = self._handshake(False, start_timeout)

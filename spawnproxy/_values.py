@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from . import _serialize, _wire
+from . import _serialize
+from ._child import protocol
 from ._errors import SerializationError
 from ._proxy import ObjectProxy, handle_of
 
@@ -64,7 +65,7 @@ def obtain(x: T) -> T:
     if not made:
         raise SerializationError(f"no copy of {label} can be made: the child cannot pickle it: {data}")
     try:
-        return _serialize.decode(_wire.TAG_PICKLE, data)  # type: ignore[no-any-return]
+        return _serialize.decode(protocol.TAG_PICKLE, data)  # type: ignore[no-any-return]
     except Exception as exc:
         raise SerializationError(
             f"no copy of {label} can be made: its pickle cannot be loaded in the parent: {type(exc).__name__}: {exc}"

@@ -11,7 +11,8 @@ import sys
 import pytest
 
 import spawnproxy
-from spawnproxy import InstanceDefinition, ObjectProxy, _wire
+from spawnproxy import InstanceDefinition, ObjectProxy
+from spawnproxy._child import protocol
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -194,9 +195,9 @@ def test_a_call_is_one_round_trip() -> None:
 
     def counting(tag, payload, *args, **kwargs):
         # The requests that go out, as the child reads them (a frame opening a lane is no request).
-        if tag == _wire.TAG_PICKLE:
+        if tag == protocol.TAG_PICKLE:
             message = pickle.loads(payload)
-            if message[0] == _wire.REQUEST:
+            if message[0] == protocol.REQUEST:
                 sent.append(message[2])
         return real(tag, payload, *args, **kwargs)
 

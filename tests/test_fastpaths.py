@@ -17,11 +17,13 @@ from typing import Any
 import pytest
 
 import spawnproxy
-from spawnproxy import _child, _wire
+from spawnproxy._child import protocol, serve
+from spawnproxy._child.buffers import split_buffers
+from spawnproxy._child.channel import Channel
 
 pytestmark = pytest.mark.timeout(60)
 
-BIG = _wire.BIG_FRAME
+BIG = protocol.BIG_FRAME
 
 SCRIPT = """
 import threading
@@ -151,12 +153,12 @@ def test_session_call_sends_the_frame_request_sends(
     session.unexport([held])
     session._ids = itertools.count(rid + 5)
 
-    assert fast_reply[1] == general_reply[1] == rid << _wire.LANE_BITS | session._local.lane.number
+    assert fast_reply[1] == general_reply[1] == rid << protocol.LANE_BITS | session._local.lane.number
     assert fast_reply[3] == general_reply[3] == len(args) + len(kwargs)
     assert fast_frame == general_frame, f"{name}: Session.call and request('call') sent different frames"
     if path == FAST:
         assert not fast_encodes, f"{name}: Session.call went through the general encoder"
-        assert fast_frame[0] == _wire.TAG_PICKLE and not fast_frame[2]
+        assert fast_frame[0] == protocol.TAG_PICKLE and not fast_frame[2]
     elif path == REFUSED:
         assert fast_encodes == [fast_frame], f"{name}: Session.call did not take the general path"
 
@@ -213,21 +215,21 @@ class InProcessChild:
 
     def __init__(self) -> None:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.child = _child.Child(_wire.Channel(mine))
-        self.peer = _wire.Channel(theirs)
+        self.child = serve.Child(Channel(mine))
+        self.peer = Channel(theirs)
         self.calc = Calc()
         self.calc_id = self.child.table.pin(self.calc)
         self.selfcaller_id = self.child.table.pin(SelfCaller())
 
     def reply_frame(self, op: Callable[..., Any], rid: int, target: Any, args: Any, kwargs: Any) -> tuple[bytes, bytes]:
         """The reply frame the serve loop sends for a call run by `op`."""
-        ops = _child.OPS
+        ops = serve.OPS
         saved = ops["call"]
         ops["call"] = op
         try:
             self.child.codec.retell_types()  # each run describes a type as the first did
             queue = self.child._main_queue
-            queue.append((_wire.REQUEST, rid, "call", target, args, kwargs))
+            queue.append((protocol.REQUEST, rid, "call", target, args, kwargs))
             self.child._run_next(queue)
         finally:
             ops["call"] = saved
@@ -250,17 +252,17 @@ def inproc() -> Iterator[InProcessChild]:
 
 # (name, target (with "CALC"/"SELF" for the table ids), args, kwargs, the `how` op_call gives)
 CHILD_CALLS: list[tuple[str, Any, tuple[Any, ...], dict[str, Any], int]] = [
-    ("a plain value", ("CALC", "add"), (1, 2), {}, _child.MAYBE),
-    ("kwargs", ("CALC", "add"), ("a",), {"b": "é"}, _child.MAYBE),
-    ("big ints", ("CALC", "add"), (2**100,), {"b": -(2**90)}, _child.MAYBE),
-    ("None", ("CALC", "nothing"), (), {}, _child.MAYBE),
-    ("a list of values", ("CALC", "values"), (), {}, _child.MAYBE),
-    ("large bytes (out of band)", ("CALC", "big"), (), {}, _child.MAYBE),
-    ("a method returning self", ("CALC", "me"), (), {}, _wire.BASE),
-    ("a nested path", ("CALC", "inner", "add"), (2.5,), {}, _child.MAYBE),
-    ("a nested method returning its object", ("CALC", "inner", "me"), (), {}, _child.MAYBE),
-    ("the target itself", "SELF", (), {}, _wire.SAME),
-    ("by reference", ("CALC", "lock"), (), {}, _child.MAYBE),
+    ("a plain value", ("CALC", "add"), (1, 2), {}, serve.MAYBE),
+    ("kwargs", ("CALC", "add"), ("a",), {"b": "é"}, serve.MAYBE),
+    ("big ints", ("CALC", "add"), (2**100,), {"b": -(2**90)}, serve.MAYBE),
+    ("None", ("CALC", "nothing"), (), {}, serve.MAYBE),
+    ("a list of values", ("CALC", "values"), (), {}, serve.MAYBE),
+    ("large bytes (out of band)", ("CALC", "big"), (), {}, serve.MAYBE),
+    ("a method returning self", ("CALC", "me"), (), {}, protocol.BASE),
+    ("a nested path", ("CALC", "inner", "add"), (2.5,), {}, serve.MAYBE),
+    ("a nested method returning its object", ("CALC", "inner", "me"), (), {}, serve.MAYBE),
+    ("the target itself", "SELF", (), {}, protocol.SAME),
+    ("by reference", ("CALC", "lock"), (), {}, serve.MAYBE),
 ]
 
 
@@ -277,35 +279,35 @@ def test_op_call_gives_what_resolve_call_result_give(
 ) -> None:
     """op_call's (how, payload) and reply frame equal those of _resolve, the call and result, for one id."""
     child, target = inproc.child, _target(spec, inproc)
-    fast = _child.op_call(child, target, args, kwargs)
+    fast = serve.op_call(child, target, args, kwargs)
     general = _general_call(child, target, args, kwargs)
     assert fast[0] == general[0] == how
     assert fast[1] is general[1] or fast[1] == general[1], f"{name}: payloads differ"
-    rid = 77 << _wire.LANE_BITS  # lane 0: the reply comes on the channel
-    fast_frame = inproc.reply_frame(_child.op_call, rid, target, args, kwargs)
+    rid = 77 << protocol.LANE_BITS  # lane 0: the reply comes on the channel
+    fast_frame = inproc.reply_frame(serve.op_call, rid, target, args, kwargs)
     general_frame = inproc.reply_frame(_general_call, rid, target, args, kwargs)
     assert fast_frame == general_frame, f"{name}: op_call's reply frame differs from the general one"
     tag, payload = fast_frame
-    if tag == _wire.TAG_BUFFERS:
-        tag, pickled, buffers = _wire.split_buffers(memoryview(payload))
+    if tag == protocol.TAG_BUFFERS:
+        tag, pickled, buffers = split_buffers(memoryview(payload))
         reply = pickle.loads(pickled, buffers=buffers)
     else:
-        reply = pickle.loads(payload) if tag == _wire.TAG_PICKLE else None
+        reply = pickle.loads(payload) if tag == protocol.TAG_PICKLE else None
     if reply is not None:
-        assert reply[:2] == (_wire.REPLY, rid)
+        assert reply[:2] == (protocol.REPLY, rid)
 
 
 def test_op_call_kinds_of_reply_are_covered(inproc: InProcessChild) -> None:
     """The child table above reaches every kind of reply op_call leads to: VALUE, REF, SAME and BASE."""
     kinds = set()
     for _name, spec, args, kwargs, _how in CHILD_CALLS:
-        tag, payload = inproc.reply_frame(_child.op_call, 5 << _wire.LANE_BITS, _target(spec, inproc), args, kwargs)
-        if tag == _wire.TAG_BUFFERS:
-            tag, pickled, buffers = _wire.split_buffers(memoryview(payload))
+        tag, payload = inproc.reply_frame(serve.op_call, 5 << protocol.LANE_BITS, _target(spec, inproc), args, kwargs)
+        if tag == protocol.TAG_BUFFERS:
+            tag, pickled, buffers = split_buffers(memoryview(payload))
             kinds.add(pickle.loads(pickled, buffers=buffers)[2])
         else:
             kinds.add(pickle.loads(payload)[2])
-    assert kinds == {_wire.VALUE, _wire.REF, _wire.SAME, _wire.BASE}
+    assert kinds == {protocol.VALUE, protocol.REF, protocol.SAME, protocol.BASE}
 
 
 def _user_frames(error: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -319,17 +321,17 @@ def test_op_call_raises_what_the_general_composition_raises(inproc: InProcessChi
     """An exception in the call: both raise it, and the ERROR replies differ only in the machinery's frames."""
     child, target = inproc.child, (inproc.calc_id, "boom")
     with pytest.raises(KeyError, match="boom"):
-        _child.op_call(child, target, (), {})
+        serve.op_call(child, target, (), {})
     with pytest.raises(KeyError, match="boom"):
         _general_call(child, target, (), {})
-    rid = 9 << _wire.LANE_BITS
+    rid = 9 << protocol.LANE_BITS
     replies = []
-    for op in (_child.op_call, _general_call):
+    for op in (serve.op_call, _general_call):
         tag, payload = inproc.reply_frame(op, rid, target, (), {})
-        assert tag == _wire.TAG_PICKLE
+        assert tag == protocol.TAG_PICKLE
         replies.append(pickle.loads(payload))
     (fast, general) = replies
-    assert fast[:3] == general[:3] == (_wire.REPLY, rid, _wire.ERROR)
+    assert fast[:3] == general[:3] == (protocol.REPLY, rid, protocol.ERROR)
     assert _user_frames(fast[3]) == _user_frames(general[3])
     assert [f[1] for f in _user_frames(fast[3])[4]] == ["boom"]
 
@@ -338,7 +340,7 @@ def test_op_call_of_a_missing_object_fails_as_resolve_does(inproc: InProcessChil
     """A released object id: op_call raises the LookupError _resolve raises, with the same message."""
     missing = 10**6
     with pytest.raises(LookupError) as fast:
-        _child.op_call(inproc.child, (missing, "add"), (1,), {})
+        serve.op_call(inproc.child, (missing, "add"), (1,), {})
     with pytest.raises(LookupError) as general:
         inproc.child._resolve((missing, "add"))
     assert str(fast.value) == str(general.value)
@@ -346,6 +348,6 @@ def test_op_call_of_a_missing_object_fails_as_resolve_does(inproc: InProcessChil
 
 def test_child_queue_is_empty_after_the_runs(inproc: InProcessChild) -> None:
     """reply_frame leaves nothing queued and nothing unread: each run is one request and one reply."""
-    inproc.reply_frame(_child.op_call, 3 << _wire.LANE_BITS, (inproc.calc_id, "add"), (1,), {})
+    inproc.reply_frame(serve.op_call, 3 << protocol.LANE_BITS, (inproc.calc_id, "add"), (1,), {})
     assert not inproc.child._main_queue
     assert inproc.peer.wait(0) is None

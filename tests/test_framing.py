@@ -1,4 +1,4 @@
-"""Frames, out-of-band buffers and the ssh command line, tested in-process (no child): what `_wire` promises."""
+"""Frames, out-of-band buffers and the ssh command line, tested in-process (no child): what `_child.protocol`, `channel` and `buffers` promise."""
 
 from __future__ import annotations
 
@@ -17,17 +17,20 @@ from typing import Any
 
 import pytest
 
-from spawnproxy import _bootstrap, _ssh, _wire
+from spawnproxy import _bootstrap, _ssh
+from spawnproxy._child import protocol
+from spawnproxy._child.buffers import buffer_taker, out_of_band, split_buffers
+from spawnproxy._child.channel import Channel, ChannelClosed, SendTimeout
 from spawnproxy._errors import DaemonStartError
 
 pytestmark = pytest.mark.timeout(30)
 
 
 @pytest.fixture
-def pair() -> Iterator[tuple[_wire.Channel, socket.socket]]:
+def pair() -> Iterator[tuple[Channel, socket.socket]]:
     """A Channel on one end of an AF_UNIX socket pair, the raw socket of the other end."""
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    channel = _wire.Channel(mine)
+    channel = Channel(mine)
     try:
         yield channel, theirs
     finally:
@@ -36,10 +39,10 @@ def pair() -> Iterator[tuple[_wire.Channel, socket.socket]]:
 
 
 @pytest.fixture
-def channels() -> Iterator[tuple[_wire.Channel, _wire.Channel]]:
+def channels() -> Iterator[tuple[Channel, Channel]]:
     """Two Channels on the two ends of an AF_UNIX socket pair."""
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    one, other = _wire.Channel(a), _wire.Channel(b)
+    one, other = Channel(a), Channel(b)
     try:
         yield one, other
     finally:
@@ -75,18 +78,18 @@ def _unread(sock: socket.socket) -> bytes:
 # -- the bytes on the wire --------------------------------------------------------------------------
 
 SMALL_FRAMES = [
-    (_wire.TAG_PICKLE, pickle.dumps((_wire.REQUEST, 1 << _wire.LANE_BITS, "ping"), 5)),
-    (_wire.TAG_REFS, b"refs payload"),
-    (_wire.TAG_DILL, b"dill payload"),
-    (_wire.TAG_LANE, _wire.LANE.pack(7, 0)),
-    (_wire.TAG_PICKLE, b""),
-    (_wire.TAG_PICKLE, bytes(range(256)) * 100),
+    (protocol.TAG_PICKLE, pickle.dumps((protocol.REQUEST, 1 << protocol.LANE_BITS, "ping"), 5)),
+    (protocol.TAG_REFS, b"refs payload"),
+    (protocol.TAG_DILL, b"dill payload"),
+    (protocol.TAG_LANE, protocol.LANE.pack(7, 0)),
+    (protocol.TAG_PICKLE, b""),
+    (protocol.TAG_PICKLE, bytes(range(256)) * 100),
 ]
 
 
 @pytest.mark.parametrize(("tag", "payload"), SMALL_FRAMES, ids=["P", "R", "D", "L", "empty", "25 KiB"])
 def test_a_frame_is_a_signed_big_endian_length_then_tag_and_payload(
-    pair: tuple[_wire.Channel, socket.socket], tag: bytes, payload: bytes
+    pair: tuple[Channel, socket.socket], tag: bytes, payload: bytes
 ) -> None:
     """A frame on the wire: 4-byte big-endian signed length (of tag and payload), the tag, the payload."""
     channel, theirs = pair
@@ -98,7 +101,7 @@ def test_a_frame_is_a_signed_big_endian_length_then_tag_and_payload(
 
 @pytest.mark.parametrize(("tag", "payload"), SMALL_FRAMES, ids=["P", "R", "D", "L", "empty", "25 KiB"])
 def test_a_plain_connection_reads_our_frames_and_we_read_its(
-    pair: tuple[_wire.Channel, socket.socket], tag: bytes, payload: bytes
+    pair: tuple[Channel, socket.socket], tag: bytes, payload: bytes
 ) -> None:
     """multiprocessing.connection.Connection's recv_bytes reads our frame; our recv reads its send_bytes."""
     channel, theirs = pair
@@ -113,10 +116,10 @@ def test_a_plain_connection_reads_our_frames_and_we_read_its(
         connection.close()
 
 
-def test_frames_sent_back_to_back_are_read_one_by_one(channels: tuple[_wire.Channel, _wire.Channel]) -> None:
+def test_frames_sent_back_to_back_are_read_one_by_one(channels: tuple[Channel, Channel]) -> None:
     """Several frames that arrive in one read come out of recv one at a time, in order, each whole."""
     one, other = channels
-    sent = [(_wire.TAG_PICKLE, pickle.dumps(i, 5)) for i in range(50)]
+    sent = [(protocol.TAG_PICKLE, pickle.dumps(i, 5)) for i in range(50)]
     for tag, payload in sent:
         one.send(tag, payload)
     received = [other.recv() for _ in sent]
@@ -124,19 +127,19 @@ def test_frames_sent_back_to_back_are_read_one_by_one(channels: tuple[_wire.Chan
     assert other.wait(0) is None
 
 
-def test_the_long_header_of_minus_one_and_eight_bytes_is_read(pair: tuple[_wire.Channel, socket.socket]) -> None:
+def test_the_long_header_of_minus_one_and_eight_bytes_is_read(pair: tuple[Channel, socket.socket]) -> None:
     """A length of -1 then an 8-byte unsigned length (multiprocessing's header of huge frames) is read."""
     channel, theirs = pair
-    body = _wire.TAG_PICKLE + pickle.dumps("long header", 5)
+    body = protocol.TAG_PICKLE + pickle.dumps("long header", 5)
     theirs.sendall(struct.pack("!iQ", -1, len(body)) + body)
     tag, payload = channel.recv()
-    assert (tag, pickle.loads(payload)) == (_wire.TAG_PICKLE, "long header")
+    assert (tag, pickle.loads(payload)) == (protocol.TAG_PICKLE, "long header")
 
 
-def test_a_frame_arriving_in_pieces_is_reassembled(pair: tuple[_wire.Channel, socket.socket]) -> None:
+def test_a_frame_arriving_in_pieces_is_reassembled(pair: tuple[Channel, socket.socket]) -> None:
     """A frame whose bytes come one at a time (header split too) is returned whole."""
     channel, theirs = pair
-    body = _wire.TAG_REFS + b"abcdef" * 1000
+    body = protocol.TAG_REFS + b"abcdef" * 1000
     frame = struct.pack("!i", len(body)) + body
     result: list[Any] = []
     reader = threading.Thread(target=lambda: result.append(channel.recv()))
@@ -147,118 +150,118 @@ def test_a_frame_arriving_in_pieces_is_reassembled(pair: tuple[_wire.Channel, so
     reader.join(10)
     assert not reader.is_alive()
     tag, payload = result[0]
-    assert (tag, bytes(payload)) == (_wire.TAG_REFS, body[1:])
+    assert (tag, bytes(payload)) == (protocol.TAG_REFS, body[1:])
 
 
 def test_a_frame_larger_than_the_socket_buffer_goes_whole_while_the_peer_reads(
-    channels: tuple[_wire.Channel, _wire.Channel],
+    channels: tuple[Channel, Channel],
 ) -> None:
     """A frame under BIG_FRAME but past the socket buffer travels in-band, whole, as the other end reads."""
     one, other = channels
-    payload = os.urandom(_wire.BIG_FRAME - 100)
+    payload = os.urandom(protocol.BIG_FRAME - 100)
     result: list[Any] = []
     reader = threading.Thread(target=lambda: result.append(other.recv()))
     reader.start()
-    one.send(_wire.TAG_DILL, payload)
+    one.send(protocol.TAG_DILL, payload)
     reader.join(10)
     assert not reader.is_alive()
-    assert result[0][0] == _wire.TAG_DILL and bytes(result[0][1]) == payload
+    assert result[0][0] == protocol.TAG_DILL and bytes(result[0][1]) == payload
 
 
 # -- large frames in a memfd ------------------------------------------------------------------------
 
 
 @pytest.mark.skipif(not hasattr(os, "memfd_create"), reason="no memfd on this platform")
-def test_a_big_frame_travels_in_a_memfd(pair: tuple[_wire.Channel, socket.socket]) -> None:
+def test_a_big_frame_travels_in_a_memfd(pair: tuple[Channel, socket.socket]) -> None:
     """A frame of BIG_FRAME bytes or more: on the socket only b"M" and its size, the frame itself in a passed memfd."""
     channel, theirs = pair
-    payload = os.urandom(_wire.BIG_FRAME)
-    channel.send(_wire.TAG_PICKLE, payload)
+    payload = os.urandom(protocol.BIG_FRAME)
+    channel.send(protocol.TAG_PICKLE, payload)
     data, ancillary, _flags, _addr = theirs.recvmsg(1 << 16, socket.CMSG_SPACE(4 * 4))
     size = 1 + len(payload)
-    assert data == struct.pack("!i", 9) + _wire.TAG_MEMFD + struct.pack("!Q", size)
+    assert data == struct.pack("!i", 9) + protocol.TAG_MEMFD + struct.pack("!Q", size)
     (level, kind, fd_bytes) = ancillary[0]
     assert (level, kind) == (socket.SOL_SOCKET, socket.SCM_RIGHTS)
     fds = array.array("i")
     fds.frombytes(fd_bytes[: len(fd_bytes) - len(fd_bytes) % fds.itemsize])
     with open(fds[0], "rb") as memfd:
-        assert memfd.read() == _wire.TAG_PICKLE + payload
+        assert memfd.read() == protocol.TAG_PICKLE + payload
 
 
 @pytest.mark.skipif(not hasattr(os, "memfd_create"), reason="no memfd on this platform")
-def test_a_big_frame_arrives_intact(channels: tuple[_wire.Channel, _wire.Channel]) -> None:
+def test_a_big_frame_arrives_intact(channels: tuple[Channel, Channel]) -> None:
     """A Channel receiving a memfd frame returns the frame's own tag and payload, byte for byte."""
     one, other = channels
-    for size in (_wire.BIG_FRAME - 1, _wire.BIG_FRAME, 3 * _wire.BIG_FRAME + 5):
+    for size in (protocol.BIG_FRAME - 1, protocol.BIG_FRAME, 3 * protocol.BIG_FRAME + 5):
         payload = os.urandom(size)
-        one.send(_wire.TAG_REFS, payload)
+        one.send(protocol.TAG_REFS, payload)
         tag, received = other.recv()
-        assert tag == _wire.TAG_REFS and bytes(received) == payload
+        assert tag == protocol.TAG_REFS and bytes(received) == payload
         del received
 
 
-def test_a_memfd_frame_without_its_descriptor_is_channel_closed(pair: tuple[_wire.Channel, socket.socket]) -> None:
+def test_a_memfd_frame_without_its_descriptor_is_channel_closed(pair: tuple[Channel, socket.socket]) -> None:
     """A b"M" frame that comes without a descriptor ends the channel (ChannelClosed), nothing is mapped."""
     channel, theirs = pair
-    theirs.sendall(struct.pack("!i", 9) + _wire.TAG_MEMFD + struct.pack("!Q", 100))
-    with pytest.raises(_wire.ChannelClosed, match="without its memfd"):
+    theirs.sendall(struct.pack("!i", 9) + protocol.TAG_MEMFD + struct.pack("!Q", 100))
+    with pytest.raises(ChannelClosed, match="without its memfd"):
         channel.recv()
 
 
 # -- out-of-band buffers (pickle protocol 5) --------------------------------------------------------
 
 
-def _send_out_of_band(channel: _wire.Channel, message: Any) -> list[pickle.PickleBuffer]:
+def _send_out_of_band(channel: Channel, message: Any) -> list[pickle.PickleBuffer]:
     buffers: list[pickle.PickleBuffer] = []
-    data = pickle.dumps(message, 5, buffer_callback=_wire.buffer_taker(buffers))
-    channel.send(_wire.TAG_PICKLE, data, buffers=buffers)
+    data = pickle.dumps(message, 5, buffer_callback=buffer_taker(buffers))
+    channel.send(protocol.TAG_PICKLE, data, buffers=buffers)
     return buffers
 
 
 def _load(tag: bytes, payload: memoryview) -> Any:
-    assert tag == _wire.TAG_BUFFERS
-    inner, pickled, views = _wire.split_buffers(payload)
-    assert inner == _wire.TAG_PICKLE
+    assert tag == protocol.TAG_BUFFERS
+    inner, pickled, views = split_buffers(payload)
+    assert inner == protocol.TAG_PICKLE
     return pickle.loads(pickled, buffers=views)
 
 
 def test_small_values_are_not_swapped_and_stay_in_band() -> None:
     """out_of_band leaves small bytes and non-buffers as they are; buffer_taker keeps small buffers in band."""
-    for value in (b"x" * (_wire.BIG_FRAME - 1), bytearray(10), 1, "s", None, (b"t",)):
-        assert _wire.out_of_band(value) is value
+    for value in (b"x" * (protocol.BIG_FRAME - 1), bytearray(10), 1, "s", None, (b"t",)):
+        assert out_of_band(value) is value
     buffers: list[pickle.PickleBuffer] = []
-    take = _wire.buffer_taker(buffers)
+    take = buffer_taker(buffers)
     assert take(pickle.PickleBuffer(b"s" * 100)) is True
     assert not buffers
-    big = pickle.PickleBuffer(b"b" * _wire.BIG_FRAME)
+    big = pickle.PickleBuffer(b"b" * protocol.BIG_FRAME)
     assert take(big) is False and buffers == [big]
 
 
 @pytest.mark.parametrize("kind", [bytes, bytearray])
-def test_a_large_buffer_round_trips_out_of_band(channels: tuple[_wire.Channel, _wire.Channel], kind: type) -> None:
+def test_a_large_buffer_round_trips_out_of_band(channels: tuple[Channel, Channel], kind: type) -> None:
     """A large bytes or bytearray goes out of band (not in the pickle) and arrives equal, as its own type."""
     one, other = channels
-    value = kind(os.urandom(_wire.BIG_FRAME + 3))
-    swapped = _wire.out_of_band(value)
+    value = kind(os.urandom(protocol.BIG_FRAME + 3))
+    swapped = out_of_band(value)
     assert swapped is not value
-    buffers = _send_out_of_band(one, (_wire.REPLY, 5, _wire.VALUE, swapped))
+    buffers = _send_out_of_band(one, (protocol.REPLY, 5, protocol.VALUE, swapped))
     assert len(buffers) == 1
     tag, payload = other.recv()
-    _inner, pickled, views = _wire.split_buffers(payload)
+    _inner, pickled, views = split_buffers(payload)
     assert len(pickled) < 1000, "the buffer travelled inside the pickle"
     assert [v.nbytes for v in views] == [len(value)]
     message = _load(tag, payload)
-    assert message[:3] == (_wire.REPLY, 5, _wire.VALUE)
+    assert message[:3] == (protocol.REPLY, 5, protocol.VALUE)
     assert type(message[3]) is kind and message[3] == value
 
 
-def test_split_buffers_aligns_each_part_to_64_bytes(channels: tuple[_wire.Channel, _wire.Channel]) -> None:
+def test_split_buffers_aligns_each_part_to_64_bytes(channels: tuple[Channel, Channel]) -> None:
     """The pickle and each buffer of a TAG_BUFFERS frame start 64-byte aligned in the mapping."""
     one, other = channels
-    values = (_wire.out_of_band(b"a" * (_wire.BIG_FRAME + 1)), _wire.out_of_band(b"b" * (_wire.BIG_FRAME + 13)))
+    values = (out_of_band(b"a" * (protocol.BIG_FRAME + 1)), out_of_band(b"b" * (protocol.BIG_FRAME + 13)))
     _send_out_of_band(one, values)
     _tag, payload = other.recv()
-    _inner, pickled, views = _wire.split_buffers(payload)
+    _inner, pickled, views = split_buffers(payload)
     import ctypes
 
     for view in [pickled, *views]:
@@ -273,22 +276,22 @@ def test_a_memoryview_keeps_its_format_and_shape() -> None:
     """A memoryview is always swapped (pickle refuses it otherwise) and is rebuilt with its format and shape."""
     numbers = array.array("i", range(12))
     view = memoryview(numbers).cast("B").cast("i", (3, 4))
-    swapped = _wire.out_of_band(view)
+    swapped = out_of_band(view)
     assert swapped is not view
     rebuilt = pickle.loads(pickle.dumps(swapped, 5))
     assert type(rebuilt) is memoryview
     assert (rebuilt.format, rebuilt.shape, rebuilt.tolist()) == ("i", (3, 4), view.tolist())
 
 
-def test_a_numpy_array_arrives_without_a_copy_and_writable(channels: tuple[_wire.Channel, _wire.Channel]) -> None:
+def test_a_numpy_array_arrives_without_a_copy_and_writable(channels: tuple[Channel, Channel]) -> None:
     """A large NumPy array arrives as a view of the received mapping (no copy), writable like the one sent."""
     numpy = pytest.importorskip("numpy")
     one, other = channels
-    array_sent = numpy.arange(_wire.BIG_FRAME // 8 + 1000, dtype=numpy.float64).reshape(-1, 4)
+    array_sent = numpy.arange(protocol.BIG_FRAME // 8 + 1000, dtype=numpy.float64).reshape(-1, 4)
     buffers = _send_out_of_band(one, ("array", array_sent))
     assert len(buffers) == 1
     tag, payload = other.recv()
-    _inner, pickled, views = _wire.split_buffers(payload)
+    _inner, pickled, views = split_buffers(payload)
     received = pickle.loads(pickled, buffers=views)[1]
     numpy.testing.assert_array_equal(received, array_sent)
     assert not received.flags.owndata, "the array was copied out of the mapping"
@@ -301,21 +304,21 @@ def test_a_numpy_array_arrives_without_a_copy_and_writable(channels: tuple[_wire
 # -- descriptors, lanes, end of stream, timeouts ----------------------------------------------------
 
 
-def test_send_fd_passes_a_descriptor_with_a_lane_frame(channels: tuple[_wire.Channel, _wire.Channel]) -> None:
+def test_send_fd_passes_a_descriptor_with_a_lane_frame(channels: tuple[Channel, Channel]) -> None:
     """send_fd sends a small frame and a descriptor; the receiver gets the frame, then take_fd gives the descriptor."""
     one, other = channels
     read_end, write_end = os.pipe()
     try:
-        one.send_fd(_wire.TAG_LANE, _wire.LANE.pack(42, 1), write_end)
+        one.send_fd(protocol.TAG_LANE, protocol.LANE.pack(42, 1), write_end)
         tag, payload = other.recv()
-        assert tag == _wire.TAG_LANE
-        assert _wire.LANE.unpack(payload) == (42, 1)
+        assert tag == protocol.TAG_LANE
+        assert protocol.LANE.unpack(payload) == (42, 1)
         received = other.take_fd()
         assert received not in (read_end, write_end)
         os.write(received, b"through the passed fd")
         os.close(received)
         assert os.read(read_end, 100) == b"through the passed fd"
-        with pytest.raises(_wire.ChannelClosed):
+        with pytest.raises(ChannelClosed):
             other.take_fd()  # one descriptor came, one was taken
     finally:
         os.close(read_end)
@@ -324,28 +327,28 @@ def test_send_fd_passes_a_descriptor_with_a_lane_frame(channels: tuple[_wire.Cha
 
 def test_lane_frame_layout() -> None:
     """A lane frame's payload: a 4-byte big-endian lane number, then 1 (open) or 0 (close)."""
-    assert _wire.LANE.pack(1, 1) == b"\x00\x00\x00\x01\x01"
-    assert _wire.LANE.pack(_wire.LANE_MASK, 0) == b"\x00\x00\xff\xff\x00"
-    assert _wire.LANE_MASK == (1 << _wire.LANE_BITS) - 1
-    rid = 12345 << _wire.LANE_BITS | 7
-    assert (rid >> _wire.LANE_BITS, rid & _wire.LANE_MASK) == (12345, 7)
+    assert protocol.LANE.pack(1, 1) == b"\x00\x00\x00\x01\x01"
+    assert protocol.LANE.pack(protocol.LANE_MASK, 0) == b"\x00\x00\xff\xff\x00"
+    assert protocol.LANE_MASK == (1 << protocol.LANE_BITS) - 1
+    rid = 12345 << protocol.LANE_BITS | 7
+    assert (rid >> protocol.LANE_BITS, rid & protocol.LANE_MASK) == (12345, 7)
 
 
-def test_eof_is_channel_closed(pair: tuple[_wire.Channel, socket.socket]) -> None:
+def test_eof_is_channel_closed(pair: tuple[Channel, socket.socket]) -> None:
     """recv at the end of the stream raises ChannelClosed, an EOFError."""
     channel, theirs = pair
     theirs.close()
-    with pytest.raises(_wire.ChannelClosed) as caught:
+    with pytest.raises(ChannelClosed) as caught:
         channel.recv()
     assert isinstance(caught.value, EOFError)
 
 
-def test_eof_mid_frame_is_channel_closed(pair: tuple[_wire.Channel, socket.socket]) -> None:
+def test_eof_mid_frame_is_channel_closed(pair: tuple[Channel, socket.socket]) -> None:
     """A stream that ends inside a frame (header promised more) raises ChannelClosed, not a short frame."""
     channel, theirs = pair
-    theirs.sendall(struct.pack("!i", 100_000) + _wire.TAG_PICKLE + b"x" * 70_000)
+    theirs.sendall(struct.pack("!i", 100_000) + protocol.TAG_PICKLE + b"x" * 70_000)
     theirs.shutdown(socket.SHUT_WR)
-    with pytest.raises(_wire.ChannelClosed):
+    with pytest.raises(ChannelClosed):
         channel.recv()
 
 
@@ -361,33 +364,33 @@ def _fill(sock: socket.socket) -> int:
     return total
 
 
-def test_send_timeout_writes_nothing_of_the_frame(pair: tuple[_wire.Channel, socket.socket]) -> None:
+def test_send_timeout_writes_nothing_of_the_frame(pair: tuple[Channel, socket.socket]) -> None:
     """With the peer not reading and the socket full, send raises SendTimeout by its deadline, and nothing is written."""
     channel, theirs = pair
     filled = _fill(channel.sock)
     started = time.monotonic()
-    with pytest.raises(_wire.SendTimeout):
-        channel.send(_wire.TAG_PICKLE, b"p" * 100, deadline=started + 0.1)
+    with pytest.raises(SendTimeout):
+        channel.send(protocol.TAG_PICKLE, b"p" * 100, deadline=started + 0.1)
     assert 0.05 < time.monotonic() - started < 5
     assert not channel.pending
     assert _unread(theirs) == b"f" * filled  # the filler, not one byte of the frame
-    channel.send(_wire.TAG_PICKLE, b"p" * 100, deadline=time.monotonic() + 5)
-    assert _read_exactly(theirs, 105) == struct.pack("!i", 101) + _wire.TAG_PICKLE + b"p" * 100
+    channel.send(protocol.TAG_PICKLE, b"p" * 100, deadline=time.monotonic() + 5)
+    assert _read_exactly(theirs, 105) == struct.pack("!i", 101) + protocol.TAG_PICKLE + b"p" * 100
 
 
 def test_a_frame_cut_by_its_deadline_is_finished_before_the_next(
-    channels: tuple[_wire.Channel, _wire.Channel],
+    channels: tuple[Channel, Channel],
 ) -> None:
     """A frame partly written when its deadline passed is kept: the next send finishes it first, the stream stays whole."""
     one, other = channels
-    big = os.urandom(_wire.BIG_FRAME - 100)  # in-band, larger than the socket buffer
-    with pytest.raises(_wire.SendTimeout):
-        one.send(_wire.TAG_PICKLE, big, deadline=time.monotonic() + 0.1)
+    big = os.urandom(protocol.BIG_FRAME - 100)  # in-band, larger than the socket buffer
+    with pytest.raises(SendTimeout):
+        one.send(protocol.TAG_PICKLE, big, deadline=time.monotonic() + 0.1)
     assert one.pending
     result: list[Any] = []
     reader = threading.Thread(target=lambda: result.extend(bytes(p) for _t, p in (other.recv(), other.recv())))
     reader.start()
-    one.send(_wire.TAG_REFS, b"next", deadline=time.monotonic() + 10)
+    one.send(protocol.TAG_REFS, b"next", deadline=time.monotonic() + 10)
     reader.join(10)
     assert not reader.is_alive()
     assert result == [big, b"next"]

@@ -11,7 +11,7 @@ import time
 import pytest
 
 import spawnproxy
-from spawnproxy import _wire
+from spawnproxy._child import protocol
 from tests.conftest import DEATH_NOTICE
 
 pytestmark = pytest.mark.timeout(120)
@@ -95,7 +95,7 @@ def test_without_a_free_lane_a_thread_reads_the_channel() -> None:
     mod = spawnproxy.run_script(LANES_IN_CHILD)
     try:
         lanes = session_of(mod)._lanes  # type: ignore[attr-defined]
-        lanes._count = _wire.LANE_MASK
+        lanes._count = protocol.LANE_MASK
         call_in_threads(mod, 4)
         assert mod.lanes() == [1]
     finally:

@@ -130,4 +130,4 @@ def test_large_bytes_travel_in_one_copy_each_way(mod) -> None:
     tag, payload, buffers = encoder.encode((0, 1, "call", 0, (b"x" * (2 * MIB),), {}), lambda: [])
     assert len(payload) < 1000 and [b.raw().nbytes for b in buffers] == [2 * MIB]
     tag, payload, buffers = encoder.encode((0, 1, "call", 0, (b"x" * 100,), {}), lambda: [])
-    assert buffers == [] and tag == _serialize._wire.TAG_PICKLE
+    assert buffers == [] and tag == _serialize.protocol.TAG_PICKLE

@@ -418,7 +418,7 @@ def test_refused_peers_are_summarised_in_the_log(capsys: pytest.CaptureFixture[s
 def test_refusal_summaries_count_every_peer_at_a_line_a_second_per_kind() -> None:
     """The first refusal of a kind is noted in full, the rest of its second as one counted line, then
     the kind rests until a quiet second has passed."""
-    from spawnproxy._accept import Refusals
+    from spawnproxy._child.listener import Refusals
 
     lines: list[str] = []
     refusals = Refusals(lines.append)

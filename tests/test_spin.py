@@ -1,4 +1,4 @@
-"""A wait for input watches for it on the CPU a moment before it sleeps (see _wire.Channel._spin)."""
+"""A wait for input watches for it on the CPU a moment before it sleeps (see channel.Channel._spin)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 import spawnproxy
-from spawnproxy import _wire
+from spawnproxy._child import channel
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -110,10 +110,10 @@ def test_on_one_cpu_nothing_spins() -> None:
         lane = spawnproxy.daemon_of(mod)._session._local.lane.channel  # type: ignore[attr-defined]
         assert lane._cpus >= 2 and mod.cpus() >= 2
         with on_one_cpu([os.getpid(), pid]):
-            sleeps_per_call(mod, pid, 2 * _wire._CPU_RECHECK)
+            sleeps_per_call(mod, pid, 2 * channel._CPU_RECHECK)
             assert lane._cpus == 1 and mod.cpus() == 1
             assert lane._spin() is None  # nothing to time: it neither spins nor arms
-        sleeps_per_call(mod, pid, 2 * _wire._CPU_RECHECK)
+        sleeps_per_call(mod, pid, 2 * channel._CPU_RECHECK)
         assert lane._cpus >= 2 and mod.cpus() >= 2
         child, caller = min((sleeps_per_call(mod, pid) for _ in range(5)), key=sum)
         assert child < 0.5 and caller < 0.5

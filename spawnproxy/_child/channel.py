@@ -1,107 +1,28 @@
-"""Frames and message kinds shared by both sides of a spawnproxy connection.
+"""Whole frames over one file descriptor: the framing `protocol` describes.
 
-This module is shipped to the child interpreter as source and must keep to the
-standard library and to syntax that CPython 3.8 accepts.
-
-Framing is the one `multiprocessing.connection.Connection` uses, so either end
-could be a plain `Connection`: a 4-byte signed big-endian length, then that
-many payload bytes; a length of -1 announces an 8-byte unsigned length.
-
-The first payload byte says how the rest was encoded:
-
-    b"P"  a pickle (protocol 5) that the standard library can load;
-    b"R"  a pickle with persistent ids for objects the receiver holds;
-    b"D"  a pickle made by dill: the receiver needs dill to load it;
-    b"M"  a large frame passed out of band: an 8-byte size follows, and the
-          frame itself (tag and payload) is in a memfd sent along with this
-          one (SCM_RIGHTS); the receiver maps it instead of reading it through
-          the socket in small chunks.
-    b"B"  (inside such a memfd only) a pickle whose large buffers travel out of
-          band (pickle protocol 5): the tag of the pickle, the sizes, then the
-          pickle and each buffer, 64-byte aligned.  The receiver passes views
-          of the mapping as the pickle's buffers: a NumPy array arrives without
-          a copy, bytes with the one copy that makes them bytes.
-    b"L"  (parent to child) a lane opens or closes: a 4-byte lane number and
-          1 to open (its socket is sent along, SCM_RIGHTS) or 0 to close.
-
-Every message is a tuple whose first item is its kind.  The protocol is
-symmetric: either side may send a REQUEST while it waits for a REPLY, so the
-receive loop of each side also serves requests (callbacks, streaming and the
-child asking its parent for module sources all ride on this).
-
-    (REQUEST, request_id, op, *operands)
-    (NESTED, request_id, outer_id, op, *operands)
-    (REPLY, request_id, how, payload)     how: VALUE, REF, PATH, SAME, BASE, ERROR
-    (RELEASE, [object ids])              one-way, never answered; from the parent, a negative
-                                         id -r says the answer to request r has been read
-    (STOPPING,)                          one-way, a served daemon to its clients: it stops on purpose
-
-The parent's request ids are positive, the child's negative.  The low LANE_BITS
-bits of a parent's id name the lane its answer goes back on: each thread of the
-parent that makes blocking calls has a lane of its own, a socket that only the
-child writes to, so that the kernel wakes that very thread when its answer
-comes (lane 0 is the channel itself).  The child sends the reply to a request,
-the requests nested in it and the releases that go before them on the
-request's lane.  NESTED is a
-request made while serving the other side's request `outer_id` (a callback
-made by a call, a call made by a callback): the receiver runs it on the thread
-that waits for `outer_id`, which is what lets calls and callbacks nest to any
-depth without either side deadlocking on its own reading.
-
-An object one side holds for the other travels inside a pickle as a
-persistent id (frame tag b"R"):
-
-    ("ref", target)                     the receiver's own object (a proxy sent back)
-    ("ref", oid, type key, type info)   the child's object, new to the parent: a proxy there
-    ("local", oid, callable, methods)   the parent's object (by_ref), new to the child
+Shipped to the child as source (standard library only, CPython 3.8 syntax).
+A `Channel` sends and receives frames over a socket; a frame of at least
+`protocol.BIG_FRAME` travels in a memfd, mapped by the receiver (pages and all
+reused for the next large frame).  Transports that are not a plain socket (TLS,
+a pair of pipes: see `transports`) swap its I/O primitives.
 """
 
-import collections.abc
 import os
-import pickle
 import select
 import socket
 import struct
 import time
 
-REQUEST = 0
-REPLY = 1
-RELEASE = 2
-NESTED = 3
-STOPPING = 4
-
-# How a reply carries its result.
-VALUE = 0  # payload is the value itself
-REF = 1  # payload is a reference: (object id, type key, type info or None)
-PATH = 2  # payload is (callable,): the result is the target itself, to be reached by path
-SAME = 3  # the result is the very object the request targeted
-BASE = 4  # the result is the object the request's path starts from (a method returned self)
-ERROR = 5  # payload is an encoded exception
-
-TAG_PICKLE = b"P"
-TAG_REFS = b"R"
-TAG_DILL = b"D"
-
-TAG_MEMFD = b"M"
-TAG_BUFFERS = b"B"
-TAG_LANE = b"L"
-
-LANE_BITS = 16
-LANE_MASK = (1 << LANE_BITS) - 1
-LANE = struct.Struct("!IB")
+from .buffers import SIZE, buffer_parts
+from .protocol import BIG_FRAME, TAG_BUFFERS, TAG_MEMFD
 
 _HEADER = struct.Struct("!i")
-_SIZE = struct.Struct("!Q")
-# Frames at least this large travel in a memfd rather than through the socket.
-BIG_FRAME = 1 << 20
 _SMALL_FRAME = 64 * 1024
 _LONG_HEADER = struct.Struct("!iQ")
 # Small enough that the buffer is reused, never an mmap per read.
 _READ_CHUNK = 64 * 1024
-_COUNT = struct.Struct("!cI")
 _MADV_POPULATE_READ = 22  # Linux 5.14; older kernels refuse it, and the pages fault in one by one
 _SPARE_MAX = 256 << 20
-_ALIGN = 64
 _ANCILLARY = socket.CMSG_SPACE(16 * 4)
 _DONTWAIT = socket.MSG_DONTWAIT
 # Every send: never block, and never SIGPIPE (a reader that has gone is an EPIPE, not the
@@ -214,7 +135,7 @@ class Channel:
         if self._pending:
             self._flush(deadline, on_blocked, False)
         if buffers:
-            parts = _buffer_parts(tag, payload, buffers)
+            parts = buffer_parts(tag, payload, buffers)
             if self._memfd:
                 self._send_memfd(TAG_BUFFERS, parts, deadline, on_blocked)
                 return
@@ -315,7 +236,7 @@ class Channel:
                 written = os.pwritev(memfd, parts[:512], done)
                 done += written
                 _advance(parts, written)
-            self._send_with_fd(TAG_MEMFD + _SIZE.pack(done), memfd, deadline, on_blocked)
+            self._send_with_fd(TAG_MEMFD + SIZE.pack(done), memfd, deadline, on_blocked)
         finally:
             os.close(memfd)
 
@@ -344,7 +265,7 @@ class Channel:
     def _recv_memfd(self, size_field: "memoryview") -> "tuple[bytes, memoryview]":
         import mmap
 
-        (size,) = _SIZE.unpack(size_field)
+        (size,) = SIZE.unpack(size_field)
         if not self._fds:
             raise ChannelClosed("a large frame arrived without its memfd")
         memfd = self._fds.pop(0)
@@ -583,91 +504,3 @@ def _advance(parts, written):
         del parts[0]
     if written:
         parts[0] = parts[0][written:]
-
-
-def _buffer_parts(tag, payload, buffers):
-    """The memfd layout of a TAG_BUFFERS frame (after its tag): see split_buffers."""
-    raws = [buffer.raw() for buffer in buffers]
-    sizes = [len(payload)] + [raw.nbytes for raw in raws]
-    head = _COUNT.pack(tag, len(raws)) + b"".join(_SIZE.pack(size) for size in sizes)
-    parts = [head]
-    offset = 1 + len(head)  # the frame's own tag comes first
-    for part in [memoryview(payload).cast("B")] + raws:
-        pad = -offset % _ALIGN
-        if pad:
-            parts.append(bytes(pad))
-        parts.append(part)
-        offset += pad + part.nbytes
-    return parts
-
-
-def split_buffers(payload: "memoryview") -> "tuple[bytes, memoryview, list[memoryview]]":
-    """Return (tag, pickle, buffers) of a TAG_BUFFERS frame: views of the mapping, no copy."""
-    tag, count = _COUNT.unpack_from(payload)
-    sizes = [_SIZE.unpack_from(payload, _COUNT.size + 8 * i)[0] for i in range(count + 1)]
-    views = []
-    offset = 1 + _COUNT.size + 8 * (count + 1)
-    for size in sizes:
-        offset += -offset % _ALIGN
-        views.append(payload[offset - 1 : offset - 1 + size])
-        offset += size
-    return tag, views[0], views[1:]
-
-
-class _OutOfBand:
-    """Stands for a bytes, bytearray or memoryview in a pickle, so that its bytes may go out of band.
-
-    Only its reduction is pickled — a standard type and a pickle.PickleBuffer —
-    so the receiver needs nothing but the standard library to rebuild it.
-    """
-
-    __slots__ = ("value",)
-
-    def __init__(self, value):
-        self.value = value
-
-    def __reduce_ex__(self, protocol):
-        value = self.value
-        if type(value) is memoryview:
-            import operator
-
-            # Whether the buffer came in band (as bytes or bytearray) or out of band (a
-            # view of the mapping), memoryview() of it then cast() gives back its shape.
-            return operator.methodcaller("cast", value.format, value.shape), (_ViewOf(value),)
-        return type(value), (pickle.PickleBuffer(value),)
-
-
-class _ViewOf(_OutOfBand):
-    __slots__ = ()
-
-    def __reduce_ex__(self, protocol):
-        return memoryview, (pickle.PickleBuffer(self.value),)
-
-
-_BUFFER_TYPES = (bytes, bytearray, memoryview)
-
-
-def out_of_band(value: object) -> object:
-    """`value`, or a stand-in for it when it is a large bytes or bytearray, or a memoryview.
-
-    A memoryview is swapped whatever its size: pickle refuses it otherwise.
-    """
-    kind = type(value)
-    if kind is memoryview:
-        if value.c_contiguous and value.ndim:
-            return _OutOfBand(value)
-    elif kind in _BUFFER_TYPES and len(value) >= BIG_FRAME:
-        return _OutOfBand(value)
-    return value
-
-
-def buffer_taker(buffers: "list[pickle.PickleBuffer]") -> "collections.abc.Callable[[pickle.PickleBuffer], bool]":
-    """A pickle buffer_callback: large buffers go to `buffers` (out of band), small ones in band."""
-
-    def take(buffer: "pickle.PickleBuffer") -> bool:
-        if buffer.raw().nbytes < BIG_FRAME:
-            return True
-        buffers.append(buffer)
-        return False
-
-    return take

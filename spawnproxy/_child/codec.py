@@ -2,7 +2,7 @@
 
 Shipped to the child as source: standard library only, CPython 3.8 syntax.
 dill is imported only when a message needs it (it may be fetched from the
-parent, see `_child.ParentFinder`); tblib is never needed here: a traceback
+parent, see `serve.ParentFinder`); tblib is never needed here: a traceback
 travels as plain frame data and the parent rebuilds it.
 """
 
@@ -12,7 +12,8 @@ import pickle
 import sys
 import types
 
-from . import _wire
+from . import protocol
+from .buffers import OutOfBand, ViewOf, buffer_taker, out_of_band, split_buffers
 
 PROTOCOL = 5
 _PLAIN = frozenset([int, float, str, bool, type(None), bytes, complex])
@@ -30,7 +31,7 @@ _BY_REFERENCE = (
     types.ClassMethodDescriptorType,
 )
 _OWN_FILES = "<spawnproxy-child:"
-_STAND_INS = (_wire._OutOfBand, _wire._ViewOf)
+_STAND_INS = (OutOfBand, ViewOf)
 
 
 class NeedsRefs(Exception):
@@ -116,14 +117,14 @@ class Codec:
     # -- decoding -------------------------------------------------------------
 
     def loads(self, tag, payload):
-        if tag == _wire.TAG_PICKLE:
+        if tag == protocol.TAG_PICKLE:
             return pickle.loads(payload)
-        if tag == _wire.TAG_BUFFERS:
-            tag, payload, buffers = _wire.split_buffers(payload)
-            if tag == _wire.TAG_PICKLE:
+        if tag == protocol.TAG_BUFFERS:
+            tag, payload, buffers = split_buffers(payload)
+            if tag == protocol.TAG_PICKLE:
                 return pickle.loads(payload, buffers=buffers)
             return _RefUnpickler(payload, self._resolve_ref, buffers).load()
-        if tag == _wire.TAG_DILL:
+        if tag == protocol.TAG_DILL:
             dill = self._import_dill()
             resolve = self._resolve_ref
 
@@ -132,7 +133,7 @@ class Codec:
                     return resolve(pid)
 
             return _DillRefUnpickler(io.BytesIO(payload)).load()
-        if tag == _wire.TAG_REFS:
+        if tag == protocol.TAG_REFS:
             return _RefUnpickler(payload, self._resolve_ref).load()
         raise ValueError("unknown frame tag %r" % (tag,))
 
@@ -153,11 +154,11 @@ class Codec:
             # never reached are let go of the way a reference to one is: by making and dropping it.
             self._resolve_ref(pid)
         kind, rid = message[0], message[1]
-        if kind == _wire.REPLY:
-            return (_wire.REPLY, rid, _wire.ERROR, encode_for_child(exc, culprit))
-        if kind == _wire.REQUEST:
+        if kind == protocol.REPLY:
+            return (protocol.REPLY, rid, protocol.ERROR, encode_for_child(exc, culprit))
+        if kind == protocol.REQUEST:
             op, operands = message[2], message[3:]
-        elif kind == _wire.NESTED:
+        elif kind == protocol.NESTED:
             op, operands = message[3], message[4:]
         else:
             return None
@@ -173,12 +174,12 @@ class Codec:
         )
         # The parent rebuilds it as its own SerializationError, with the child's error as its cause.
         error = ("spawnproxy", "SerializationError", text, None, [], text, self.encode_exception(exc), None)
-        return (_wire.REPLY, rid, _wire.ERROR, error)
+        return (protocol.REPLY, rid, protocol.ERROR, error)
 
     # -- encoding -------------------------------------------------------------
 
     def dumps(self, message):
-        return _wire.TAG_PICKLE, pickle.dumps(message, PROTOCOL)
+        return protocol.TAG_PICKLE, pickle.dumps(message, PROTOCOL)
 
     def by_value(self, value):
         """Return the pickle of `value` if the parent can rebuild it, else None."""
@@ -192,12 +193,12 @@ class Codec:
     def reply_by_value(self, rid, value):
         """Return (tag, pickle, out-of-band buffers) of a reply carrying `value`, or None (see by_value)."""
         kind = type(value)
-        if kind in _PLAIN and (kind is not bytes or len(value) < _wire.BIG_FRAME):
-            return _wire.TAG_PICKLE, pickle.dumps((_wire.REPLY, rid, _wire.VALUE, value), PROTOCOL), None
+        if kind in _PLAIN and (kind is not bytes or len(value) < protocol.BIG_FRAME):
+            return protocol.TAG_PICKLE, pickle.dumps((protocol.REPLY, rid, protocol.VALUE, value), PROTOCOL), None
         if isinstance(value, _BY_REFERENCE):
             self.refused = None
             return None
-        return self._checked_pickle((_wire.REPLY, rid, _wire.VALUE, _wire.out_of_band(value)), [])
+        return self._checked_pickle((protocol.REPLY, rid, protocol.VALUE, out_of_band(value)), [])
 
     def dumps_values(self, make, values):
         """Return (tag, pickle, None) of `make(values)`: each value by value if the parent can
@@ -217,10 +218,10 @@ class Codec:
 
         With a `buffers` list, large buffers (out-of-band stand-ins) are taken into it.
         """
-        taker = None if buffers is None else _wire.buffer_taker(buffers)
+        taker = None if buffers is None else buffer_taker(buffers)
         buf = io.BytesIO()
         collector = _Collector(buf, taker)
-        tag = _wire.TAG_PICKLE
+        tag = protocol.TAG_PICKLE
         try:
             collector.dump(message)
         except NeedsRefs:
@@ -228,7 +229,7 @@ class Codec:
                 del buffers[:]
             buf = io.BytesIO()
             collector = _RefCollector(buf, self._ref, taker)
-            tag = _wire.TAG_REFS
+            tag = protocol.TAG_REFS
             try:
                 collector.dump(message)
             except Exception:
@@ -406,8 +407,8 @@ def read_head(tag, payload):
     """(message with stubs for its globals, the global that cannot be loaded or None, the persistent
     ids of the parent's objects that the failed load never reached), or None."""
     buffers = None
-    if tag == _wire.TAG_BUFFERS:
-        tag, payload, buffers = _wire.split_buffers(payload)
+    if tag == protocol.TAG_BUFFERS:
+        tag, payload, buffers = split_buffers(payload)
     try:
         unpickler = _HeadUnpickler(io.BytesIO(payload), buffers)
         message = unpickler.load()
@@ -486,7 +487,7 @@ def _version_hint(culprit):
 
 
 def encode_for_child(exc, culprit):
-    """An exception raised here, encoded as the parent encodes its own (see _child.rebuild_parent_exception)."""
+    """An exception raised here, encoded as the parent encodes its own (see serve.rebuild_parent_exception)."""
     try:
         data = pickle.dumps(exc, PROTOCOL)
     except Exception:

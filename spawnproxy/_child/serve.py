@@ -15,11 +15,12 @@ import threading
 import time
 from _weakrefset import WeakSet  # what threading uses: weakref itself costs the start-up 0.4 ms
 
-from . import _wire
-from ._childcodec import Codec, NeedsRefs, encode_signature
-from ._loader import load
-from ._operators import OPERATORS as _OPERATORS
-from ._table import ObjectTable
+from . import protocol
+from .channel import Channel, ChannelClosed, LaneClosed
+from .codec import Codec, NeedsRefs, encode_signature
+from .loader import load
+from .operators import OPERATORS as _OPERATORS
+from .table import ObjectTable
 
 _PROTOCOL = 5
 _SCALARS = frozenset([str, int, bool, float, complex, bytes, type(None)])
@@ -249,7 +250,7 @@ class Child:
     def serve(self):
         try:
             self._wait(None)
-        except _wire.ChannelClosed:
+        except ChannelClosed:
             return
 
     def _wait(self, rid):
@@ -293,7 +294,7 @@ class Child:
                             recv_lock.release()
                             if self._followers:
                                 self._cond.notify_all()
-                    if main and msg[0] == _wire.REQUEST:
+                    if main and msg[0] == protocol.REQUEST:
                         queue.append(msg)  # the common case, routed without a call
                     else:
                         self._route(msg, queue)
@@ -316,7 +317,7 @@ class Child:
                     and rid not in replies
                     and not (queue and (not inside or self._nested_first(queue, rid)))
                 ):
-                    raise _wire.ChannelClosed("the parent has gone")
+                    raise ChannelClosed("the parent has gone")
         finally:
             if not main:
                 self._queues.pop(rid, None)
@@ -334,10 +335,10 @@ class Child:
         the calls it would run inside have ended.
         """
         first = queue[0]
-        if first[0] == _wire.RELEASE or (first[0] == _wire.NESTED and first[2] == rid):
+        if first[0] == protocol.RELEASE or (first[0] == protocol.NESTED and first[2] == rid):
             return True
         for i, msg in enumerate(queue):
-            if msg[0] == _wire.NESTED and msg[2] == rid:
+            if msg[0] == protocol.NESTED and msg[2] == rid:
                 del queue[i]
                 queue.appendleft(msg)
                 return True
@@ -348,19 +349,19 @@ class Child:
         while True:
             try:
                 tag, payload = channel.recv()
-                if tag == _wire.TAG_LANE:
+                if tag == protocol.TAG_LANE:
                     self._lane(payload)
                     continue
-            except (_wire.ChannelClosed, OSError):
+            except (ChannelClosed, OSError):
                 with self._lock:
                     self._closed = True
                     self._cond.notify_all()
-                raise _wire.ChannelClosed("the parent has gone") from None
+                raise ChannelClosed("the parent has gone") from None
             try:
-                if tag == _wire.TAG_PICKLE:  # most requests: the codec's first case, inline
+                if tag == protocol.TAG_PICKLE:  # most requests: the codec's first case, inline
                     return pickle.loads(payload)
                 return self.codec.loads(tag, payload)
-            except _wire.ChannelClosed:
+            except ChannelClosed:
                 raise
             except Exception as exc:  # costs nothing until raised
                 # A frame that names what this interpreter lacks (a parent-only class, another
@@ -373,7 +374,7 @@ class Child:
                     return answer  # the parent's answer to us: raised where it was asked for
                 try:
                     self._send(*self.codec.dumps(answer), rid=answer[1])
-                except _wire.LaneClosed:
+                except LaneClosed:
                     pass  # the caller gave up meanwhile
 
     def _forked(self):
@@ -385,7 +386,7 @@ class Child:
 
     def _lane(self, payload):
         """Open or close a lane; done as the frame is read, in order with the frames around it."""
-        lane, opening = _wire.LANE.unpack(payload)
+        lane, opening = protocol.LANE.unpack(payload)
         if opening:
             fd = self.channel.take_fd()
             # The parent's thread reads its lane until the child's end closes: no process
@@ -403,9 +404,9 @@ class Child:
     def _route(self, msg, mine):
         """Hand a message to whoever it is for: a waiting thread, or the main thread."""
         kind = msg[0]
-        if kind == _wire.REPLY:
+        if kind == protocol.REPLY:
             target = None
-        elif kind == _wire.NESTED:
+        elif kind == protocol.NESTED:
             target = self._queues.get(msg[2], self._main_queue)
         else:  # REQUEST, and RELEASE: the child's objects are used in the main thread only
             target = self._main_queue
@@ -423,18 +424,18 @@ class Child:
     def _run_next(self, queue):
         msg = queue.popleft()
         kind = msg[0]
-        if kind == _wire.RELEASE:
+        if kind == protocol.RELEASE:
             self.table.release(msg[1])
             if self._held:
                 # A negative id: the parent has read the answer to that request (see _send_releases
                 # in the parent's session); what was held for it may go.
                 for rid in msg[1]:
                     if rid < 0:
-                        held = self._held.get(-rid & _wire.LANE_MASK)
+                        held = self._held.get(-rid & protocol.LANE_MASK)
                         if held is not None and held[0] == -rid:
-                            del self._held[-rid & _wire.LANE_MASK]
+                            del self._held[-rid & protocol.LANE_MASK]
             return
-        if kind == _wire.NESTED:
+        if kind == protocol.NESTED:
             rid, op, operands = msg[1], msg[3], msg[4:]
         else:
             rid, op, operands = msg[1], msg[2], msg[3:]
@@ -442,7 +443,7 @@ class Child:
         if self._held:
             # The caller has read the answer before (it asks only once it has): the parent
             # objects held for that answer may be released now.
-            self._held.pop(rid & _wire.LANE_MASK, None)
+            self._held.pop(rid & protocol.LANE_MASK, None)
         codec = self.codec
         main = queue is self._main_queue
         if main:
@@ -463,17 +464,19 @@ class Child:
             if how == MAYBE:
                 data = codec.reply_by_value(rid, payload)  # (tag, pickle, out-of-band buffers)
                 if data is None:
-                    how, payload = _wire.REF, self.ref(payload)
+                    how, payload = protocol.REF, self.ref(payload)
                     if codec.refused:
                         # The parent lacks a module the value's pickle names: it is told which.
                         payload, codec.refused = payload + (codec.refused,), None
             elif how == BATCH:
                 items, end, ref = payload
-                data = codec.dumps_values(lambda values: (_wire.REPLY, rid, _wire.VALUE, (values, end, ref)), items)
+                data = codec.dumps_values(
+                    lambda values: (protocol.REPLY, rid, protocol.VALUE, (values, end, ref)), items
+                )
         except SystemExit:
             raise
         except BaseException as exc:
-            how, payload, data = _wire.ERROR, codec.encode_exception(exc), None
+            how, payload, data = protocol.ERROR, codec.encode_exception(exc), None
             exc = None
         finally:
             if main:
@@ -482,24 +485,24 @@ class Child:
             else:
                 self._local.serving = outer
         if data is None:
-            data = codec.dumps((_wire.REPLY, rid, how, payload))
+            data = codec.dumps((protocol.REPLY, rid, how, payload))
         try:
             # The result is let go of only once sent: a parent's object it holds must not
             # be released before the reply that names it.
             self._send(*data, rid=rid)
-            if data[0] == _wire.TAG_REFS and rid & _wire.LANE_MASK:
+            if data[0] == protocol.TAG_REFS and rid & protocol.LANE_MASK:
                 # The answer names objects of the parent's, of which `payload` may hold the
                 # child's only references.  Released now, the release would go on the channel
                 # and could be read (and the objects dropped) before the caller reads its answer
                 # on its lane: they are kept until the parent says it has read the answer, the
                 # caller's next request, or its lane's end.
-                self._held[rid & _wire.LANE_MASK] = (rid, payload)
-        except _wire.LaneClosed:
+                self._held[rid & protocol.LANE_MASK] = (rid, payload)
+        except LaneClosed:
             # The caller gave up (a timeout) and closed its lane: no one will take the answer.
-            if how == _wire.REF:
+            if how == protocol.REF:
                 self.table.release([payload[0]])
             codec.retell_types()
-        except _wire.ChannelClosed:
+        except ChannelClosed:
             if main:
                 raise SystemExit(0) from None
             raise
@@ -515,12 +518,12 @@ class Child:
         channel = main = self.channel
         lane = 0
         if rid is not None and rid > 0:
-            lane = rid & _wire.LANE_MASK
+            lane = rid & protocol.LANE_MASK
         with self._send_lock:
             if lane:
                 channel = self._lanes.get(lane)
                 if channel is None:
-                    raise _wire.LaneClosed("lane %d is closed" % lane)
+                    raise LaneClosed("lane %d is closed" % lane)
             batch = None
             try:
                 if self.releases:
@@ -528,17 +531,17 @@ class Child:
                     releases = self.releases
                     while releases:
                         batch.append(releases.popleft())
-                    channel.send(*self.codec.dumps((_wire.RELEASE, batch)), None, self._read_ahead)
+                    channel.send(*self.codec.dumps((protocol.RELEASE, batch)), None, self._read_ahead)
                     batch = None
                 if tag is not None:
                     channel.send(tag, data, None, self._read_ahead, buffers)
-            except _wire.ChannelClosed:
+            except ChannelClosed:
                 if channel is main:
                     raise
             except OSError as err:
                 if channel is main:
                     if getattr(err, "errno", None) in (9, 32, 104):  # EBADF, EPIPE, ECONNRESET: the parent has gone
-                        raise _wire.ChannelClosed("the parent has gone") from None
+                        raise ChannelClosed("the parent has gone") from None
                     raise
             else:
                 return
@@ -548,7 +551,7 @@ class Child:
             if self._lanes.get(lane) is channel:
                 del self._lanes[lane]
             channel.close()
-        raise _wire.LaneClosed("lane %d is closed" % lane)
+        raise LaneClosed("lane %d is closed" % lane)
 
     def _read_ahead(self):
         """While a send waits for room, read what the parent sends, unless another thread reads.
@@ -588,7 +591,7 @@ class Child:
             outer = self.serving
         else:
             outer = getattr(self._local, "serving", None)
-        head = (_wire.REQUEST, rid, op) if outer is None else (_wire.NESTED, rid, outer, op)
+        head = (protocol.REQUEST, rid, op) if outer is None else (protocol.NESTED, rid, outer, op)
         tag, data, buffers = self.codec.dumps_values(lambda vs: head + make(vs), values)
         if not main:
             # Before the request goes: what the parent nests in it must find this thread's
@@ -597,16 +600,16 @@ class Child:
         try:
             self._send(tag, data, buffers, outer)
             reply = self._wait(rid)
-        except _wire.LaneClosed:
+        except LaneClosed:
             raise ConnectionError("the parent gave up the call this one is part of; %s cannot run there" % op) from None
-        except _wire.ChannelClosed:
+        except ChannelClosed:
             if main:
                 raise SystemExit(0) from None
             raise ConnectionError("the parent process has gone; %s cannot run there" % op) from None
         finally:
             if not main:
                 self._queues.pop(rid, None)
-        if reply[2] == _wire.ERROR:
+        if reply[2] == protocol.ERROR:
             raise rebuild_parent_exception(reply[3])
         return reply[3]
 
@@ -645,9 +648,9 @@ class Child:
     def result(self, value, base, target):
         """Classify a result: the target itself, its base, or a value to send."""
         if value is target:
-            return _wire.SAME, None
+            return protocol.SAME, None
         if value is base:
-            return _wire.BASE, None
+            return protocol.BASE, None
         return MAYBE, value
 
     def ref(self, value):
@@ -672,23 +675,23 @@ def op_getattr(child, target, name):
     if callable(value):
         # What is callable stays in the child: the parent reaches it by path,
         # so that calling it runs here (mod.lst.append(4) changes the child's list).
-        return _wire.PATH, True
+        return protocol.PATH, True
     return child.result(value, base, obj)
 
 
 def op_attrinfo(child, target, name):
     value = getattr(child._resolve(target)[1], name)
-    return _wire.VALUE, callable(value)
+    return protocol.VALUE, callable(value)
 
 
 def op_setattr(child, target, name, value):
     setattr(child._resolve(target)[1], name, value)
-    return _wire.VALUE, None
+    return protocol.VALUE, None
 
 
 def op_delattr(child, target, name):
     delattr(child._resolve(target)[1], name)
-    return _wire.VALUE, None
+    return protocol.VALUE, None
 
 
 def op_call(child, target, args, kwargs):
@@ -701,9 +704,9 @@ def op_call(child, target, args, kwargs):
             obj = getattr(obj, name)
     value = obj(*args, **kwargs)
     if value is obj:
-        return _wire.SAME, None
+        return protocol.SAME, None
     if value is base:
-        return _wire.BASE, None
+        return protocol.BASE, None
     return MAYBE, value
 
 
@@ -711,22 +714,22 @@ def op_operator(child, target, name, args):
     base, obj = child._resolve(target)
     value = _OPERATORS[name](obj, *args)
     if type(value) in _SCALARS:
-        return _wire.VALUE, value
+        return protocol.VALUE, value
     return child.result(value, base, obj)
 
 
 def op_dir(child, target):
-    return _wire.VALUE, sorted(dir(child._resolve(target)[1]))
+    return protocol.VALUE, sorted(dir(child._resolve(target)[1]))
 
 
 def op_signature(child, target):
-    return _wire.VALUE, encode_signature(child._resolve(target)[1])
+    return protocol.VALUE, encode_signature(child._resolve(target)[1])
 
 
 def op_chdir(child, path):
     """Make `path` the working directory, before the definition loads: a path of this machine."""
     os.chdir(path)
-    return _wire.VALUE, os.getcwd()
+    return protocol.VALUE, os.getcwd()
 
 
 def op_load(child, definition):
@@ -738,7 +741,7 @@ def op_load(child, definition):
     else:
         names = {name: True for name in info[2]} if info else {}
         names.update((name, callable(value)) for name, value in getattr(root, "__dict__", {}).items())
-    return _wire.VALUE, (oid, key, info, names)
+    return protocol.VALUE, (oid, key, info, names)
 
 
 def op_batch(child, target, n, call_iter):
@@ -780,31 +783,31 @@ def op_close(child, target):
     close = getattr(child._resolve(target)[1], "close", None)
     if close is not None:
         close()
-    return _wire.VALUE, None
+    return protocol.VALUE, None
 
 
 def op_obtain(child, target):
     """A copy of the target, pickled here for the parent to load: (True, pickle) or (False, why)."""
     obj = child._resolve(target)[1]
     try:
-        return _wire.VALUE, (True, pickle.dumps(obj, _PROTOCOL))
+        return protocol.VALUE, (True, pickle.dumps(obj, _PROTOCOL))
     except Exception as exc:
-        return _wire.VALUE, (False, "%s: %s" % (type(exc).__name__, exc))
+        return protocol.VALUE, (False, "%s: %s" % (type(exc).__name__, exc))
 
 
 def op_ping(child, value=None):
-    return _wire.VALUE, value
+    return protocol.VALUE, value
 
 
 def op_stats(child):
-    return _wire.VALUE, {"objects": len(child.table), "threads": threading.active_count()}
+    return protocol.VALUE, {"objects": len(child.table), "threads": threading.active_count()}
 
 
 def op_listen(child, config):
-    """Serve network clients: the network side (`_netchild`) is loaded now, as few children listen."""
+    """Serve network clients: the network side (`network`) is loaded now, as few children listen."""
     package = sys.modules[__package__]
-    netchild = getattr(package, "_netchild", None) or package.load("_netchild")
-    return netchild.op_listen(child, config)
+    network = getattr(package, "network", None) or package.load("network")
+    return network.op_listen(child, config)
 
 
 OPS = {
@@ -907,7 +910,7 @@ def _release_loop():
             if child.releases:
                 try:
                     child._send(None, None)
-                except (_wire.ChannelClosed, OSError):
+                except (ChannelClosed, OSError):
                     pass  # that connection has ended
         child = None
 
@@ -945,7 +948,7 @@ def main(fd, lifeline_fd, bundle):
     if bundle.get("sys_path") is not None:
         parent_path = bundle["sys_path"]
         sys.path[:] = parent_path + [p for p in sys.path if p not in parent_path]
-    channel = _wire.Channel(socket.socket(fileno=fd))
+    channel = Channel(socket.socket(fileno=fd))
     child = Child(channel)
     _forward_sigint_to_calls(child)
     info = {

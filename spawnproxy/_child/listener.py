@@ -30,7 +30,7 @@ import struct
 import threading
 import time
 
-from . import _netchild
+from . import network
 
 _HEADER = struct.Struct("!i")
 # Peers in their handshake at once; past this, the one that has waited longest is dropped.
@@ -311,7 +311,7 @@ class AcceptLoop:
             import ssl
 
             try:
-                _netchild.no_sigpipe(pending.sock.do_handshake)
+                network.no_sigpipe(pending.sock.do_handshake)
             except ssl.SSLWantReadError:
                 self._want(pending, False)
                 return
@@ -380,7 +380,7 @@ class AcceptLoop:
         import ssl
 
         try:
-            data = _netchild.no_sigpipe(pending.sock.recv, 4096)
+            data = network.no_sigpipe(pending.sock.recv, 4096)
         except (BlockingIOError, ssl.SSLWantReadError):
             return False
         except ssl.SSLWantWriteError:
@@ -402,7 +402,7 @@ class AcceptLoop:
                 if self.context is None:
                     sent = sock.send(pending.outbuf, socket.MSG_NOSIGNAL)
                 else:
-                    sent = _netchild.no_sigpipe(sock.send, pending.outbuf)
+                    sent = network.no_sigpipe(sock.send, pending.outbuf)
             except BlockingIOError:
                 return True
             except OSError as exc:

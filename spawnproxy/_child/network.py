@@ -5,7 +5,7 @@ child told to listen or reached through ssh: standard library only, CPython
 3.8 syntax.  The parent imports it too, for the transports and the
 handshake, which both ends share.
 
-- `TLSChannel` and `PipeChannel`: `_wire.Channel` over an `ssl` socket and
+- `TLSChannel` and `PipeChannel`: `Channel` over an `ssl` socket and
   over a pair of pipes (an `ssh` process's stdin and stdout).
 - `_HandshakeConnection`: what the client's half of the
   `multiprocessing.connection` HMAC challenge reads and writes through,
@@ -31,7 +31,8 @@ import sys
 import threading
 import time
 
-from . import _child, _wire
+from . import protocol, serve
+from .channel import Channel, ChannelClosed
 
 _HEADER = struct.Struct("!i")
 _NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
@@ -63,7 +64,7 @@ def no_sigpipe(call, *args):
 # -- transports -----------------------------------------------------------------------
 
 
-class TLSChannel(_wire.Channel):
+class TLSChannel(Channel):
     """A channel over an `ssl.SSLSocket`.
 
     The socket is non-blocking and every TLS call is made under one lock:
@@ -74,7 +75,7 @@ class TLSChannel(_wire.Channel):
     """
 
     def __init__(self, sock, watch_fds=()):
-        _wire.Channel.__init__(self, sock, watch_fds)
+        Channel.__init__(self, sock, watch_fds)
         sock.setblocking(False)
         self._memfd = False
         self._spins = False  # decrypted input may wait in OpenSSL, unseen by poll
@@ -90,7 +91,7 @@ class TLSChannel(_wire.Channel):
         while True:
             with self._lock:
                 if self.fd < 0:
-                    raise _wire.ChannelClosed("the channel is closed")
+                    raise ChannelClosed("the channel is closed")
                 try:
                     # Only writes are guarded (a few system calls each): a read writes only to
                     # answer a renegotiation or a key update, which no client asks for (the
@@ -128,14 +129,14 @@ class TLSChannel(_wire.Channel):
         # Decrypted bytes may wait inside OpenSSL while the socket itself is quiet.
         if self.sock.pending():
             return [self.fd]
-        return _wire.Channel.wait(self, timeout)
+        return Channel.wait(self, timeout)
 
     def close(self):
         with self._lock:
-            _wire.Channel.close(self)
+            Channel.close(self)
 
 
-class PipeChannel(_wire.Channel):
+class PipeChannel(Channel):
     """A channel over two pipes: frames are read from one fd and written to the other."""
 
     def __init__(self, read_fd, write_fd, watch_fds=()):
@@ -224,7 +225,7 @@ def open_channel(sock, keepalive):
     ssl = sys.modules.get("ssl")  # imported by whoever made a TLS socket
     if ssl is not None and isinstance(sock, ssl.SSLSocket):
         return TLSChannel(sock)
-    return _wire.Channel(sock)
+    return Channel(sock)
 
 
 def tune_tcp(sock, keepalive):
@@ -324,24 +325,24 @@ def _sweep(watched, now):
 # -- serving clients ---------------------------------------------------------------------
 
 
-class ClientChild(_child.Child):
+class ClientChild(serve.Child):
     """Serve one network client: its own object table, the daemon's root shared."""
 
     def __init__(self, channel, root):
-        _child.Child.__init__(self, channel)
+        serve.Child.__init__(self, channel)
         self.root = root
 
 
 def op_root(child):
     """The first request of a network client: the root object, as `load` describes it."""
-    return _child.op_load(child, ("object", child.root))
+    return serve.op_load(child, ("object", child.root))
 
 
 def op_listen(child, config):
     """Start accepting clients; answer with the address actually bound."""
     listener = Listener(child.table.get(config["root"]), config)  # its accept thread keeps it
     atexit.register(_say_stopping)  # its parent ends it on purpose: the daemon is being stopped
-    return _wire.VALUE, listener.address
+    return protocol.VALUE, listener.address
 
 
 def op_stop(child):
@@ -351,19 +352,19 @@ def op_stop(child):
         time.sleep(0.05)
         _say_stopping()
         _unlink_sockets()
-        _child.flush_and_exit()
+        serve.flush_and_exit()
 
     threading.Thread(target=stop, name="spawnproxy-stop", daemon=True).start()
-    return _wire.VALUE, os.getpid()
+    return protocol.VALUE, os.getpid()
 
 
 def _say_stopping():
     """Tell each client that the daemon stops on purpose (it did not crash); bounded, best effort."""
-    for child in list(_child._LIVE):
+    for child in list(serve._LIVE):
         if not isinstance(child, ClientChild) or not child._send_lock.acquire(timeout=0.1):
             continue
         try:
-            child.channel.send(*child.codec.dumps((_wire.STOPPING,)), deadline=time.monotonic() + 0.2)
+            child.channel.send(*child.codec.dumps((protocol.STOPPING,)), deadline=time.monotonic() + 0.2)
         except Exception:
             pass  # that client is gone, or stuck: it learns of the end as of a crash
         finally:
@@ -371,8 +372,8 @@ def _say_stopping():
 
 
 # The ops of network clients; "listen" itself is `_child`'s, which loads this module.
-_child.OPS["root"] = op_root
-_child.OPS["stop"] = op_stop
+serve.OPS["root"] = op_root
+serve.OPS["stop"] = op_stop
 
 # (path, identity) of each Unix socket this process bound: it unlinks those and no other.
 _socket_paths = []
@@ -534,10 +535,10 @@ class Listener:
         self.socks, self.address = bind(config["address"])
         self.sock = self.socks[0]
         try:
-            from . import _accept
+            from . import listener
         except ImportError:  # in the child, a module is loaded when first needed
-            _accept = sys.modules[__package__].load("_accept")
-        _accept.AcceptLoop(self.socks, self.authkey, self.timeout, self.context, self._start_client, _note)
+            listener = sys.modules[__package__].load("listener")
+        listener.AcceptLoop(self.socks, self.authkey, self.timeout, self.context, self._start_client, _note)
 
     def _start_client(self, conn, peer):
         """A peer passed the handshake: serve it in a thread of its own."""
@@ -633,7 +634,7 @@ def _watch_connection(read_fd, write_fd):
         events = poller.poll()
         if any(event & (select.POLLHUP | select.POLLERR | select.POLLNVAL) for _, event in events):
             break
-    _child.flush_and_exit()
+    serve.flush_and_exit()
 
 
 def main_stdio():
@@ -662,7 +663,7 @@ def main_stdio():
         target=_watch_connection, args=(read_fd, write_fd), name="spawnproxy-lifeline", daemon=True
     ).start()
     channel = PipeChannel(read_fd, write_fd)
-    child = _child.Child(channel)
+    child = serve.Child(channel)
     try:
         channel.send(*child.codec.dumps(("hello", hello())))
         child.serve()
