@@ -10,6 +10,7 @@ Example:
 
 from ._aio import aio
 from ._api import by_ref, run_module, run_object, run_script
+from ._client import connect
 from ._daemon import DaemonProxy, daemon_of
 from ._definitions import InstanceDefinition, ModuleDefinition, ScriptDefinition
 from ._errors import (
@@ -23,9 +24,9 @@ from ._errors import (
     SerializationError,
     SpawnProxyError,
 )
-from ._network import Server, connect, serve
 from ._options import call_timeout
 from ._proxy import ObjectProxy
+from ._server import Server, serve
 from ._values import is_proxy, obtain
 from ._version import __version__
 

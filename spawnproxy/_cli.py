@@ -14,9 +14,14 @@ import time
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from . import _network, _statefile
+from . import _statefile
+from ._addresses import LOOPBACK, format_address, parse_address
+from ._client import client_context, connect
 from ._definitions import InstanceDefinition, ModuleDefinition, ScriptDefinition
+from ._detach import stop_pid
 from ._errors import AuthenticationError, ConnectError, DaemonStartError, RemoteError, SpawnProxyError
+from ._keys import read_authkey_file
+from ._server import HANDSHAKE_TIMEOUT, serve
 from ._version import __version__
 
 HELP_WIDTH = 100
@@ -179,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--handshake-timeout",
         metavar="SECONDS",
         type=float,
-        default=_network.HANDSHAKE_TIMEOUT,
+        default=HANDSHAKE_TIMEOUT,
         help="drop a client that has not authenticated within this time (default: %(default)s)",
     )
 
@@ -262,16 +267,16 @@ def _connect(options: argparse.Namespace) -> Any:
         raise UsageError("--address needs --authkey-file (or give --state-file)")
     if state_file is not None and os.path.lexists(state_file):
         _statefile.read_state_file(state_file)  # a planted one is refused at once, not waited on
-    authkey = _network.read_authkey_file(options.authkey_file) if options.authkey_file else None
+    authkey = read_authkey_file(options.authkey_file) if options.authkey_file else None
     context = None
     if options.cafile or options.certfile:
-        context = _network.client_context(options.cafile, options.certfile, options.keyfile)
+        context = client_context(options.cafile, options.certfile, options.keyfile)
     # --wait retries here rather than with connect(max_attempts=None): until the deadline,
     # a state file not written yet is worth waiting for too.
     deadline = time.monotonic() + (options.wait or 0)
     while True:
         try:
-            return _network.connect(
+            return connect(
                 options.address,
                 authkey,
                 state_file=state_file,
@@ -299,9 +304,9 @@ def cmd_serve(options: argparse.Namespace) -> int:
         log_file = log_file or (default_log if options.detach else None)
     elif options.name is not None:
         raise UsageError("give --name or --state-file, not both")
-    authkey = _network.read_authkey_file(options.authkey_file) if options.authkey_file else None
-    address = _network.parse_address(options.address) if options.address else None
-    server = _network.serve(
+    authkey = read_authkey_file(options.authkey_file) if options.authkey_file else None
+    address = parse_address(options.address) if options.address else None
+    server = serve(
         definition,
         address,
         authkey,
@@ -315,7 +320,7 @@ def cmd_serve(options: argparse.Namespace) -> int:
         handshake_timeout=options.handshake_timeout,
         allow_plaintext=options.allow_plaintext,
     )
-    where = _network.format_address(server.address)
+    where = format_address(server.address)
     if options.detach:
         print(f"spawnproxy: daemon {server.pid} serves {options.target} on {where}")
         print(f"spawnproxy: address, pid and key in {server.state_file}; output in {log_file or state_file + '.log'}")
@@ -402,7 +407,7 @@ def cmd_stop(options: argparse.Namespace) -> int:
         if isinstance(pid, int) and _statefile.process_start_time(pid) is not None:
             why = "records no start time" if started is None else "records another start time"
             raise CommandError(
-                f"nothing answers at {_network.format_address(_address(state))} and process {pid} is not "
+                f"nothing answers at {format_address(_address(state))} and process {pid} is not "
                 f"provably its daemon ({state_file} {why}): not signalling it; remove {state_file} if the daemon is gone"
             ) from None
         if not _is_local(state["address"]):
@@ -423,7 +428,7 @@ def cmd_stop(options: argparse.Namespace) -> int:
 
 
 def _end_process(state_file: str, pid: int, started: int, how: str) -> int:
-    if not _network.stop_pid(pid, start_time=started):
+    if not stop_pid(pid, start_time=started):
         raise CommandError(f"the daemon of {state_file} (pid {pid}) did not end, even on SIGKILL")
     _remove(state_file)
     print(f"spawnproxy: stopped the daemon of {state_file} (pid {pid}){how}")
@@ -437,7 +442,7 @@ def _address(state: dict[str, Any]) -> tuple[str, int] | str:
 
 def _is_local(address: Any) -> bool:
     """Whether a state file's address is on this machine (a Unix socket, or loopback)."""
-    return isinstance(address, str) or address[0] in _network._LOOPBACK
+    return isinstance(address, str) or address[0] in LOOPBACK
 
 
 def _remove(path: str | None) -> None:

@@ -161,6 +161,21 @@ def process_start_time(pid: int) -> int | None:
         return None
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process runs (a zombie, which nobody may reap in a container, counts as ended)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
 # -- logs ----------------------------------------------------------------------------------------
 
 

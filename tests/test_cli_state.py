@@ -283,8 +283,8 @@ def test_detached_log_is_bounded(tmp_path: Path) -> None:
     state, log = tmp_path / "flood.json", tmp_path / "flood.log"
     script = "def flood(n):\n    for i in range(n):\n        print('%08d' % i + 'x' * 92)\n    print('the end')\n"
     started = run_python(
-        "import spawnproxy, spawnproxy._network\n"
-        f"spawnproxy._network.LOG_MAX_BYTES = {cap}\n"
+        "import spawnproxy, spawnproxy._detach\n"
+        f"spawnproxy._detach.LOG_MAX_BYTES = {cap}\n"
         f"server = spawnproxy.serve(spawnproxy.ScriptDefinition({script!r}), detach=True, state_file={str(state)!r}, "
         f"log_file={str(log)!r})\n"
     )

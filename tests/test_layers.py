@@ -34,19 +34,22 @@ CHILD_ON_DEMAND = {"dill"}
 
 # Only these modules may import each of these (top-level names); CHILD_PACKAGE stands for every
 # module of the child side, which is stdlib-only and so does its own pickling.  Issue 16 removes
-# spawnproxy._session and spawnproxy._network from "pickle" and "dill" (they go through _serialize).
+# the parent-side modules marked below from "pickle" and "dill" (they go through _serialize).
 CHILD_PACKAGE = "spawnproxy._child.*"
 ONLY_THESE_IMPORT: dict[str, set[str]] = {
     "wrapt": {"spawnproxy._proxy"},
     "pickle": {
         "spawnproxy._serialize",
         "spawnproxy._session",  # issue 16: goes
-        "spawnproxy._network",  # issue 16: goes
+        "spawnproxy._client",  # issue 16: goes
+        "spawnproxy._detach",  # issue 16: goes
+        "spawnproxy._supervisor",  # issue 16: goes
         CHILD_PACKAGE,
     },
     "dill": {
         "spawnproxy._serialize",
-        "spawnproxy._network",  # the detached supervisor's spec (issue 16: through _serialize)
+        "spawnproxy._detach",  # the detached supervisor's spec (issue 16: through _serialize)
+        "spawnproxy._supervisor",  # the same, read
         CHILD_PACKAGE,  # on demand (see CHILD_ON_DEMAND): loads what the parent sent with dill
     },
     "tblib": {"spawnproxy._serialize"},
@@ -58,9 +61,8 @@ ONLY_THESE_IMPORT: dict[str, set[str]] = {
 KNOWN_PRIVATE_REACHES: set[tuple[str, str]] = {
     ("spawnproxy._aio", "spawnproxy._proxy._Ref"),
     ("spawnproxy._aio", "spawnproxy._proxy._operands"),
-    ("spawnproxy._cli", "spawnproxy._network._LOOPBACK"),
     ("spawnproxy._child.network", "spawnproxy._child.serve._LIVE"),
-    ("spawnproxy._network", "spawnproxy._child.network._HandshakeConnection"),
+    ("spawnproxy._client", "spawnproxy._child.network._HandshakeConnection"),
     ("spawnproxy._ssh", "spawnproxy._process._register"),
 }
 

@@ -261,7 +261,7 @@ def test_references_released_when_a_client_is_killed(server: spawnproxy.Server, 
     code = (
         "import spawnproxy, sys, time, ssl\n"
         f"address = {server.address!r}\n"
-        f"ctx = None if {server.certfile!r} is None else spawnproxy._network.client_context({server.certfile!r}, pinned=True)\n"
+        f"ctx = None if {server.certfile!r} is None else spawnproxy._client.client_context({server.certfile!r}, pinned=True)\n"
         f"root = spawnproxy.connect(address, {server.authkey!r}, ssl_context=ctx)\n"
         "things = [root.make(i) for i in range(5)]\n"
         "print('ready', flush=True)\n"
@@ -412,7 +412,7 @@ def test_detached_daemon_outlives_its_starter(tmp_path: Any) -> None:
         assert again.counter == [1]
         assert pid not in {p.pid for p in psutil.Process().children(recursive=True)}
     finally:
-        spawnproxy._network.stop_pid(supervisor)
+        spawnproxy._detach.stop_pid(supervisor)
     deadline = time.monotonic() + 5
     while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
         assert time.monotonic() < deadline, "the daemon outlived its supervisor"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import spawnproxy
-from spawnproxy import ScriptDefinition, _network
+from spawnproxy import ScriptDefinition, _client, _keys
 from tests.test_cli import spawnproxy_cli
 
 pytestmark = pytest.mark.timeout(60)
@@ -28,7 +28,7 @@ def test_keys_shorter_than_16_bytes_are_refused(tmp_path: Path) -> None:
     for call in (
         lambda: spawnproxy.serve(ScriptDefinition("x = 1"), authkey=SHORT).terminate(),
         lambda: spawnproxy.connect(str(tmp_path / "none.sock"), SHORT),
-        lambda: _network.read_authkey_file(key_file),
+        lambda: _keys.read_authkey_file(key_file),
     ):
         with pytest.raises(ValueError, match="at least 16 bytes") as info:
             call()
@@ -44,10 +44,10 @@ def test_key_files_others_can_read_are_refused(tmp_path: Path, mode: int) -> Non
     key_file.write_bytes(ENOUGH)
     key_file.chmod(mode)
     with pytest.raises(PermissionError, match="chmod 600") as info:
-        _network.read_authkey_file(key_file)
+        _keys.read_authkey_file(key_file)
     assert str(key_file) in str(info.value) and "\n" not in str(info.value)
     key_file.chmod(0o600)
-    assert _network.read_authkey_file(key_file) == ENOUGH
+    assert _keys.read_authkey_file(key_file) == ENOUGH
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="making a file another user owns needs root")
@@ -58,7 +58,7 @@ def test_key_files_of_another_user_are_refused(tmp_path: Path) -> None:
     key_file.chmod(0o600)
     os.chown(key_file, 65534, 65534)
     with pytest.raises(PermissionError, match="not owned by") as info:
-        _network.read_authkey_file(key_file)
+        _keys.read_authkey_file(key_file)
     assert "\n" not in str(info.value)
 
 
@@ -86,7 +86,7 @@ def tls_floors():
 @pytest.mark.parametrize("child_python", ["3.8"], indirect=True)
 def test_tls_contexts_require_tls_1_2(tls_files: dict[str, str], child_python: str) -> None:
     """The daemon's TLS context (under Python 3.8, whose default is OpenSSL's) and the client's require TLS 1.2."""
-    assert _network.client_context().minimum_version == ssl.TLSVersion.TLSv1_2
+    assert _client.client_context().minimum_version == ssl.TLSVersion.TLSv1_2
     with spawnproxy.serve(
         ScriptDefinition(PROBE), certfile=tls_files["cert"], keyfile=tls_files["key"], python_exe=child_python
     ) as server:

@@ -1,0 +1,98 @@
+"""The supervisor of a detached daemon: the process `_detach` starts with `python -c`.
+
+It leaves the starter's process tree (a double fork and a new session), sends
+its output to the daemon's bounded log, runs `serve` in the foreground,
+writes the state file, reports one line to the starter, and ends the daemon
+on SIGTERM (or when it ends by itself).
+
+Uses `_server` (serve), `_serialize` (the spec the starter sent) and `_statefile`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import signal
+import sys
+import threading
+
+from ._addresses import format_address
+from ._errors import SpawnProxyError
+from ._server import serve
+from ._statefile import RotatingLog, open_log, write_private
+
+log = logging.getLogger("spawnproxy")
+
+
+def supervise() -> None:
+    """The detached daemon's supervisor: leave the starter's process tree, serve, report, wait."""
+    starter_path = pickle.load(sys.stdin.buffer)
+    sys.path[:] = starter_path + [p for p in sys.path if p not in starter_path]
+    data = sys.stdin.buffer.read()
+    if data[:1] == b"D":
+        import dill
+
+        spec = dill.loads(data[1:])
+    else:
+        spec = pickle.loads(data[1:])
+    if os.fork():
+        os._exit(0)  # the starter reaps this one at once; the daemon is nobody's child
+    os.setsid()
+    # The report goes through a private copy of the pipe: whatever the daemon prints
+    # while it starts must land in the log, not in the starter's reading.
+    report = os.fdopen(os.dup(1), "w")
+    try:
+        log_fd, _ = open_log(spec["log_file"])
+    except OSError as exc:  # (the starter checked it: something changed it since)
+        report.write(json.dumps({"ok": False, "error": str(exc)}) + "\n")
+        report.close()
+        os._exit(1)
+    # Everything the daemon and this process write goes through one bounded log.
+    sys.stdout = sys.stderr = RotatingLog(spec["log_file"], log_fd, spec["log_max_bytes"])
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        server = serve(
+            spec["definition"],
+            spec["address"],
+            spec["authkey"],
+            python_exe=spec["python_exe"],
+            handshake_timeout=spec["handshake_timeout"],
+            keepalive=spec["keepalive"],
+            allow_plaintext=True,  # the starter's serve() has checked the address
+            **spec["files"],
+            **spec["options"],
+        )
+    except BaseException as exc:
+        error = str(exc) if isinstance(exc, SpawnProxyError) else f"{type(exc).__name__}: {exc}"
+        remote = getattr(exc, "remote_traceback", None)
+        report.write(json.dumps({"ok": False, "error": error, "remote_traceback": remote}) + "\n")
+        report.close()
+        os._exit(1)
+    server.supervisor = os.getpid()
+    server.state_file = spec["state_file"]
+    state = server.state()
+    write_private(spec["state_file"], json.dumps(state, indent=2) + "\n")
+    try:
+        report.write(json.dumps({"ok": True, **state}) + "\n")
+        report.close()
+    except OSError:  # the starter gave up waiting: nobody knows of this daemon
+        server.terminate()
+        os._exit(1)
+    log.info("daemon %d serves %s on %s", server.pid, type(spec["definition"]).__name__, format_address(server.address))
+    while not stop.wait(0.5):
+        if not server.is_alive():
+            log.warning("daemon %d ended by itself", server.pid)
+            break
+    server.terminate()  # the daemon, its Unix socket and the state file
+    log.info("daemon %d stopped", server.pid)
+    logging.shutdown()
+    os._exit(0)
