@@ -23,7 +23,6 @@ import ssl
 import struct
 import threading
 import time
-import weakref
 from collections.abc import Mapping
 from multiprocessing import AuthenticationError as _MpAuthenticationError
 from multiprocessing.connection import answer_challenge, deliver_challenge
@@ -33,12 +32,11 @@ from . import _serialize
 from ._addresses import Address, format_address, parse_address
 from ._child import network, protocol
 from ._child.channel import Channel
-from ._daemon import DaemonProxy
+from ._daemon import DaemonProxy, attach
 from ._errors import AuthenticationError, ConnectError, SpawnProxyError
 from ._keys import check_authkey
 from ._options import check_timeout
 from ._output import OutputLog
-from ._process import reap_later
 from ._proxy import ObjectProxy
 from ._statefile import read_state_file
 
@@ -69,6 +67,8 @@ def client_context(
 
 class NetPeer:
     """A served daemon seen from one client: the `Peer` a `Session` talks to."""
+
+    lanes = False  # a socket to another machine: no descriptor can be passed to the daemon
 
     def __init__(self, channel: Channel, hello: dict[str, Any], address: str) -> None:
         self.channel = channel
@@ -128,26 +128,15 @@ class Connection(DaemonProxy):
 
     `terminate()` closes this connection (the daemon goes on serving others);
     `pid` is the daemon's process id; `is_alive()` says whether the connection is open.
+    Built by `_daemon.attach` (see `connect`).
     """
 
-    def __init__(self, peer: NetPeer, call_timeout: float | None) -> None:
-        from ._session import Session
+    _process: NetPeer
 
-        self._process = peer
-        self._session = session = Session(peer, call_timeout)
-        self._finalizer = weakref.finalize(self, reap_later, peer)
-        self._finalizer.atexit = False
-        self.address = peer.address
-        label = f"the daemon at {peer.address}"
-        try:
-            reply = session.request("root", (), f"reading the root of {label}")
-        except BaseException:
-            self.terminate()
-            raise
-        if reply[2] == protocol.ERROR:
-            self.terminate()
-            raise _serialize.rebuild_exception(reply[3])
-        self._adopt_root(reply[3], label)
+    @property
+    def address(self) -> str:
+        """The daemon's address, as this client reached it."""
+        return self._process.address
 
     def stop_daemon(self) -> None:
         """End the daemon itself, for every client (its handle's `terminate()` does the same)."""
@@ -275,10 +264,11 @@ def connect(
             raise ConnectError(f"the daemon at {text} did not greet within {timeout} s")
         tag, payload = channel.recv()
         message = _serialize.decode(tag, payload)
-        if not (isinstance(message, tuple) and message[:1] == ("hello",)):
+        greeting, hello = message if isinstance(message, tuple) and len(message) == 2 else ("", {})
+        if greeting != "hello":
             raise ConnectError(f"the daemon at {text} sent an unexpected greeting")
-        peer = NetPeer(channel, message[1], text)
-        return Connection(peer, call_timeout).proxy
+        peer = NetPeer(channel, hello, text)
+        return attach(Connection, peer, call_timeout, f"the daemon at {text}").proxy
     except ConnectError:
         channel.close()
         raise

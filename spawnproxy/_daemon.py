@@ -1,4 +1,11 @@
-"""`DaemonProxy`, the handle on one child, and `daemon_of`."""
+"""`DaemonProxy`, the handle on one child, and `daemon_of`.
+
+A handle is built whole in one of two ways: `DaemonProxy(...)` starts a child
+and loads a definition in it; `attach` wraps a process that already runs and
+serves its root object (a served daemon that `connect` reached).  `session_of`
+and `root_id_of` give the layers above (`_server`) what they send the child
+their own requests with.  Uses the session, process and proxy layers.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +13,7 @@ import logging
 import os
 import time
 import weakref
-from typing import Any
+from typing import Any, TypeVar
 
 from . import _ssh
 from ._child import protocol
@@ -20,6 +27,8 @@ from ._serialize import rebuild_exception
 from ._session import Session
 
 __all__ = ["DaemonProxy", "daemon_of"]
+
+H = TypeVar("H", bound="DaemonProxy")
 
 
 class DaemonProxy:
@@ -77,10 +86,7 @@ class DaemonProxy:
                 logs_maxlen=opts.logs_maxlen,
                 start_timeout=opts.start_timeout,
             )
-        self._process: Peer = process
-        self._session = session = Session(process, opts.call_timeout)
-        self._finalizer = weakref.finalize(self, reap_later, process)
-        self._finalizer.atexit = False  # the process registry ends children at exit
+        session = self._open_session(process, opts.call_timeout)
         label = definition.label()
         # One budget for the whole start: the handshake and the load share it.
         left = None if opts.start_timeout is None else max(0.001, opts.start_timeout - (time.monotonic() - started))
@@ -103,20 +109,29 @@ class DaemonProxy:
         except BaseException:
             self.terminate(STEP)
             raise
-        if reply[2] == protocol.ERROR:
+        _, _, how, payload = reply
+        if how == protocol.ERROR:
             self.terminate(STEP)
-            error = rebuild_exception(reply[3])
-            remote_tb = error.remote_traceback if isinstance(error, RemoteError) else reply[3][5]
+            error = rebuild_exception(payload)
+            remote_tb = error.remote_traceback if isinstance(error, RemoteError) else payload[protocol.EXC_TRACEBACK]
             raise DaemonStartError(
                 f"the {label} failed in child {process.pid}:\n{remote_tb.rstrip()}", remote_tb
             ) from error
-        self._adopt_root(reply[3], label)
+        self._adopt_root(payload, label)
+
+    def _open_session(self, process: Peer, call_timeout: float | None) -> Session:
+        """Talk to `process` through a new session; a finalizer ends it when this handle is dropped."""
+        self._process: Peer = process
+        self._session = session = Session(process, call_timeout)
+        self._finalizer = weakref.finalize(self, reap_later, process)
+        self._finalizer.atexit = False  # the process registry ends children at exit
+        return session
 
     def _change_directory(self, cwd: str) -> None:
         """The child changes to `cwd` before it loads anything: a path where the child runs, checked there."""
-        reply = self._session.request("chdir", (cwd,), f"changing to cwd {cwd!r}")
-        if reply[2] == protocol.ERROR:
-            error = rebuild_exception(reply[3])
+        _, _, how, payload = self._session.request("chdir", (cwd,), f"changing to cwd {cwd!r}")
+        if how == protocol.ERROR:
+            error = rebuild_exception(payload)
             raise DaemonStartError(
                 f"cwd {cwd!r} cannot be the working directory of child {self._process.pid}: "
                 f"{type(error).__name__}: {error}"
@@ -136,7 +151,9 @@ class DaemonProxy:
         proxy = None if self._proxy_ref is None else self._proxy_ref()
         if proxy is None:
             oid, info, names, label = self._root
-            handle = Remote(self, self._session, oid, None, info, names, None, label, bool(info[3]))
+            handle = Remote(
+                self, self._session, oid, None, info, names, None, label, bool(info[protocol.TYPE_CALLABLE])
+            )
             proxy = make_proxy(handle)
             self._proxy_ref = weakref.ref(proxy)
         return proxy
@@ -182,6 +199,37 @@ class DaemonProxy:
     def __repr__(self) -> str:
         state = "alive" if self.is_alive() else f"ended, exit code {self.exitcode}"
         return f"<DaemonProxy pid={self.pid} {self._root[3]} python={self._process.executable} {state}>"
+
+
+def attach(cls: type[H], process: Peer, call_timeout: float | None, label: str) -> H:
+    """A handle of class `cls` on `process`, which already runs and serves its root object (`connect`).
+
+    The process is asked for its root; if that fails, the session is ended and
+    the error raised.  `label` names the process in messages ("the daemon at ...").
+    """
+    handle = cls.__new__(cls)
+    session = handle._open_session(process, call_timeout)
+    try:
+        _, _, how, payload = session.request("root", (), f"reading the root of {label}")
+    except BaseException:
+        handle.terminate()
+        raise
+    if how == protocol.ERROR:
+        handle.terminate()
+        raise rebuild_exception(payload)
+    handle._adopt_root(payload, label)
+    return handle
+
+
+def session_of(daemon: DaemonProxy) -> Session:
+    """The session that carries `daemon`'s requests: for the library's own requests (`serve` asks it to listen)."""
+    return daemon._session
+
+
+def root_id_of(daemon: DaemonProxy) -> int:
+    """The child's id of the object `daemon` runs (its root)."""
+    oid: int = daemon._root[0]
+    return oid
 
 
 def daemon_of(proxy: ObjectProxy) -> DaemonProxy:

@@ -26,7 +26,7 @@ from . import _serialize
 from ._addresses import DEFAULT_HOST, Address, format_address, is_loopback, parse_address, socket_id
 from ._child import protocol
 from ._client import KEEPALIVE, client_context, connect
-from ._daemon import DaemonProxy
+from ._daemon import DaemonProxy, root_id_of, session_of
 from ._detach import check_not_running, start_detached, stop_pid
 from ._errors import DaemonStartError, SpawnProxyError
 from ._keys import check_authkey
@@ -267,7 +267,7 @@ def serve(
         raise ValueError("log_file is for detached daemons; give a logger instead")
     daemon = DaemonProxy(definition_or_object, python_exe, logger, **options)
     config = {
-        "root": daemon._root[0],
+        "root": root_id_of(daemon),
         "address": where,
         "authkey": key,
         "handshake_timeout": handshake_timeout,
@@ -275,17 +275,16 @@ def serve(
         **files,
     }
     try:
-        reply = daemon._session.request("listen", (config,), f"listening on {format_address(where)}")
+        _, _, how, bound = session_of(daemon).request("listen", (config,), f"listening on {format_address(where)}")
     except BaseException:
         daemon.terminate()
         raise
-    if reply[2] == protocol.ERROR:
+    if how == protocol.ERROR:
         daemon.terminate()
-        error = _serialize.rebuild_exception(reply[3])
+        error = _serialize.rebuild_exception(bound)
         raise DaemonStartError(
             f"the daemon could not listen on {format_address(where)}: {type(error).__name__}: {error}"
         ) from error
-    bound = reply[3]
     bound_address: tuple[str, int] | str = tuple(bound) if isinstance(bound, (list, tuple)) else bound  # type: ignore[assignment]
     server = Server(
         daemon, bound_address, key, daemon.pid, files.get("certfile"), state_path, socket_id=socket_id(bound_address)
