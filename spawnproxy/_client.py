@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pickle
 import socket
 import ssl
 import struct
@@ -100,7 +99,12 @@ class NetPeer:
             head = sock.recv(64, socket.MSG_PEEK | socket.MSG_DONTWAIT) if sock is not None else b""
             (size,) = struct.unpack_from("!i", head)
             frame = head[4 : 4 + size]
-            return size == len(frame) and frame[:1] == b"P" and pickle.loads(frame[1:]) == (protocol.STOPPING,)
+            tag = frame[:1]
+            return (
+                size == len(frame)
+                and tag == protocol.TAG_PICKLE
+                and _serialize.decode(tag, frame[1:]) == (protocol.STOPPING,)
+            )
         except Exception:
             return False
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import pickle
 import select
 import signal
 import subprocess
@@ -74,15 +73,10 @@ def start_detached(
         "keepalive": keepalive,
         "options": options,
     }
-    try:
-        data = b"P" + _serialize.dumps(spec)
-    except Exception:
-        import dill
-
-        data = b"D" + dill.dumps(spec)
     # The starter's sys.path comes first, on its own: the supervisor needs it to load the spec
     # (a definition may be an object of the starter's modules), as a child of this interpreter gets it.
-    data = pickle.dumps(list(sys.path)) + data
+    path = _serialize.dumps(list(sys.path))
+    data = len(path).to_bytes(4, "big") + path + _serialize.dumps_with_dill(spec)
     env = _bootstrap.safe_environment(os.environ)
     env["PYTHONPATH"] = package_root() + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     start_timeout = options.get("start_timeout", 60.0)

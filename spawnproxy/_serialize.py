@@ -575,3 +575,25 @@ def rebuild_signature(encoded: Any) -> inspect.Signature | None:
             )
         )
     return inspect.Signature(parameters, return_annotation=inspect.Signature.empty if ret is None else _RemoteText(ret))
+
+
+# -- what a detached daemon's starter hands its supervisor (`_detach`): one Python on both ends --
+
+
+def dumps_with_dill(obj: Any) -> bytes:
+    """`obj` pickled after its tag, `P`; or, where only dill can pickle it, after `D`."""
+    try:
+        return protocol.TAG_PICKLE + dumps(obj)
+    except Exception:
+        import dill
+
+        return protocol.TAG_DILL + bytes(dill.dumps(obj))
+
+
+def loads_with_dill(data: bytes) -> Any:
+    """What `dumps_with_dill` made."""
+    if data[:1] == protocol.TAG_DILL:
+        import dill
+
+        return dill.loads(data[1:])
+    return decode(data[:1], data[1:])

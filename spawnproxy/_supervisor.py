@@ -13,12 +13,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pickle
 import signal
 import sys
 import threading
 
+from . import _serialize
 from ._addresses import format_address
+from ._child import protocol
 from ._errors import SpawnProxyError
 from ._server import serve
 from ._statefile import RotatingLog, open_log, write_private
@@ -28,15 +29,11 @@ log = logging.getLogger("spawnproxy")
 
 def supervise() -> None:
     """The detached daemon's supervisor: leave the starter's process tree, serve, report, wait."""
-    starter_path = pickle.load(sys.stdin.buffer)
+    data = sys.stdin.buffer.read()  # the starter's sys.path (see _detach.start_detached), then the spec
+    size = int.from_bytes(data[:4], "big")
+    starter_path = _serialize.decode(protocol.TAG_PICKLE, data[4 : 4 + size])
     sys.path[:] = starter_path + [p for p in sys.path if p not in starter_path]
-    data = sys.stdin.buffer.read()
-    if data[:1] == b"D":
-        import dill
-
-        spec = dill.loads(data[1:])
-    else:
-        spec = pickle.loads(data[1:])
+    spec = _serialize.loads_with_dill(data[4 + size :])
     if os.fork():
         os._exit(0)  # the starter reaps this one at once; the daemon is nobody's child
     os.setsid()

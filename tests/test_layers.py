@@ -41,15 +41,10 @@ ONLY_THESE_IMPORT: dict[str, set[str]] = {
     "pickle": {
         "spawnproxy._serialize",
         "spawnproxy._session",  # issue 16: goes
-        "spawnproxy._client",  # issue 16: goes
-        "spawnproxy._detach",  # issue 16: goes
-        "spawnproxy._supervisor",  # issue 16: goes
         CHILD_PACKAGE,
     },
     "dill": {
         "spawnproxy._serialize",
-        "spawnproxy._detach",  # the detached supervisor's spec (issue 16: through _serialize)
-        "spawnproxy._supervisor",  # the same, read
         CHILD_PACKAGE,  # on demand (see CHILD_ON_DEMAND): loads what the parent sent with dill
     },
     "tblib": {"spawnproxy._serialize"},
