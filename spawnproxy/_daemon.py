@@ -198,7 +198,8 @@ class DaemonProxy:
 
     def __repr__(self) -> str:
         state = "alive" if self.is_alive() else f"ended, exit code {self.exitcode}"
-        return f"<DaemonProxy pid={self.pid} {self._root[3]} python={self._process.executable} {state}>"
+        *_, label = self._root
+        return f"<DaemonProxy pid={self.pid} {label} python={self._process.executable} {state}>"
 
 
 def attach(cls: type[H], process: Peer, call_timeout: float | None, label: str) -> H:
@@ -228,7 +229,8 @@ def session_of(daemon: DaemonProxy) -> Session:
 
 def root_id_of(daemon: DaemonProxy) -> int:
     """The child's id of the object `daemon` runs (its root)."""
-    oid: int = daemon._root[0]
+    oid: int
+    oid, *_ = daemon._root
     return oid
 
 
