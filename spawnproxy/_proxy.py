@@ -24,6 +24,7 @@ import wrapt
 from . import _serialize
 from ._child import protocol
 from ._errors import CallTimeoutError, SerializationError
+from ._signatures import rebuild_signature
 
 if TYPE_CHECKING:
     from ._daemon import DaemonProxy
@@ -237,7 +238,7 @@ class Remote:
     @property
     def __signature__(self) -> Any:
         encoded = self._sp_request("signature", (), f"inspect.signature({self._sp_label})")
-        return _serialize.rebuild_signature(encoded)
+        return rebuild_signature(encoded)
 
     # -- calls and operators --------------------------------------------------------
 

@@ -4,28 +4,33 @@ Requests are pickled with the standard library (protocol 5).  A proxy among
 the operands travels as a reference to the object it stands for (its type
 carries the marker `_spawnproxy_ref_`); what pickle refuses goes through dill,
 but only to a child of the parent's own Python version, because dill's code
-objects do not carry over to another one.  Remote exceptions are rebuilt with
-their own type when the parent can import it, with the remote frames attached
-by tblib; otherwise they become `RemoteError`.
+objects do not carry over to another one.  Frames the child sends are loaded
+here (`decode`), or, when that fails, read for their header alone
+(`message_head`).  Exceptions across the wire are `_exceptions`' (re-exported
+here for the session and the network code).
+
+With `_exceptions`, the only parent module that imports pickle, dill and
+tblib.  Uses `_child.protocol`, `_child.buffers` and `_errors`.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import inspect
 import io
-import os
 import pickle
 import sys
 import types
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-import tblib
-
 from ._child import protocol
 from ._child.buffers import BUFFER_TYPES, buffer_taker, out_of_band, split_buffers
-from ._errors import RemoteError, SerializationError
+from ._errors import SerializationError
+from ._exceptions import ParentTraceback as ParentTraceback
+from ._exceptions import encode_exception as encode_exception
+from ._exceptions import message_head as message_head
+from ._exceptions import rebuild_exception as rebuild_exception
+from ._exceptions import unloadable_request as unloadable_request
 
 PROTOCOL = 5
 _MAIN = b"__main__"
@@ -71,7 +76,8 @@ class Owner(Protocol):
 def _ref_id(obj: Any, owner: Owner, exported: list[int]) -> tuple[Any, ...] | None:
     if type(obj) is ByRef:
         pid = owner.export(obj.obj, obj.weak)
-        exported.append(pid[1])
+        _local, oid, _callable, _methods, _truthy = pid
+        exported.append(oid)
         return pid
     marker = getattr(type(obj), "_spawnproxy_ref_", None)
     if marker is None:
@@ -108,8 +114,9 @@ def small_values(items: Any) -> bool:
 
 def _plain_operands(message: tuple[Any, ...]) -> bool:
     """Whether a request's operands, and the args and kwargs among them, are small values (a
-    call's usual ones): then nothing from __main__ needs looking for either."""
-    for item in message[3:]:
+    call's usual ones): then nothing from __main__ needs looking for either.  (For a NESTED
+    request the operator's name comes first, for a REPLY the payload: both are looked at alike.)"""
+    for item in message[protocol.REQUEST_OPERANDS :]:
         kind = type(item)
         if kind is tuple:
             if not small_values(item):
@@ -133,7 +140,7 @@ def _big_buffers_out_of_band(message: tuple[Any, ...]) -> tuple[Any, ...]:
     that send them out of band; nested deeper, they travel in the pickle."""
     # Every request passes here: the search for a buffer runs in C (map, isdisjoint), and
     # only a buffer found is looked at for its size (a small one stays in the pickle).
-    for item in message[3:]:
+    for item in message[protocol.REQUEST_OPERANDS :]:
         kind = type(item)
         if kind is tuple:
             if not _BUFFER_TYPES.isdisjoint(map(type, item)) and any(map(_swapped, item)):
@@ -147,7 +154,7 @@ def _big_buffers_out_of_band(message: tuple[Any, ...]) -> tuple[Any, ...]:
     else:
         return message
     swapped = []
-    for item in message[3:]:
+    for item in message[protocol.REQUEST_OPERANDS :]:
         kind = type(item)
         if kind is tuple:
             item = tuple(out_of_band(x) for x in item)
@@ -156,7 +163,7 @@ def _big_buffers_out_of_band(message: tuple[Any, ...]) -> tuple[Any, ...]:
         else:
             item = out_of_band(item)
         swapped.append(item)
-    return message[:3] + tuple(swapped)
+    return message[: protocol.REQUEST_OPERANDS] + tuple(swapped)
 
 
 class Encoder:
@@ -364,68 +371,6 @@ def decode(tag: bytes, payload: Any, resolve: Callable[[Any], Any] | None = None
     raise SerializationError(f"the child sent a frame with an unknown tag {tag!r}")
 
 
-class _Placeholder:
-    """Stands for every object of a frame that is read only for its header."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def __setstate__(self, state: Any) -> None:
-        pass
-
-
-class _HeaderUnpickler(pickle.Unpickler):
-    def __init__(self, file: io.BytesIO, buffers: Any) -> None:
-        super().__init__(file, buffers=buffers)
-        self.events: list[tuple[Any, ...]] = []  # in frame order: (module, name) of a global, (pid,)
-
-    def find_class(self, module: str, name: str) -> Any:
-        self.events.append((module, name))
-        return _Placeholder
-
-    def persistent_load(self, pid: Any) -> Any:
-        self.events.append((pid,))
-        return None
-
-
-def message_head(tag: bytes, payload: Any) -> tuple[int | None, int | None, list[int]]:
-    """(kind, request id) of a message that `decode` could not load (its classes stubbed out), and
-    the ids of the child's objects it names that the failed load never reached (to be released)."""
-    buffers = None
-    if tag == protocol.TAG_BUFFERS:
-        tag, payload, buffers = split_buffers(payload)
-    if tag != protocol.TAG_PICKLE and tag != protocol.TAG_REFS:
-        return None, None, []
-    unpickler = _HeaderUnpickler(io.BytesIO(payload), buffers)
-    try:
-        message = unpickler.load()
-    except Exception:
-        return None, None, []
-    if type(message) is tuple and len(message) > 1 and type(message[0]) is int and type(message[1]) is int:
-        return message[0], message[1], _unreached(unpickler.events)
-    return None, None, []
-
-
-def _unreached(events: list[tuple[Any, ...]]) -> list[int]:
-    """The child's objects, new to the parent, named after the first global the parent lacks."""
-    for i, event in enumerate(events):
-        if len(event) == 2 and _lacks(*event):
-            return [e[0][1] for e in events[i:] if len(e) == 1 and e[0][0] == "ref" and len(e[0]) == 4]
-    return []
-
-
-def _lacks(module: str, name: str) -> bool:
-    """Whether the global `module.name` is missing here (nothing is imported to find out)."""
-    obj: Any = sys.modules.get(module)
-    if obj is None:
-        return True
-    for part in name.split("."):
-        obj = getattr(obj, part, _lacks)
-        if obj is _lacks:
-            return True
-    return False
-
-
 def can_import(modules: Sequence[str]) -> list[bool]:
     """Whether each module could be imported here (to rebuild values sent by the child)."""
     answers = []
@@ -438,143 +383,6 @@ def can_import(modules: Sequence[str]) -> list[bool]:
         except (ImportError, ValueError, AttributeError):
             answers.append(False)
     return answers
-
-
-# -- exceptions ---------------------------------------------------------------------
-
-
-class ParentTraceback(Exception):
-    """The parent's own traceback of an exception raised in a callback, relayed by the child.
-
-    It is the cause of the exception a call raises when a callback it made
-    failed: the printed traceback shows the parent's frames, then the child's.
-    """
-
-    def __str__(self) -> str:
-        return "\n\nTraceback in the parent:\n" + str(self.args[0]).rstrip() if self.args else ""
-
-
-_CHILD_PARENT_TRACEBACK = ("_spawnproxy_child.serve", "ParentTraceback")
-_OWN_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
-
-
-def encode_exception(exc: BaseException) -> tuple[Any, ...]:
-    """Encode an exception raised in the parent for the child (which needs nothing but pickle)."""
-    import traceback
-
-    tp = type(exc)
-    try:
-        data: bytes | None = pickle.dumps(exc, PROTOCOL)
-    except Exception:
-        data = None
-    try:
-        message = str(exc)
-    except Exception:
-        message = "<str() of the exception failed>"
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_OWN_DIR):
-        tb = tb.tb_next  # the session's frames that ran the callback
-    try:
-        text = "".join(traceback.format_exception(tp, exc, tb))
-    except Exception as err:
-        text = f"{tp.__name__}: {message} (its traceback could not be formatted: {err!r})\n"
-    return (tp.__module__, tp.__qualname__, message, data, text)
-
-
-def unloadable_request(exc: BaseException) -> tuple[Any, ...]:
-    """The error, encoded for the child, of a request of its whose operands cannot be loaded here.
-
-    The child's code gets the load error with its own type (an `AttributeError`, an
-    `ImportError`, ...); the traceback it carries says that the request did not run.
-    """
-    module, qualname, message, data, text = encode_exception(exc)
-    text = f"an argument the child sent cannot be loaded in the parent; the request did not run\n{text}"
-    return (module, qualname, message, data, text)
-
-
-def rebuild_exception(encoded: tuple[Any, ...]) -> BaseException:
-    """Turn an exception encoded by the child into a local one with remote frames."""
-    module, qualname, message, data, frames, text, cause, context = encoded
-    if (module, qualname) == _CHILD_PARENT_TRACEBACK:
-        return ParentTraceback(message.split("Traceback in the parent:\n", 1)[-1])
-    exc: BaseException | None = None
-    if data is not None:
-        try:
-            exc = pickle.loads(data)
-        except Exception:
-            exc = None
-    if not isinstance(exc, BaseException):
-        if module == "spawnproxy" and qualname == "SerializationError":
-            # The child's own error about a request it could not load (see _childcodec.unloadable).
-            exc = SerializationError(message)
-        else:
-            type_name = qualname if module == "builtins" else f"{module}.{qualname}"
-            exc = RemoteError(type_name, message, text)
-    tb = _rebuild_traceback(frames)
-    if tb is not None:
-        exc = exc.with_traceback(tb)
-    if cause is not None:
-        exc.__cause__ = rebuild_exception(cause)
-    elif context is not None:
-        exc.__context__ = rebuild_exception(context)
-    return exc
-
-
-def _rebuild_traceback(frames: Sequence[tuple[str, str, int, str]]) -> Any:
-    tb_dict = None
-    for filename, name, lineno, module in reversed(frames):
-        tb_dict = {
-            "tb_frame": {
-                "f_code": {"co_filename": filename, "co_name": name},
-                "f_globals": {"__name__": module, "__file__": filename},
-                "f_locals": {},
-                "f_lineno": lineno,
-            },
-            "tb_lineno": lineno,
-            "tb_next": tb_dict,
-        }
-    if tb_dict is None:
-        return None
-    try:
-        return tblib.Traceback.from_dict(tb_dict).as_traceback()
-    except Exception:  # a traceback is a courtesy: never lose the error for it
-        return None
-
-
-# -- signatures ----------------------------------------------------------------------
-
-
-class _RemoteText:
-    """Stands for a default value or an annotation that only the child has; shows its text."""
-
-    def __init__(self, text: str) -> None:
-        self._text = text
-
-    def __repr__(self) -> str:
-        return self._text
-
-
-def rebuild_signature(encoded: Any) -> inspect.Signature | None:
-    if encoded is None:
-        return None
-    params, ret = encoded
-    parameters = []
-    for name, kind, default, annotation in params:
-        if default is None:
-            value: Any = inspect.Parameter.empty
-        elif default[0] == "value":
-            value = default[1]
-        else:
-            value = _RemoteText(default[1])
-        parameters.append(
-            inspect.Parameter(
-                name,
-                inspect._ParameterKind(kind),
-                default=value,
-                annotation=inspect.Parameter.empty if annotation is None else _RemoteText(annotation),
-            )
-        )
-    return inspect.Signature(parameters, return_annotation=inspect.Signature.empty if ret is None else _RemoteText(ret))
 
 
 # -- what a detached daemon's starter hands its supervisor (`_detach`): one Python on both ends --
