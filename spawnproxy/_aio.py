@@ -6,31 +6,36 @@ be reading) and handed to the loop with `call_soon_threadsafe`: no thread per
 await, and the loop never waits on the channel.  Cancelling the awaiting task
 abandons the request exactly as a timeout does: a late answer is dropped and a
 reference in it released.
+
+Uses the handle through `_handle`'s module functions, the batching of
+`_streams` (shared with the blocking `Stream`) and the session's request
+interface (`submit` with a callback, `abandon`, `drop`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any
 
-from . import _serialize
-from ._child import protocol
-from ._options import current_timeout
-from ._proxy import (
-    FIRST_BATCH,
-    Label,
-    ObjectProxy,
+from ._handle import (
     Remote,
-    _operands,
-    _Ref,
-    batch_of,
-    batch_sizes,
-    handle_of,
+    asks_attrinfo,
+    attribute_of,
     iterator_of,
+    known_attribute,
+    label_of,
+    note_attrinfo,
+    path_of,
+    result_of,
+    session_of,
+    target_of,
 )
+from ._options import current_timeout
+from ._proxy import ObjectProxy, handle_of
+from ._requests import Label, named_operands
 from ._session import FAILED, UNLOADABLE, Session, unloadable
+from ._streams import Batches
 
 __all__ = ["AsyncProxy", "aio"]
 
@@ -89,7 +94,7 @@ class AsyncProxy:
         return AsyncStream(self._handle)
 
     def __repr__(self) -> str:
-        return f"aio({self._handle._sp_label})"
+        return f"aio({label_of(self._handle)})"
 
 
 class AsyncAttribute:
@@ -105,8 +110,7 @@ class AsyncAttribute:
         return _getattr(self._handle, self._name).__await__()
 
     def __call__(self, *args: Any, **kwargs: Any) -> AsyncCall:
-        method = handle_of(self._handle._sp_path(self._name, True))
-        return AsyncCall(method, args, kwargs)
+        return AsyncCall(path_of(self._handle, self._name, True), args, kwargs)
 
     def __aiter__(self) -> AsyncStream:
         return AsyncStream(self._handle, lambda: _getattr(self._handle, self._name))
@@ -114,7 +118,7 @@ class AsyncAttribute:
     def __getattr__(self, name: str) -> AsyncAttribute:
         if name.startswith("__") and name.endswith("__"):
             raise AttributeError(name)
-        return AsyncAttribute(handle_of(self._handle._sp_path(self._name, False)), name)
+        return AsyncAttribute(path_of(self._handle, self._name, False), name)
 
 
 class AsyncCall:
@@ -130,7 +134,7 @@ class AsyncCall:
     def _call(self) -> Coroutine[Any, Any, Any]:
         handle, args, kwargs = self._handle, self._args, self._kwargs
         return request(
-            handle, "call", (args, kwargs), Label(("{}()", handle._sp_label)), lambda: _operands(args, kwargs)
+            handle, "call", (args, kwargs), Label(("{}()", label_of(handle))), lambda: named_operands(args, kwargs)
         )
 
     def __await__(self) -> Generator[Any, None, Any]:
@@ -142,25 +146,22 @@ class AsyncCall:
 
 async def _getattr(handle: Remote, name: str) -> Any:
     """The attribute read of `Remote.__getattr__`, awaited."""
-    session = handle._sp_session
-    what = Label(("reading {}.{}", handle._sp_label, name))
+    session = session_of(handle)
+    what = Label(("reading {}.{}", label_of(handle), name))
     session.check(what)
-    cached = handle._sp_cache.get(name)
-    if cached is not None:
-        return cached
-    names = handle._sp_names
-    if names is not None and name not in names:
-        names[name] = await request(handle, "attrinfo", (name,), what)
-    known = handle._sp_known(name)
+    known = known_attribute(handle, name)
+    if known is None and asks_attrinfo(handle, name):
+        note_attrinfo(handle, name, await request(handle, "attrinfo", (name,), what))
+        known = known_attribute(handle, name)
     if known is not None:
         return known
-    return handle._sp_attribute(name, await _reply(session, "getattr", (handle._sp_target, name), what), what)
+    return attribute_of(handle, name, await _reply(session, "getattr", (target_of(handle), name), what), what)
 
 
 async def request(handle: Remote, op: str, operands: tuple[Any, ...], what: object, describe: Any = None) -> Any:
     """Send a request about `handle`'s object and await its result."""
-    reply = await _reply(handle._sp_session, op, (handle._sp_target, *operands), what, describe)
-    return handle._sp_reply(reply, what)
+    reply = await _reply(session_of(handle), op, (target_of(handle), *operands), what, describe)
+    return result_of(handle, reply, what)
 
 
 def _submit(
@@ -182,12 +183,13 @@ def _submit(
 
 def _settle(session: Session, future: asyncio.Future[tuple[Any, ...]], reply: tuple[Any, ...], what: object) -> None:
     """Hand a reply to its future, in the loop's thread; the kinds that never travel become errors."""
+    _, _, how, payload = reply
     if future.done():
         session.drop(reply)  # cancelled or timed out while the reply was on its way
-    elif reply[2] == FAILED:
-        future.set_exception(reply[3])
-    elif reply[2] == UNLOADABLE:
-        future.set_exception(unloadable(what, reply[3]))
+    elif how == FAILED:
+        future.set_exception(payload)
+    elif how == UNLOADABLE:
+        future.set_exception(unloadable(what, payload))
     else:
         future.set_result(reply)
 
@@ -221,7 +223,7 @@ async def _reply(
 
 
 class AsyncStream:
-    """`async for` over a remote iterable: batches read ahead, as `Stream` does.
+    """`async for` over a remote iterable: batches read ahead, as `Stream` does (`_streams.Batches`).
 
     Made from a handle, or from a function making the awaitable whose result is
     iterated (a call or an attribute read, made when iteration starts): a proxy
@@ -229,63 +231,38 @@ class AsyncStream:
     Dropping it (a `break`) releases the remote iterator; `aclose()` closes it.
     """
 
-    __slots__ = (
-        "__weakref__",
-        "_buffer",
-        "_end",
-        "_handle",
-        "_local",
-        "_pending",
-        "_ref",
-        "_session",
-        "_sizes",
-        "_source",
-        "_target",
-        "_what",
-    )
+    __slots__ = ("__weakref__", "_batches", "_handle", "_local", "_source")
 
     def __init__(self, handle: Remote, source: Callable[[], Awaitable[Any]] | None = None) -> None:
         self._handle: Remote | None = handle if source is None else None
         self._source = source  # makes the awaitable whose result is iterated (when iteration starts)
-        self._session = handle._sp_session
-        self._buffer: collections.deque[Any] = collections.deque()
-        self._end: Any = None
-        self._pending: tuple[int, asyncio.Future[tuple[Any, ...]]] | None = None
-        self._ref: _Ref | None = None
         self._local: Any = None
-        self._target: Any = None
-        self._sizes = batch_sizes()
-        self._what = Label(("iterating over {}", handle._sp_label))
+        self._batches = Batches(session_of(handle), Label(("iterating over {}", label_of(handle))), _submit)
 
     def __aiter__(self) -> AsyncStream:
         return self
 
     async def __anext__(self) -> Any:
-        if self._buffer:
-            return self._buffer.popleft()
+        batches = self._batches
+        buffer = batches.buffer
+        if buffer:
+            return buffer.popleft()
         if self._local is not None:
             try:
                 return next(self._local)
             except StopIteration:
                 raise StopAsyncIteration from None
-        if self._target is None:
+        if batches.target is None:
             await self._open()
             if self._local is not None:
                 return await self.__anext__()
-        while not self._buffer:
-            end = self._end
-            if end is not None:
-                if end is True:
-                    raise StopAsyncIteration
-                self._end = True
-                raise _serialize.rebuild_exception(end)
-            pending, self._pending = self._pending, None
-            if pending is None:
-                pending = _submit(self._session, "batch", (self._target, next(self._sizes), False), self._what)
-            reply = await _await(self._session, pending[0], pending[1], self._what)
-            items, end = self._unpack(reply)[:2]
-            self._take(items, end)
-        return self._buffer.popleft()
+        while not buffer:
+            if batches.end is not None:
+                raise batches.ending(StopAsyncIteration)
+            rid, future = batches.asked()
+            reply = await _await(batches.session, rid, future, batches.what)
+            batches.take(*batches.unpack(reply))
+        return buffer.popleft()
 
     async def _open(self) -> None:
         handle = self._handle
@@ -298,40 +275,13 @@ class AsyncStream:
                 self._local = iter(result)
                 return
             handle = handle_of(result)
-        reply = await _reply(self._session, "batch", (handle._sp_target, FIRST_BATCH, True), self._what)
-        items, end, ref = self._unpack(reply)
-        self._target, self._ref = iterator_of(handle, ref)
+        batches = self._batches
+        reply = await _reply(batches.session, "batch", batches.first(target_of(handle), True), batches.what)
+        batches.start(reply, lambda ref: iterator_of(handle, ref))
         self._handle = None
-        self._take(items, end)
-
-    def _unpack(self, reply: tuple[Any, ...]) -> tuple[list[Any], Any, Any]:
-        if reply[2] != protocol.VALUE:
-            self._end = True
-        return batch_of(reply, self._what)
-
-    def _take(self, items: list[Any], end: Any) -> None:
-        self._end = end
-        if end is None:
-            self._pending = _submit(self._session, "batch", (self._target, next(self._sizes), False), self._what)
-        self._buffer.extend(items)
 
     async def aclose(self) -> None:
         """Stop iterating and close the remote iterator (a generator's `finally` runs)."""
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            self._session.abandon(pending[0])
-        self._buffer.clear()
-        if self._end is None and self._target is not None:
-            self._end = True
-            await _reply(self._session, "close", (self._target,), Label(("closing {}", self._what)))
-
-    def __del__(self) -> None:
-        try:
-            pending = self._pending
-            session = self._session
-        except AttributeError:
-            return
-        if pending is not None:
-            session.abandon_later(pending[0])
-        self._ref = None
-        session.flush_releases_nowait()
+        batches = self._batches
+        if batches.give_up():
+            await _reply(batches.session, *batches.close_request())

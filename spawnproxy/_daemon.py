@@ -19,10 +19,11 @@ from . import _ssh
 from ._child import protocol
 from ._definitions import as_definition
 from ._errors import CallTimeoutError, DaemonStartError, RemoteError
+from ._handle import Remote, proxy_maker
 from ._options import Options, call_timeout, check_logger
 from ._peer import Peer
 from ._process import STEP, ChildProcess, reap_later
-from ._proxy import ObjectProxy, Remote, handle_of, make_proxy, proxy_maker
+from ._proxy import ObjectProxy, handle_of, make_proxy
 from ._serialize import rebuild_exception
 from ._session import Session
 

@@ -10,6 +10,7 @@ from typing import TypeVar
 from . import _serialize
 from ._child import protocol
 from ._errors import SerializationError
+from ._handle import label_of, request
 from ._proxy import ObjectProxy, handle_of
 
 __all__ = ["is_proxy", "obtain"]
@@ -60,8 +61,8 @@ def obtain(x: T) -> T:
     if not is_proxy(x):
         return x
     handle = handle_of(x)  # type: ignore[arg-type]
-    label = handle._sp_label
-    made, data = handle._sp_request("obtain", (), f"obtain({label})")
+    label = label_of(handle)
+    made, data = request(handle, "obtain", (), f"obtain({label})")
     if not made:
         raise SerializationError(f"no copy of {label} can be made: the child cannot pickle it: {data}")
     try:

@@ -55,8 +55,6 @@ ONLY_THESE_IMPORT: dict[str, set[str]] = {
 # `module._private` where `module` is an imported spawnproxy module, as they are today.  Issue 16
 # removes them; the test fails on a new one and on an entry here that is gone (the table only shrinks).
 KNOWN_PRIVATE_REACHES: set[tuple[str, str]] = {
-    ("spawnproxy._aio", "spawnproxy._proxy._Ref"),
-    ("spawnproxy._aio", "spawnproxy._proxy._operands"),
     ("spawnproxy._child.network", "spawnproxy._child.serve._LIVE"),
     ("spawnproxy._client", "spawnproxy._child.network._HandshakeConnection"),
     ("spawnproxy._ssh", "spawnproxy._process._register"),
