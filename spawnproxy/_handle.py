@@ -16,7 +16,7 @@ functions at the end (`session_of`, `label_of`, `result_of`, ...).
 Uses the session's request interface, `_proxy` (the wrapt classes and the
 table of forwarded special methods: the proxy classes know the handle only by
 its `_sp_*` names, so the arrow goes this way), `_requests`, `_streams`,
-`_exceptions`, `_signatures` and the wire's names.
+`_serialize_errors`, `_signatures` and the wire's names.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 
 from ._child import protocol
 from ._errors import SerializationError
-from ._exceptions import rebuild_exception
 from ._proxy import FORWARDED, ObjectProxy, make_proxy
 from ._requests import Label, Reference, named_operands, no_operands
 from ._serialize import NeedsReferences
+from ._serialize_errors import rebuild_exception
 from ._signatures import rebuild_signature
 from ._streams import Stream, open_stream
 

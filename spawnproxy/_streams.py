@@ -14,7 +14,7 @@ when the object is its own iterator, else the reference (REF_* layout) to
 the iterator `iter()` made in the child, from which the later batches come.
 
 Uses the session's request interface (`request`, `submit`, `collect`,
-`abandon`, `abandon_later`, `flush_releases_nowait`), `_exceptions`,
+`abandon`, `abandon_later`, `flush_releases_nowait`), `_serialize_errors`,
 `_requests` and the wire's names; nothing of the handle or the proxies (the
 handle makes its streams: it imports this module).
 """
@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 from ._child import protocol
 from ._errors import CallTimeoutError, SerializationError
-from ._exceptions import rebuild_exception
 from ._requests import Label
+from ._serialize_errors import rebuild_exception
 
 if TYPE_CHECKING:
     from ._session import Session

@@ -40,7 +40,7 @@ ONLY_THESE_IMPORT: dict[str, set[str]] = {
     "wrapt": {"spawnproxy._proxy"},
     "pickle": {
         "spawnproxy._serialize",
-        "spawnproxy._exceptions",
+        "spawnproxy._serialize_errors",
         "spawnproxy._session",  # issue 16: goes
         CHILD_PACKAGE,
     },
@@ -48,7 +48,7 @@ ONLY_THESE_IMPORT: dict[str, set[str]] = {
         "spawnproxy._serialize",
         CHILD_PACKAGE,  # on demand (see CHILD_ON_DEMAND): loads what the parent sent with dill
     },
-    "tblib": {"spawnproxy._exceptions"},
+    "tblib": {"spawnproxy._serialize_errors"},
 }
 
 # Imports of another spawnproxy module's _private name (`from ._x import _y`) and reads of

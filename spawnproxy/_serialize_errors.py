@@ -12,8 +12,10 @@ for its header alone (`message_head`): the request it answers gets the load
 error, and the child's objects it named are released; a request of the child's
 whose operands cannot be loaded is answered with `unloadable_request`.
 
-Part of the serialization layer: with `_serialize` the only modules that
-import pickle and tblib.  Uses `_errors`, `_child.protocol`, `_child.buffers` and the standard library.
+Part of the serialization layer: with `_serialize`, the only parent modules
+that import pickle and tblib.  Uses `_errors`, `_child.protocol`,
+`_child.buffers`, `_child.codec` (the pickle protocol both ends use) and the
+standard library.
 """
 
 from __future__ import annotations
