@@ -167,7 +167,7 @@ def rebuild_exception(encoded: tuple[Any, ...]) -> BaseException:
             exc = None
     if not isinstance(exc, BaseException):
         if module == "spawnproxy" and qualname == "SerializationError":
-            # The child's own error about a request it could not load (see _childcodec.unloadable).
+            # The child's own error about a request it could not load (see _child.codec.unloadable).
             exc = SerializationError(message)
         else:
             type_name = qualname if module == "builtins" else f"{module}.{qualname}"
