@@ -22,6 +22,9 @@ class Peer(Protocol):
     hello: dict[str, Any]
     executable: str
     output: OutputLog
+    # Whether a session may open lanes (see `_lanes`): the channel is a local socket
+    # pair, over which a lane's socket can be passed.
+    lanes: bool
 
     def poll(self) -> int | None:
         """The exit code once it has ended, else None."""

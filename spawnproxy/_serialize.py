@@ -405,3 +405,10 @@ def loads_with_dill(data: bytes) -> Any:
 
         return dill.loads(data[1:])
     return decode(data[:1], data[1:])
+
+
+# For modules that may not import pickle: the hot paths' plain pickles (a call through
+# these names costs what pickle's own does), and the type of an out-of-band buffer.
+plain_dumps = pickle.dumps
+loads = pickle.loads
+PickleBuffer = pickle.PickleBuffer

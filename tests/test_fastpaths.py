@@ -130,7 +130,7 @@ def test_session_call_sends_the_frame_request_sends(
     session = spawnproxy.daemon_of(remote)._session
     echo = remote.echo
     assert echo() == 0  # this thread now holds a lane: the condition of the fast path
-    assert session._local.lane is not None
+    assert session.local.lane is not None
     args = tuple(_operand(a, remote) for a in args)
     kwargs = {k: _operand(v, remote) for k, v in kwargs.items()}
     owner, target = type(echo)._spawnproxy_ref_(echo)  # what a proxy sent as an operand says it is
@@ -153,7 +153,7 @@ def test_session_call_sends_the_frame_request_sends(
     session.unexport([held])
     session._ids = itertools.count(rid + 5)
 
-    assert fast_reply[1] == general_reply[1] == rid << protocol.LANE_BITS | session._local.lane.number
+    assert fast_reply[1] == general_reply[1] == rid << protocol.LANE_BITS | session.local.lane.number
     assert fast_reply[3] == general_reply[3] == len(args) + len(kwargs)
     assert fast_frame == general_frame, f"{name}: Session.call and request('call') sent different frames"
     if path == FAST:

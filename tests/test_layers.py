@@ -41,7 +41,6 @@ ONLY_THESE_IMPORT: dict[str, set[str]] = {
     "pickle": {
         "spawnproxy._serialize",
         "spawnproxy._serialize_errors",
-        "spawnproxy._session",  # issue 16: goes
         CHILD_PACKAGE,
     },
     "dill": {

@@ -107,7 +107,7 @@ def test_on_one_cpu_nothing_spins() -> None:
     try:
         pid = spawnproxy.daemon_of(mod).pid
         sleeps_per_call(mod, pid, 100)
-        lane = spawnproxy.daemon_of(mod)._session._local.lane.channel  # type: ignore[attr-defined]
+        lane = spawnproxy.daemon_of(mod)._session.local.lane.channel  # type: ignore[attr-defined]
         assert lane._cpus >= 2 and mod.cpus() >= 2
         with on_one_cpu([os.getpid(), pid]):
             sleeps_per_call(mod, pid, 2 * channel._CPU_RECHECK)
