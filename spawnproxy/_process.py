@@ -79,13 +79,36 @@ class ChildProcess:
         logs_maxlen: int,
         start_timeout: float | None,
     ) -> None:
+        """Start the child (`_spawn`, which a subclass may replace) and wait for its hello."""
+        self.output = OutputLog(logs_maxlen)
+        self._lock = threading.Lock()
+        self._closed = False
+        self._lifeline: int | None = None
+        self._deathline: int | None = None
+        self._deathline_in_child: int | None = None  # its number in the child (pass_fds)
+        self._pidfd: int | None = None
+        own = self._spawn(python_exe, env, logger)
+        _register(self)
+        try:
+            self.hello = self._handshake(own, start_timeout)
+        except DaemonStartError as exc:
+            self.shutdown()
+            raise self._start_error(exc) from None
+        except BaseException:
+            self.shutdown()
+            raise
+        log.debug(
+            "child %d started with %s (Python %s)", self.pid, self.executable, ".".join(map(str, self.hello["version"]))
+        )
+
+    def _spawn(
+        self, python_exe: str | os.PathLike[str] | None, env: Mapping[str, str] | None, logger: logging.Logger | None
+    ) -> bool:
+        """Start the process and make its channel; return whether it runs the parent's own interpreter."""
         # No cwd here: the child changes to it itself (DaemonProxy asks), as a child on
         # another machine must, so that a missing one is the child's error in every case.
         exe, own = resolve_executable(python_exe)
         self.executable = exe
-        self.output = OutputLog(logs_maxlen)
-        self._lock = threading.Lock()
-        self._closed = False
         parent_sock, child_sock = socket.socketpair()
         life_read, life_write = os.pipe()
         # The deathline: the child asks the kernel to SIGKILL it when the write end
@@ -94,7 +117,7 @@ class ChildProcess:
         death_read, death_write = os.pipe()
         try:
             child_env = _bootstrap.safe_environment(os.environ if env is None else env)
-            self.popen = subprocess.Popen(
+            popen = subprocess.Popen(
                 [exe, "-c", _bootstrap.BOOTSTRAP, str(child_sock.fileno()), str(life_read)],
                 pass_fds=(child_sock.fileno(), life_read, death_read),
                 stdin=subprocess.DEVNULL,
@@ -113,31 +136,34 @@ class ChildProcess:
             child_sock.close()
             os.close(life_read)
             os.close(death_read)
-        self.pid = self.popen.pid
-        self._lifeline: int | None = life_write
-        self._deathline: int | None = death_write
-        self._deathline_in_child = death_read  # the same number in the child (pass_fds)
-        try:
-            self._pidfd: int | None = os.pidfd_open(self.pid)
-        except (AttributeError, OSError):
-            self._pidfd = None
-        assert self.popen.stdout is not None and self.popen.stderr is not None
+        watch = self._started(popen)
+        self._lifeline = life_write
+        self._deathline = death_write
+        self._deathline_in_child = death_read
+        assert popen.stdout is not None and popen.stderr is not None
         self._pumps = [
-            StreamPump(os.dup(self.popen.stdout.fileno()), "stdout", self.output, logger, self.pid),
-            StreamPump(os.dup(self.popen.stderr.fileno()), "stderr", self.output, logger, self.pid),
+            StreamPump(os.dup(popen.stdout.fileno()), "stdout", self.output, logger, self.pid),
+            StreamPump(os.dup(popen.stderr.fileno()), "stderr", self.output, logger, self.pid),
         ]
-        self.popen.stdout.close()
-        self.popen.stderr.close()
-        watch = () if self._pidfd is None else (self._pidfd,)
+        popen.stdout.close()
+        popen.stderr.close()
         self._sock = parent_sock
         self.channel = Channel(parent_sock, watch_fds=watch)
-        _register(self)
+        return own
+
+    def _started(self, popen: subprocess.Popen[bytes]) -> tuple[int, ...]:
+        """Take the started process; return the descriptors that become readable when it ends."""
+        self.popen = popen
+        self.pid = popen.pid
         try:
-            self.hello = self._handshake(own, start_timeout)
-        except BaseException:
-            self.shutdown()
-            raise
-        log.debug("child %d started with %s (Python %s)", self.pid, exe, ".".join(map(str, self.hello["version"])))
+            self._pidfd = os.pidfd_open(self.pid)
+        except (AttributeError, OSError):
+            self._pidfd = None
+        return () if self._pidfd is None else (self._pidfd,)
+
+    def _start_error(self, error: DaemonStartError) -> DaemonStartError:
+        """The error to raise when the child did not say hello (the child has been ended)."""
+        return error
 
     def _handshake(self, own: bool, timeout: float | None) -> dict[str, Any]:
         bundle = _bootstrap.bundle(own, list(sys.path) if own else None)
@@ -160,9 +186,10 @@ class ChildProcess:
                 except (EOFError, OSError):
                     pass
                 else:
-                    message = _serialize.decode(tag, payload)
-                    if message[0] == "hello":
-                        hello: dict[str, Any] = message[1]
+                    kind, *rest = _serialize.decode(tag, payload)
+                    if kind == "hello":
+                        hello: dict[str, Any]
+                        (hello,) = rest
                         return hello
             self.wait_exit(STEP)
             code = self.popen.returncode

@@ -107,6 +107,16 @@ class Router:
         """The channel broke: the error to raise, every waiter woken (see Session._fail)."""
         raise NotImplementedError
 
+    @property
+    def closed(self) -> bool:
+        """Whether the child has ended (or the session was ended)."""
+        return self._failure is not None
+
+    def check(self, what: object) -> None:
+        """Raise the error of an ended child (terminated or died), if it has ended."""
+        if self._failure is not None:
+            raise self._failure(what)
+
     # -- the router ------------------------------------------------------------------
 
     def route(self, message: tuple[Any, ...], rid: int | None = None) -> tuple[Any, ...] | None:

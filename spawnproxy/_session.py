@@ -389,15 +389,6 @@ class Session(Receiver):
 
     # -- ending --------------------------------------------------------------------
 
-    @property
-    def closed(self) -> bool:
-        return self._failure is not None
-
-    def check(self, what: object) -> None:
-        """Raise the error of an ended child (terminated or died), if it has ended."""
-        if self._failure is not None:
-            raise self._failure(what)
-
     def _fail(self, what: object) -> SpawnProxyError:
         """The channel broke: find out why, remember it for every later call."""
         if self._failure is None:
@@ -416,9 +407,6 @@ class Session(Receiver):
             with self._cond:
                 self._cond.notify_all()
             self._end_waiters()
-            if self._lanes is not None:
-                self._lanes.close_all()
-                self._retired.clear()
             return first
         return self._failure(what)
 
@@ -433,13 +421,10 @@ class Session(Receiver):
             self._cond.notify_all()
         code = self.process.shutdown(timeout)
         self._end_waiters()
-        if self._lanes is not None:
-            self._lanes.close_all()
-            self._retired.clear()
         return code
 
     def _end_waiters(self) -> None:
-        """The child has ended: asyncio waiters get the error, the parent's objects are let go."""
+        """The child has ended: asyncio waiters get the error; the parent's objects and the lanes are let go."""
         failure = self._failure
         assert failure is not None
         with self._lock:
@@ -448,6 +433,9 @@ class Session(Receiver):
         for rid, on_reply in waiters:
             on_reply((REPLY, rid, FAILED, failure("the call")))
         self.exports.clear()
+        if self._lanes is not None:
+            self._lanes.close_all()
+            self._retired.clear()
 
 
 def unloadable(what: object, error: BaseException) -> SerializationError:

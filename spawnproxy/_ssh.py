@@ -20,15 +20,14 @@ import re
 import shlex
 import shutil
 import subprocess
-import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from . import _bootstrap
 from ._child import network
 from ._errors import DaemonStartError
-from ._output import OutputLog, StreamPump
-from ._process import ChildProcess, _register
+from ._output import StreamPump
+from ._process import ChildProcess
 
 log = logging.getLogger("spawnproxy")
 
@@ -118,18 +117,18 @@ class SshProcess(ChildProcess):
         start_timeout: float | None,
         ssh_options: Sequence[str] | None,
     ) -> None:
-        command = ssh_command(url, ssh_options, env)
+        self.ssh_options = ssh_options  # for `_spawn`, which the constructor below runs
+        super().__init__(url, env=env, logger=logger, logs_maxlen=logs_maxlen, start_timeout=start_timeout)
+
+    def _spawn(self, python_exe: Any, env: Mapping[str, str] | None, logger: logging.Logger | None) -> bool:
+        """Start ssh, which runs the bootstrap on the remote host; its pipes are the channel."""
+        url: str = python_exe
+        command = ssh_command(url, self.ssh_options, env)
         self.executable = url
-        self.output = OutputLog(logs_maxlen)
-        self._lock = threading.Lock()
-        self._closed = False
         # No lifeline or deathline pipes reach another machine: the remote child
         # watches its ssh pipes instead (see the module docstring).
-        self._lifeline = None
-        self._deathline = None
-        self._deathline_in_child = None  # type: ignore[assignment]
         try:
-            self.popen = subprocess.Popen(
+            popen = subprocess.Popen(
                 command,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
@@ -139,34 +138,22 @@ class SshProcess(ChildProcess):
             )
         except OSError as exc:
             raise DaemonStartError(f"could not start ssh for python_exe {url!r}: {exc}") from exc
-        self.pid = self.popen.pid
-        try:
-            self._pidfd = os.pidfd_open(self.pid)
-        except (AttributeError, OSError):
-            self._pidfd = None
-        assert self.popen.stdin is not None and self.popen.stdout is not None and self.popen.stderr is not None
-        self._pumps = [SshPump(os.dup(self.popen.stderr.fileno()), "stderr", self.output, logger, self.pid)]
-        self.popen.stderr.close()
-        read_fd, write_fd = os.dup(self.popen.stdout.fileno()), os.dup(self.popen.stdin.fileno())
-        self.popen.stdout.close()
-        self.popen.stdin.close()
-        watch = () if self._pidfd is None else (self._pidfd,)
+        watch = self._started(popen)
+        assert popen.stdin is not None and popen.stdout is not None and popen.stderr is not None
+        self._pumps = [SshPump(os.dup(popen.stderr.fileno()), "stderr", self.output, logger, self.pid)]
+        popen.stderr.close()
+        read_fd, write_fd = os.dup(popen.stdout.fileno()), os.dup(popen.stdin.fileno())
+        popen.stdout.close()
+        popen.stdin.close()
         self.channel = network.PipeChannel(read_fd, write_fd, watch_fds=watch)
-        _register(self)
-        try:
-            self.hello = self._handshake(False, start_timeout)
-        except DaemonStartError as exc:
-            self.shutdown()
-            code = self.popen.returncode
-            if code == 255:
-                raise DaemonStartError(
-                    f"ssh could not reach the host of python_exe {url!r}{self.stderr_text()}"
-                ) from None
-            raise DaemonStartError(str(exc).replace("the child exited", "the remote command exited")) from None
-        except BaseException:
-            self.shutdown()
-            raise
-        log.debug("child %d started through ssh: %s", self.pid, url)
+        return False
+
+    def _start_error(self, error: DaemonStartError) -> DaemonStartError:
+        if self.popen.returncode == 255:
+            return DaemonStartError(
+                f"ssh could not reach the host of python_exe {self.executable!r}{self.stderr_text()}"
+            )
+        return DaemonStartError(str(error).replace("the child exited", "the remote command exited"))
 
     def interrupt(self) -> None:
         pass  # a signal would end ssh, not the call: a second Ctrl-C abandons the call

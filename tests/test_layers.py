@@ -56,7 +56,6 @@ ONLY_THESE_IMPORT: dict[str, set[str]] = {
 KNOWN_PRIVATE_REACHES: set[tuple[str, str]] = {
     ("spawnproxy._child.network", "spawnproxy._child.serve._LIVE"),
     ("spawnproxy._client", "spawnproxy._child.network._HandshakeConnection"),
-    ("spawnproxy._ssh", "spawnproxy._process._register"),
 }
 
 # Module-level statements that change another spawnproxy module's objects at import time
