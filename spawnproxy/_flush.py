@@ -30,12 +30,17 @@ PERIOD = 0.25
 _watched: list[tuple[collections.deque[int], weakref.ref[Session]]] = []
 _lock = threading.Lock()
 _thread: threading.Thread | None = None
+_fork_hook = False  # registered with the first session
 
 
 def watch(session: Session) -> None:
     """Flush `session`'s pending releases every PERIOD seconds while it lives."""
-    global _thread
+    global _thread, _fork_hook
     with _lock:
+        if not _fork_hook and hasattr(os, "register_at_fork"):
+            # At the first session, not at import: importing spawnproxy has no side effects.
+            os.register_at_fork(after_in_child=_forget_after_fork)
+            _fork_hook = True
         _watched.append((session.releases, weakref.ref(session)))
         if _thread is None:
             _thread = threading.Thread(target=_run, name="spawnproxy-releases", daemon=True)
@@ -74,7 +79,3 @@ def _forget_after_fork() -> None:
     _watched.clear()
     _thread = None
     _lock = threading.Lock()  # another thread may have held it at the fork
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_after_fork)

@@ -116,6 +116,7 @@ class Session(Receiver):
             or (kwargs and not _serialize.small_values(kwargs.values()))
         ):
             return self.request("call", (target, args, kwargs), what, describe)
+        # hot path: inlines request()'s timeout lookup, id and head (tests/test_fastpaths.py proves the frames equal)
         timeout = timeouts.timeout  # current_timeout, inline
         if timeout is UNSET:
             timeout = self.call_timeout
