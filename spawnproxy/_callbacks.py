@@ -113,7 +113,11 @@ class Callbacks:
 
 
 def module_source(name: str) -> tuple[str, bool] | None:
-    """The source of a shippable module, and whether it is a package; None if it is not one."""
+    """The source of a shippable module, and whether it is a package; None if it is not one.
+
+    >>> module_source("json") is None  # the parent ships only SHIPPABLE packages
+    True
+    """
     if name.split(".")[0] not in SHIPPABLE:
         return None
     spec = importlib.util.find_spec(name)

@@ -224,7 +224,7 @@ class Router:
                     try:
                         # With no deadline, straight into a blocking read: the kernel wakes
                         # this thread when the answer comes.  The child's end closes when it
-                        # dies (nothing else holds it, see _child), and the read gives up
+                        # dies (nothing else holds it, see _child.serve), and the read gives up
                         # every LANE_CHECK seconds to look at the child anyway.
                         message = self._receive(what, channel)
                     except BlockingIOError:
