@@ -15,7 +15,7 @@ import ipaddress
 import os
 from typing import Any
 
-from ._child import network
+from ._child import addresses
 
 Address = tuple[str, int] | str | os.PathLike[str]
 DEFAULT_HOST = "127.0.0.1"
@@ -130,7 +130,7 @@ def socket_id(address: tuple[str, int] | str) -> tuple[int, int, int] | None:
     if not isinstance(address, str):
         return None
     try:
-        identity: tuple[int, int, int] = network.socket_identity(os.lstat(address))
+        identity: tuple[int, int, int] = addresses.socket_identity(os.lstat(address))
     except OSError:
         return None
     return identity

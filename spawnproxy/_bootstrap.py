@@ -2,10 +2,12 @@
 
 The child needs nothing installed: `python -c BOOTSTRAP <fd> <lifeline fd>`
 (or `0 stdio` for a child reached through ssh) reads one frame holding the
-sources of the child-side modules, loads them as the package
-`_spawnproxy_child` and runs its serve loop.  The modules in `ON_DEMAND` come
-along but are run only when needed (`package.load(name)`).  The program is
-written so that even Python 2 can parse it and report a clear error.
+sources of the child-side modules (`spawnproxy/_child/`), loads them as the
+package `_spawnproxy_child` and runs its entry point (`lifetime.main`, or
+`stdio.main_stdio`).  The modules in `ON_DEMAND` come along but are run only
+when needed (`package.load(name)` runs `name` with the modules it needs).
+The program is written so that even Python 2 can parse it and report a
+clear error.
 
 Nothing may be imported from the directory a child starts in: a `pickle.py`
 there would run before the child does.  `python -c` puts that directory
@@ -28,23 +30,36 @@ import marshal
 from collections.abc import Mapping
 from typing import Any
 
-# Child-side modules, in the order they must be loaded.
+# Child-side modules, in the order they must be loaded (each imports only those before it).
 CHILD_MODULES = (
     "protocol",
     "buffers",
+    "fdpassing",
     "channel",
     "operators",
     "table",
     "loader",
+    "heads",
     "codec",
+    "parent",
+    "outbox",
+    "ops",
     "serve",
-    "network",
+    "lifetime",
+    "transports",
+    "stdio",
+    "handshake",
+    "addresses",
     "listener",
+    "network",
 )
-# Shipped, but compiled and run only when needed: the network side, by a child told to
-# listen (`serve.op_listen`; `_netchild` loads its accept loop, `_accept`) or reached
-# through ssh.  The other children skip that work.
-ON_DEMAND = ("network", "listener")
+# Shipped, but compiled and run only when needed: an entry point, and the modules it needs
+# in load order.  The network side runs in a child told to listen (`ops.op_listen`), the
+# stdio entry in one reached through ssh; the other children skip that work.
+ON_DEMAND = {
+    "network": ("transports", "handshake", "addresses", "listener", "network"),
+    "stdio": ("transports", "stdio"),
+}
 CHILD_PACKAGE = "_spawnproxy_child"
 MIN_CHILD_VERSION = (3, 8)
 TOO_OLD_EXIT = 78
@@ -85,7 +100,13 @@ package = types.ModuleType(%(pkg)r)
 package.__path__ = []
 sys.modules[%(pkg)r] = package
 package.sources = dict(bundle.pop("modules"))
+on_demand = bundle.pop("on_demand")
 def load(name):
+    for part in on_demand.get(name, (name,)):
+        if part in package.sources:
+            load_one(part)
+    return getattr(package, name)
+def load_one(name):
     module = types.ModuleType(%(pkg)r + "." + name)
     module.__package__ = %(pkg)r
     module.__file__ = "<spawnproxy-child:%%s.py>" %% name
@@ -98,14 +119,13 @@ def load(name):
     else:
         code = compile(source, module.__file__, "exec", dont_inherit=True)
     exec(code, module.__dict__)
-    return module
 package.load = load
 for name in bundle.pop("start"):
     load(name)
 if sys.argv[2] == "stdio":
-    load("network").main_stdio()
+    load("stdio").main_stdio()
 else:
-    package.serve.main(fd, int(sys.argv[2]), bundle)
+    package.lifetime.main(fd, int(sys.argv[2]), bundle)
 """ % {
     "min": MIN_CHILD_VERSION,
     "min_text": "%d.%d" % MIN_CHILD_VERSION,
@@ -141,5 +161,10 @@ def child_code() -> tuple[tuple[str, bytes], ...]:
 
 def bundle(own_interpreter: bool, sys_path: list[str] | None) -> dict[str, Any]:
     """The first frame a child receives: compiled code when it runs the parent's own interpreter."""
-    start = tuple(name for name in CHILD_MODULES if name not in ON_DEMAND)
-    return {"modules": child_code() if own_interpreter else child_sources(), "start": start, "sys_path": sys_path}
+    on_demand = {name for needed in ON_DEMAND.values() for name in needed}
+    return {
+        "modules": child_code() if own_interpreter else child_sources(),
+        "start": tuple(name for name in CHILD_MODULES if name not in on_demand),
+        "on_demand": ON_DEMAND,
+        "sys_path": sys_path,
+    }

@@ -29,7 +29,7 @@ from typing import Any
 
 from . import _serialize
 from ._addresses import Address, format_address, parse_address
-from ._child import network, protocol
+from ._child import handshake, protocol, transports
 from ._child.channel import Channel
 from ._daemon import DaemonProxy, attach
 from ._errors import AuthenticationError, ConnectError, SpawnProxyError
@@ -40,7 +40,7 @@ from ._proxy import ObjectProxy
 from ._statefile import read_state_file
 
 CONNECT_TIMEOUT = 5.0
-KEEPALIVE = 10  # idle seconds; a lost peer is given up 25 s into its silence (see network.lost_after)
+KEEPALIVE = 10  # idle seconds; a lost peer is given up 25 s into its silence (see transports.lost_after)
 
 
 def client_context(
@@ -307,13 +307,13 @@ def _secure(
     except BaseException:
         sock.close()
         raise
-    channel: Channel = network.open_channel(sock, keepalive)
+    channel: Channel = transports.open_channel(sock, keepalive)
     return channel
 
 
 def _tls_handshake(sock: ssl.SSLSocket, text: str) -> None:
     try:
-        network.no_sigpipe(sock.do_handshake)
+        transports.no_sigpipe(sock.do_handshake)
     except ssl.SSLCertVerificationError as exc:
         raise ConnectError(
             f"the daemon at {text} presented a certificate this client does not trust: "
@@ -336,8 +336,8 @@ class _Shed(ConnectError):
 
 
 def _authenticate(sock: socket.socket, key: bytes, deadline: float, text: str, tls: bool) -> None:
-    """The client's half of `network.authenticate`, step by step: each failure has its own message."""
-    conn: Any = network._HandshakeConnection(sock, deadline)
+    """The client's half of the daemon's handshake (`_child.handshake`), step by step: each failure has its own message."""
+    conn: Any = handshake.HandshakeConnection(sock, deadline)
     answered = False
     try:
         answer_challenge(conn, key)

@@ -25,7 +25,7 @@ import time
 from typing import Any, NamedTuple
 
 from . import _bootstrap, _serialize
-from ._child import network
+from ._child import transports
 from ._errors import ConnectError, DaemonStartError
 from ._statefile import open_log, pid_alive, process_start_time, read_state_file
 
@@ -103,9 +103,9 @@ def start_detached(
     try:
         # A supervisor that died at once must not take this process with it (SIGPIPE).
         with contextlib.suppress(BrokenPipeError):
-            network.no_sigpipe(proc.stdin.write, data)
+            transports.no_sigpipe(proc.stdin.write, data)
         with contextlib.suppress(BrokenPipeError):
-            network.no_sigpipe(proc.stdin.close)
+            transports.no_sigpipe(proc.stdin.close)
         line = proc.stdout.readline() if select.select([proc.stdout], [], [], limit)[0] else b""
     finally:
         proc.stdout.close()

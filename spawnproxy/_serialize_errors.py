@@ -46,7 +46,7 @@ class ParentTraceback(Exception):
         return "\n\nTraceback in the parent:\n" + str(self.args[0]).rstrip() if self.args else ""
 
 
-_CHILD_PARENT_TRACEBACK = ("_spawnproxy_child.serve", "ParentTraceback")
+_CHILD_PARENT_TRACEBACK = ("_spawnproxy_child.parent", "ParentTraceback")
 _OWN_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 

@@ -4,7 +4,7 @@ The system's OpenSSH client runs the bootstrap on the remote host; the
 protocol travels over the ssh process's stdin and stdout, so nothing needs
 to be installed there but a CPython 3.8+.  The remote child sends what it
 writes to its own stdout and stderr down ssh's stderr, each line marked with
-its stream (`network.main_stdio`); the parent sorts the lines back.
+its stream (`stdio.main_stdio`); the parent sorts the lines back.
 
 Lifetime: the local `ssh` process stands for the child (its exit code is the
 remote child's, or 255 when ssh itself failed).  Closing ssh's stdin ends the
@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from . import _bootstrap
-from ._child import network
+from ._child import stdio, transports
 from ._errors import DaemonStartError
 from ._output import StreamPump
 from ._process import ChildProcess
@@ -93,10 +93,10 @@ class SshPump(StreamPump):
     """ssh's stderr: the remote child's stdout and stderr lines (marked), and ssh's own messages."""
 
     def _emit(self, raw: bytes) -> None:
-        if raw.startswith(network.STDOUT_MARK):
+        if raw.startswith(stdio.STDOUT_MARK):
             self._name, self._level, raw = "stdout", logging.INFO, raw[2:]
         else:
-            if raw.startswith(network.STDERR_MARK):
+            if raw.startswith(stdio.STDERR_MARK):
                 raw = raw[2:]
             self._name, self._level = "stderr", logging.WARNING
         super()._emit(raw)
@@ -145,7 +145,7 @@ class SshProcess(ChildProcess):
         read_fd, write_fd = os.dup(popen.stdout.fileno()), os.dup(popen.stdin.fileno())
         popen.stdout.close()
         popen.stdin.close()
-        self.channel = network.PipeChannel(read_fd, write_fd, watch_fds=watch)
+        self.channel = transports.PipeChannel(read_fd, write_fd, watch_fds=watch)
         return False
 
     def _start_error(self, error: DaemonStartError) -> DaemonStartError:

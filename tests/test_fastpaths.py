@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import spawnproxy
-from spawnproxy._child import protocol, serve
+from spawnproxy._child import ops, protocol, serve
 from spawnproxy._child.buffers import split_buffers
 from spawnproxy._child.channel import Channel
 
@@ -163,7 +163,7 @@ def test_session_call_sends_the_frame_request_sends(
         assert fast_encodes == [fast_frame], f"{name}: Session.call did not take the general path"
 
 
-# -- the child side: op_call against _resolve, calling, result -----------------------------------
+# -- the child side: op_call against resolve, calling, result -----------------------------------
 
 
 class Calc:
@@ -205,7 +205,7 @@ class SelfCaller:
 
 def _general_call(child: Any, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[int, Any]:
     """The composition op_call inlines: resolve the target, call it, classify the result."""
-    base, obj = child._resolve(target)
+    base, obj = child.resolve(target)
     value = obj(*args, **kwargs)
     return child.result(value, base, obj)  # type: ignore[no-any-return]
 
@@ -215,7 +215,7 @@ class InProcessChild:
 
     def __init__(self) -> None:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.child = serve.Child(Channel(mine))
+        self.child = serve.Child(Channel(mine), dict(ops.OPS))
         self.peer = Channel(theirs)
         self.calc = Calc()
         self.calc_id = self.child.table.pin(self.calc)
@@ -223,16 +223,16 @@ class InProcessChild:
 
     def reply_frame(self, op: Callable[..., Any], rid: int, target: Any, args: Any, kwargs: Any) -> tuple[bytes, bytes]:
         """The reply frame the serve loop sends for a call run by `op`."""
-        ops = serve.OPS
-        saved = ops["call"]
-        ops["call"] = op
+        table = self.child.ops
+        saved = table["call"]
+        table["call"] = op
         try:
             self.child.codec.retell_types()  # each run describes a type as the first did
             queue = self.child._main_queue
             queue.append((protocol.REQUEST, rid, "call", target, args, kwargs))
             self.child._run_next(queue)
         finally:
-            ops["call"] = saved
+            table["call"] = saved
         tag, payload = self.peer.recv()
         return tag, bytes(payload)
 
@@ -252,17 +252,17 @@ def inproc() -> Iterator[InProcessChild]:
 
 # (name, target (with "CALC"/"SELF" for the table ids), args, kwargs, the `how` op_call gives)
 CHILD_CALLS: list[tuple[str, Any, tuple[Any, ...], dict[str, Any], int]] = [
-    ("a plain value", ("CALC", "add"), (1, 2), {}, serve.MAYBE),
-    ("kwargs", ("CALC", "add"), ("a",), {"b": "é"}, serve.MAYBE),
-    ("big ints", ("CALC", "add"), (2**100,), {"b": -(2**90)}, serve.MAYBE),
-    ("None", ("CALC", "nothing"), (), {}, serve.MAYBE),
-    ("a list of values", ("CALC", "values"), (), {}, serve.MAYBE),
-    ("large bytes (out of band)", ("CALC", "big"), (), {}, serve.MAYBE),
+    ("a plain value", ("CALC", "add"), (1, 2), {}, ops.MAYBE),
+    ("kwargs", ("CALC", "add"), ("a",), {"b": "é"}, ops.MAYBE),
+    ("big ints", ("CALC", "add"), (2**100,), {"b": -(2**90)}, ops.MAYBE),
+    ("None", ("CALC", "nothing"), (), {}, ops.MAYBE),
+    ("a list of values", ("CALC", "values"), (), {}, ops.MAYBE),
+    ("large bytes (out of band)", ("CALC", "big"), (), {}, ops.MAYBE),
     ("a method returning self", ("CALC", "me"), (), {}, protocol.BASE),
-    ("a nested path", ("CALC", "inner", "add"), (2.5,), {}, serve.MAYBE),
-    ("a nested method returning its object", ("CALC", "inner", "me"), (), {}, serve.MAYBE),
+    ("a nested path", ("CALC", "inner", "add"), (2.5,), {}, ops.MAYBE),
+    ("a nested method returning its object", ("CALC", "inner", "me"), (), {}, ops.MAYBE),
     ("the target itself", "SELF", (), {}, protocol.SAME),
-    ("by reference", ("CALC", "lock"), (), {}, serve.MAYBE),
+    ("by reference", ("CALC", "lock"), (), {}, ops.MAYBE),
 ]
 
 
@@ -277,14 +277,14 @@ def _target(spec: Any, inproc: InProcessChild) -> Any:
 def test_op_call_gives_what_resolve_call_result_give(
     inproc: InProcessChild, name: str, spec: Any, args: tuple[Any, ...], kwargs: dict[str, Any], how: int
 ) -> None:
-    """op_call's (how, payload) and reply frame equal those of _resolve, the call and result, for one id."""
+    """op_call's (how, payload) and reply frame equal those of resolve, the call and result, for one id."""
     child, target = inproc.child, _target(spec, inproc)
-    fast = serve.op_call(child, target, args, kwargs)
+    fast = ops.op_call(child, target, args, kwargs)
     general = _general_call(child, target, args, kwargs)
     assert fast[0] == general[0] == how
     assert fast[1] is general[1] or fast[1] == general[1], f"{name}: payloads differ"
     rid = 77 << protocol.LANE_BITS  # lane 0: the reply comes on the channel
-    fast_frame = inproc.reply_frame(serve.op_call, rid, target, args, kwargs)
+    fast_frame = inproc.reply_frame(ops.op_call, rid, target, args, kwargs)
     general_frame = inproc.reply_frame(_general_call, rid, target, args, kwargs)
     assert fast_frame == general_frame, f"{name}: op_call's reply frame differs from the general one"
     tag, payload = fast_frame
@@ -301,7 +301,7 @@ def test_op_call_kinds_of_reply_are_covered(inproc: InProcessChild) -> None:
     """The child table above reaches every kind of reply op_call leads to: VALUE, REF, SAME and BASE."""
     kinds = set()
     for _name, spec, args, kwargs, _how in CHILD_CALLS:
-        tag, payload = inproc.reply_frame(serve.op_call, 5 << protocol.LANE_BITS, _target(spec, inproc), args, kwargs)
+        tag, payload = inproc.reply_frame(ops.op_call, 5 << protocol.LANE_BITS, _target(spec, inproc), args, kwargs)
         if tag == protocol.TAG_BUFFERS:
             tag, pickled, buffers = split_buffers(memoryview(payload))
             kinds.add(pickle.loads(pickled, buffers=buffers)[2])
@@ -321,12 +321,12 @@ def test_op_call_raises_what_the_general_composition_raises(inproc: InProcessChi
     """An exception in the call: both raise it, and the ERROR replies differ only in the machinery's frames."""
     child, target = inproc.child, (inproc.calc_id, "boom")
     with pytest.raises(KeyError, match="boom"):
-        serve.op_call(child, target, (), {})
+        ops.op_call(child, target, (), {})
     with pytest.raises(KeyError, match="boom"):
         _general_call(child, target, (), {})
     rid = 9 << protocol.LANE_BITS
     replies = []
-    for op in (serve.op_call, _general_call):
+    for op in (ops.op_call, _general_call):
         tag, payload = inproc.reply_frame(op, rid, target, (), {})
         assert tag == protocol.TAG_PICKLE
         replies.append(pickle.loads(payload))
@@ -337,17 +337,17 @@ def test_op_call_raises_what_the_general_composition_raises(inproc: InProcessChi
 
 
 def test_op_call_of_a_missing_object_fails_as_resolve_does(inproc: InProcessChild) -> None:
-    """A released object id: op_call raises the LookupError _resolve raises, with the same message."""
+    """A released object id: op_call raises the LookupError resolve raises, with the same message."""
     missing = 10**6
     with pytest.raises(LookupError) as fast:
-        serve.op_call(inproc.child, (missing, "add"), (1,), {})
+        ops.op_call(inproc.child, (missing, "add"), (1,), {})
     with pytest.raises(LookupError) as general:
-        inproc.child._resolve((missing, "add"))
+        inproc.child.resolve((missing, "add"))
     assert str(fast.value) == str(general.value)
 
 
 def test_child_queue_is_empty_after_the_runs(inproc: InProcessChild) -> None:
     """reply_frame leaves nothing queued and nothing unread: each run is one request and one reply."""
-    inproc.reply_frame(serve.op_call, 3 << protocol.LANE_BITS, (inproc.calc_id, "add"), (1,), {})
+    inproc.reply_frame(ops.op_call, 3 << protocol.LANE_BITS, (inproc.calc_id, "add"), (1,), {})
     assert not inproc.child._main_queue
     assert inproc.peer.wait(0) is None

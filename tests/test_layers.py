@@ -51,21 +51,16 @@ ONLY_THESE_IMPORT: dict[str, set[str]] = {
 }
 
 # Imports of another spawnproxy module's _private name (`from ._x import _y`) and reads of
-# `module._private` where `module` is an imported spawnproxy module, as they are today.  Issue 16
-# removes them; the test fails on a new one and on an entry here that is gone (the table only shrinks).
-KNOWN_PRIVATE_REACHES: set[tuple[str, str]] = {
-    ("spawnproxy._child.network", "spawnproxy._child.serve._LIVE"),
-    ("spawnproxy._client", "spawnproxy._child.network._HandshakeConnection"),
-}
+# `module._private` where `module` is an imported spawnproxy module: none since issue 16.  The test
+# fails on any new one, and on an entry here that no longer occurs (the table can only shrink).
+KNOWN_PRIVATE_REACHES: set[tuple[str, str]] = set()
 
 # Module-level statements that change another spawnproxy module's objects at import time
-# (`other.NAME[...] = ...`, `other.NAME = ...`).  Issue 16 registers operations explicitly instead.
-KNOWN_IMPORT_PATCHES: set[tuple[str, str]] = {
-    ("spawnproxy._child.network", "spawnproxy._child.serve.OPS"),  # adds the "root" and "stop" operations
-}
+# (`other.NAME[...] = ...`, `other.NAME = ...`): none (a child's operations are passed to it).
+KNOWN_IMPORT_PATCHES: set[tuple[str, str]] = set()
 
-# spawnproxy modules that register an at-fork hook when `import spawnproxy` runs.  Issue 16:
-# importing spawnproxy has no side effects; the child side's hook goes (see the xfail below).
+# spawnproxy modules that register an at-fork hook when `import spawnproxy` runs: none (importing
+# spawnproxy has no side effects; a child registers its hook when it starts, a session its own).
 AT_FORK_ALLOWED: set[str] = set()
 
 # ==== Reading the modules ==========================================================================
@@ -414,7 +409,6 @@ def _probe_import() -> tuple[list[str], list[str]]:
     return hooks, changed
 
 
-@pytest.mark.xfail(strict=True, reason="issue 16: spawnproxy._child (and _flush) register an at-fork hook at import")
 def test_importing_spawnproxy_registers_no_at_fork_hook() -> None:
     """`import spawnproxy` in a fresh interpreter registers no at-fork hook of its own (only AT_FORK_ALLOWED's)."""
     hooks, _changed = _probe_import()

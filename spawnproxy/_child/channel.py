@@ -1,10 +1,10 @@
 """Whole frames over one file descriptor: the framing `protocol` describes.
 
 Shipped to the child as source (standard library only, CPython 3.8 syntax).
-A `Channel` sends and receives frames over a socket; a frame of at least
-`protocol.BIG_FRAME` travels in a memfd, mapped by the receiver (pages and all
-reused for the next large frame).  Transports that are not a plain socket (TLS,
-a pair of pipes: see `transports`) swap its I/O primitives.
+Uses `protocol`, `buffers` and `fdpassing`.  A `Channel` sends and receives
+frames over a socket; a frame of at least `protocol.BIG_FRAME` travels in a
+memfd, mapped by the receiver (see `fdpassing`).  Transports that are not a
+plain socket (TLS, a pair of pipes: see `transports`) swap its I/O primitives.
 """
 
 import os
@@ -14,6 +14,7 @@ import struct
 import time
 
 from .buffers import SIZE, buffer_parts
+from .fdpassing import SEND_FLAGS, FdPassing, advance
 from .protocol import BIG_FRAME, TAG_BUFFERS, TAG_MEMFD
 
 _HEADER = struct.Struct("!i")
@@ -21,13 +22,11 @@ _SMALL_FRAME = 64 * 1024
 _LONG_HEADER = struct.Struct("!iQ")
 # Small enough that the buffer is reused, never an mmap per read.
 _READ_CHUNK = 64 * 1024
-_MADV_POPULATE_READ = 22  # Linux 5.14; older kernels refuse it, and the pages fault in one by one
-_SPARE_MAX = 256 << 20
 _ANCILLARY = socket.CMSG_SPACE(16 * 4)
 _DONTWAIT = socket.MSG_DONTWAIT
 # Every send: never block, and never SIGPIPE (a reader that has gone is an EPIPE, not the
 # end of a process that restored SIGPIPE's default action).  No extra cost: the same call.
-_SEND = _DONTWAIT | getattr(socket, "MSG_NOSIGNAL", 0)
+_SEND = SEND_FLAGS
 # Each one-byte tag as bytes, found by its value: no bytes object to make per frame.
 _TAGS = tuple(bytes((value,)) for value in range(256))
 # How long a wait for input watches for it on the CPU before it sleeps (see Channel._spin),
@@ -51,7 +50,7 @@ class SendTimeout(Exception):
     """A frame could not be written before its deadline; nothing of it was written."""
 
 
-class Channel:
+class Channel(FdPassing):
     """Send and receive whole frames over one file descriptor (a socket).
 
     Receiving reads ahead in large chunks, so a small message costs a single
@@ -177,7 +176,7 @@ class Channel:
                     written = 0
                 if written:
                     fresh = False
-                    _advance(parts, written)
+                    advance(parts, written)
                 else:
                     self._wait_room(deadline, on_blocked)
         except BaseException:
@@ -221,86 +220,17 @@ class Channel:
                 waiter.poll(10)
             # POLLHUP or POLLERR: the next write says what went wrong.
 
-    def _send_memfd(self, tag, parts, deadline, on_blocked):
-        parts = [tag] + parts
-        total = sum(len(part) for part in parts)
-        try:
-            memfd, size = self._spare.pop()
-        except IndexError:
-            memfd, size = os.memfd_create("spawnproxy-frame", os.MFD_CLOEXEC), 0
-        try:
-            if size < total:
-                os.ftruncate(memfd, total)
-            done = 0
-            while parts:
-                written = os.pwritev(memfd, parts[:512], done)
-                done += written
-                _advance(parts, written)
-            self._send_with_fd(TAG_MEMFD + SIZE.pack(done), memfd, deadline, on_blocked)
-        finally:
-            os.close(memfd)
-
-    def send_fd(self, tag: bytes, payload: bytes, fd: int, deadline: "float | None" = None, on_blocked=None) -> None:
-        """Send a small frame with a file descriptor attached (SCM_RIGHTS); see `send`."""
-        if self._pending:
-            self._flush(deadline, on_blocked, False)
-        self._send_with_fd(tag + payload, fd, deadline, on_blocked)
-
-    def _send_with_fd(self, body, fd, deadline, on_blocked):
-        import array
-
-        frame = _HEADER.pack(len(body)) + body
-        fds = array.array("i", [fd])
-        while True:
-            try:
-                written = self.sock.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)], _SEND)
-                break
-            except BlockingIOError:
-                self._wait_room(deadline, on_blocked)
-        if written != len(frame):
-            # The descriptor went with the first byte; the rest of the frame follows.
-            self._pending = [memoryview(frame)[written:]]
-            self._flush(deadline, on_blocked, False)
-
     def _recv_memfd(self, size_field: "memoryview") -> "tuple[bytes, memoryview]":
-        import mmap
-
         (size,) = SIZE.unpack(size_field)
         if not self._fds:
             raise ChannelClosed("a large frame arrived without its memfd")
-        memfd = self._fds.pop(0)
-        try:
-            # Private and writable: an array built on the mapping (see TAG_BUFFERS) is as
-            # writable as the one that was sent, and writing to it copies only that page.
-            mapped = mmap.mmap(memfd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-        except BaseException:
-            os.close(memfd)
-            raise
-        try:
-            mapped.madvise(_MADV_POPULATE_READ)  # one call maps every page, not a fault each
-        except (AttributeError, OSError, ValueError):
-            pass
-        if size <= _SPARE_MAX:
-            import weakref
-
-            weakref.finalize(mapped, self._unmapped, memfd, size).atexit = False
-        else:
-            os.close(memfd)
-        view = memoryview(mapped)
-        return bytes(view[:1]), view[1:]
+        return self._map_memfd(self._fds.pop(0), size)
 
     def take_fd(self) -> int:
         """The descriptor sent with the frame just received (a lane's socket)."""
         if not self._fds:
             raise ChannelClosed("a lane opened without its socket")
         return self._fds.pop(0)
-
-    def _unmapped(self, memfd, size):
-        """The mapping of a received memfd is gone: keep the memfd for the next large frame."""
-        if self.fd != -1 and not self._spare:
-            self._spare.append((memfd, size))
-        else:
-            os.close(memfd)
 
     def has_frame(self) -> bool:
         """True when a whole frame is already buffered."""
@@ -450,15 +380,6 @@ class Channel:
             raise ChannelClosed("the other end closed the channel")
         self._buf += self._chunk_view[:n]
 
-    def _take_fds(self, ancillary):
-        import array
-
-        for level, kind, data in ancillary:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                fds = array.array("i")
-                fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
-                self._fds.extend(fds)
-
     def read_ahead(self) -> None:
         """Take what has arrived into the buffer, without blocking (for a sender that waits)."""
         try:
@@ -495,12 +416,3 @@ def _usable_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
-
-
-def _advance(parts, written):
-    """Drop from `parts` the `written` bytes the kernel took (it may take part of one)."""
-    while parts and written >= len(parts[0]):
-        written -= len(parts[0])
-        del parts[0]
-    if written:
-        parts[0] = parts[0][written:]

@@ -1,7 +1,9 @@
 """The accept loop of a served daemon: every pending handshake in one selector loop.
 
-Shipped to the child as source and loaded with `_netchild`, only in a child
-told to listen: standard library only, CPython 3.8 syntax.
+Shipped to the child as source and loaded with `network`, only in a child
+told to listen: standard library only, CPython 3.8 syntax.  Uses
+`handshake` (the daemon's half of the challenge) and `transports`
+(no_sigpipe).
 
 A peer costs the daemon a socket and a few hundred bytes, never a thread,
 until it has proven that it holds the key: one thread accepts on every
@@ -13,9 +15,7 @@ has waited longest goes (a real client answers within a round trip, so it
 is the newcomer that deserves the place).  Only an authenticated socket is
 handed on (`on_ready`), to a thread of its own.
 
-The challenges themselves are the standard library's, run by `_replay` up
-to the first message that has not arrived: whatever digest this
-interpreter's `multiprocessing` uses, clients of every version agree with it.
+The challenges themselves are the standard library's (see `handshake`).
 
 Refused peers are summarised (`Refusals`): a flood adds a line per second
 per reason to the daemon's log, not a line per peer.
@@ -23,14 +23,14 @@ per reason to the daemon's log, not a line per peer.
 
 import collections
 import errno
-import hmac
 import selectors
 import socket
 import struct
 import threading
 import time
 
-from . import network
+from .handshake import FAILURE, MESSAGE_MAX, WELCOME, answer_challenge, answer_is_right, deliver_challenge, replay
+from .transports import no_sigpipe
 
 _HEADER = struct.Struct("!i")
 # Peers in their handshake at once; past this, the one that has waited longest is dropped.
@@ -38,62 +38,12 @@ MAX_PENDING = 1024
 # The descriptors the daemon asks for (its soft RLIMIT_NOFILE, up to the hard limit):
 # the pending peers, as many clients, and the rest of the process.
 WANTED_FDS = 4 * MAX_PENDING
-_MESSAGE_MAX = 256  # what multiprocessing's challenge functions accept (recv_bytes(256))
-_CHALLENGE = b"#CHALLENGE#"
-_WELCOME = b"#WELCOME#"
-_FAILURE = b"#FAILURE#"
 _ACCEPTS_PER_WAKE = 64  # then pending peers get their turn
 _OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _PAUSE = 0.1  # out of descriptors with nobody to drop: stop accepting this long
 
 # What a pending peer is waiting for.
 _TLS, _ANSWER, _THEIR_CHALLENGE, _WELCOMED = range(4)
-
-
-class _Suspend(Exception):
-    """The challenge function wants a message that has not arrived."""
-
-
-class _Replay:
-    """The connection `multiprocessing.connection`'s challenge functions need, fed with what has
-    arrived: they run up to the first message still missing, and what they sent is kept."""
-
-    def __init__(self, incoming):
-        self.incoming = list(incoming)
-        self.sent = []
-
-    def send_bytes(self, data):
-        self.sent.append(bytes(data))
-
-    def recv_bytes(self, maxlength=None):
-        if not self.incoming:
-            raise _Suspend()
-        return self.incoming.pop(0)
-
-
-def _replay(function, authkey, *incoming):
-    """What `function` (deliver_challenge or answer_challenge) sends, given the messages in `incoming`."""
-    replay = _Replay(incoming)
-    try:
-        function(replay, authkey)
-    except _Suspend:
-        pass
-    return replay.sent
-
-
-def _answer_is_right(authkey, challenge, expected, answer):
-    """Whether `answer` proves the key for `challenge`, as deliver_challenge would judge it."""
-    if hmac.compare_digest(answer, expected):
-        return True
-    if len(answer) == 16:
-        # A client older than 3.12 answers any challenge with a raw HMAC-MD5, which 3.12's
-        # own deliver_challenge accepts too (where MD5 is available at all).
-        try:
-            legacy = hmac.new(authkey, challenge[len(_CHALLENGE) :], "md5").digest()
-        except ValueError:
-            return False
-        return hmac.compare_digest(answer, legacy)
-    return False
 
 
 def raise_fd_limit(wanted=WANTED_FDS):
@@ -311,7 +261,7 @@ class AcceptLoop:
             import ssl
 
             try:
-                network.no_sigpipe(pending.sock.do_handshake)
+                no_sigpipe(pending.sock.do_handshake)
             except ssl.SSLWantReadError:
                 self._want(pending, False)
                 return
@@ -320,8 +270,8 @@ class AcceptLoop:
                 return
             pending.state = _ANSWER
         if pending.challenge is None:
-            pending.challenge = _replay(_deliver_challenge(), self.authkey)[0]
-            pending.expected = _replay(_answer_challenge(), self.authkey, pending.challenge)[0]
+            pending.challenge = replay(deliver_challenge(), self.authkey)[0]
+            pending.expected = replay(answer_challenge(), self.authkey, pending.challenge)[0]
             pending.outbuf += _frame(pending.challenge)
         if self._flush(pending):
             self._want(pending, True)  # the rest when the socket has room
@@ -337,21 +287,21 @@ class AcceptLoop:
 
     def _on_message(self, pending, message):
         if pending.state == _ANSWER:
-            if not _answer_is_right(self.authkey, pending.challenge, pending.expected, message):
-                pending.outbuf += _frame(_FAILURE)
+            if not answer_is_right(self.authkey, pending.challenge, pending.expected, message):
+                pending.outbuf += _frame(FAILURE)
                 self._flush(pending)
                 raise _Refused("wrong key", "AuthenticationError: digest received was wrong")
-            pending.outbuf += _frame(_WELCOME)
+            pending.outbuf += _frame(WELCOME)
             pending.state = _THEIR_CHALLENGE
         elif pending.state == _THEIR_CHALLENGE:
             try:
-                answer = _replay(_answer_challenge(), self.authkey, message)[0]
+                answer = replay(answer_challenge(), self.authkey, message)[0]
             except Exception as exc:  # (before 3.12, an AssertionError)
                 raise _Refused("no challenge of its own", "%s: %s" % (type(exc).__name__, exc)) from None
             pending.outbuf += _frame(answer)
             pending.state = _WELCOMED
         elif pending.state == _WELCOMED:
-            if message != _WELCOME:
+            if message != WELCOME:
                 raise _Refused("it refused our proof of the key")
             self._flush(pending)
             if pending.outbuf or pending.inbuf:
@@ -366,7 +316,7 @@ class AcceptLoop:
         if len(data) < 4:
             return None
         (size,) = _HEADER.unpack_from(data)
-        if size < 0 or size > _MESSAGE_MAX:
+        if size < 0 or size > MESSAGE_MAX:
             raise _Refused(
                 "a handshake message of a refused length", "handshake message of announced length %d refused" % size
             )
@@ -380,7 +330,7 @@ class AcceptLoop:
         import ssl
 
         try:
-            data = network.no_sigpipe(pending.sock.recv, 4096)
+            data = no_sigpipe(pending.sock.recv, 4096)
         except (BlockingIOError, ssl.SSLWantReadError):
             return False
         except ssl.SSLWantWriteError:
@@ -390,7 +340,7 @@ class AcceptLoop:
         if not data:
             raise _Refused("it closed the connection during the handshake")
         pending.inbuf += data
-        if len(pending.inbuf) > 2 * (4 + _MESSAGE_MAX):
+        if len(pending.inbuf) > 2 * (4 + MESSAGE_MAX):
             raise _Refused("it sent more than the handshake")
         return True
 
@@ -402,7 +352,7 @@ class AcceptLoop:
                 if self.context is None:
                     sent = sock.send(pending.outbuf, socket.MSG_NOSIGNAL)
                 else:
-                    sent = network.no_sigpipe(sock.send, pending.outbuf)
+                    sent = no_sigpipe(sock.send, pending.outbuf)
             except BlockingIOError:
                 return True
             except OSError as exc:
@@ -437,7 +387,7 @@ class AcceptLoop:
             pending.sock.close()
         except OSError:
             pass
-        peer = _describe(pending.peer)
+        peer = describe_peer(pending.peer)
         if isinstance(exc, _Refused):
             self.refusals.add(exc.kind, peer, str(exc))
         else:
@@ -445,7 +395,8 @@ class AcceptLoop:
             self.refusals.add(kind[:200], peer)
 
 
-def _describe(peer):
+def describe_peer(peer):
+    """A peer's address as the daemon's log names it."""
     if isinstance(peer, tuple):
         return "%s:%s" % peer[:2]
     return "a local socket"
@@ -453,15 +404,3 @@ def _describe(peer):
 
 def _frame(message):
     return _HEADER.pack(len(message)) + message
-
-
-def _deliver_challenge():
-    from multiprocessing.connection import deliver_challenge
-
-    return deliver_challenge
-
-
-def _answer_challenge():
-    from multiprocessing.connection import answer_challenge
-
-    return answer_challenge
