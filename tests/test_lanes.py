@@ -20,7 +20,7 @@ LANES_IN_CHILD = """
 import gc, os, signal, time
 
 def lanes():
-    return [sorted(o._lanes) for o in gc.get_objects() if type(o).__name__ == "Child"][0]
+    return [sorted(o._lanes) for o in gc.get_objects() if type(o).__name__ == "Outbox"][0]
 
 def fds():
     return len(os.listdir("/proc/self/fd"))

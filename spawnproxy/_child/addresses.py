@@ -111,8 +111,8 @@ def _bind_localhost(port):
     """
     hosts = ["127.0.0.1", "::1"]
     try:
-        for info in socket.getaddrinfo("localhost", None, 0, socket.SOCK_STREAM):
-            ip = info[4][0]
+        for _, _, _, _, sockaddr in socket.getaddrinfo("localhost", None, 0, socket.SOCK_STREAM):
+            ip = sockaddr[0]
             if ip not in hosts and (ip.startswith("127.") or ip == "::1"):
                 hosts.append(ip)
     except OSError:

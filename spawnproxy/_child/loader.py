@@ -21,15 +21,18 @@ SCRIPT_MODULE = "__spawnproxy_script__"
 
 def load(definition):
     """Return the root object the definition describes."""
-    kind = definition[0]
+    kind, *fields = definition
     if kind == "script":
-        return _load_script(definition[1], definition[2])
+        source, filename = fields
+        return _load_script(source, filename)
     if kind == "module":
-        return _load_module(definition[1], definition[2])
+        module_name, module_path = fields
+        return _load_module(module_name, module_path)
     if kind == "instance":
-        return _load_instance(*definition[1:])
+        return _load_instance(*fields)
     if kind == "object":
-        return definition[1]
+        (obj,) = fields
+        return obj
     raise ValueError("unknown definition kind %r" % (kind,))
 
 

@@ -45,17 +45,20 @@ def op_getattr(child, target, name):
 
 
 def op_attrinfo(child, target, name):
-    value = getattr(child.resolve(target)[1], name)
+    _, obj = child.resolve(target)
+    value = getattr(obj, name)
     return protocol.VALUE, callable(value)
 
 
 def op_setattr(child, target, name, value):
-    setattr(child.resolve(target)[1], name, value)
+    _, obj = child.resolve(target)
+    setattr(obj, name, value)
     return protocol.VALUE, None
 
 
 def op_delattr(child, target, name):
-    delattr(child.resolve(target)[1], name)
+    _, obj = child.resolve(target)
+    delattr(obj, name)
     return protocol.VALUE, None
 
 
@@ -64,8 +67,9 @@ def op_call(child, target, args, kwargs):
     if type(target) is int:
         base = obj = child.table.get(target)
     else:
-        base = obj = child.table.get(target[0])
-        for name in target[1:]:
+        oid, *path = target
+        base = obj = child.table.get(oid)
+        for name in path:
             obj = getattr(obj, name)
     value = obj(*args, **kwargs)
     if value is obj:
@@ -84,11 +88,13 @@ def op_operator(child, target, name, args):
 
 
 def op_dir(child, target):
-    return protocol.VALUE, sorted(dir(child.resolve(target)[1]))
+    _, obj = child.resolve(target)
+    return protocol.VALUE, sorted(dir(obj))
 
 
 def op_signature(child, target):
-    return protocol.VALUE, encode_signature(child.resolve(target)[1])
+    _, obj = child.resolve(target)
+    return protocol.VALUE, encode_signature(obj)
 
 
 def op_chdir(child, path):
@@ -104,7 +110,7 @@ def op_load(child, definition):
     if isinstance(root, type(sys)):
         names = {name: callable(value) for name, value in list(vars(root).items())}
     else:
-        names = {name: True for name in info[2]} if info else {}
+        names = {name: True for name in info[protocol.TYPE_METHODS]} if info else {}
         names.update((name, callable(value)) for name, value in getattr(root, "__dict__", {}).items())
     return protocol.VALUE, (oid, key, info, names)
 
@@ -116,7 +122,7 @@ def op_batch(child, target, n, call_iter):
     exception the iterator raised after the items; `ref` is the reference of
     the iterator iter() made when it is not the target itself, else None.
     """
-    obj = child.resolve(target)[1]
+    _, obj = child.resolve(target)
     it, ref = obj, None
     if call_iter:
         it = iter(obj)
@@ -145,7 +151,8 @@ def op_batch(child, target, n, call_iter):
 
 
 def op_close(child, target):
-    close = getattr(child.resolve(target)[1], "close", None)
+    _, obj = child.resolve(target)
+    close = getattr(obj, "close", None)
     if close is not None:
         close()
     return protocol.VALUE, None
@@ -153,7 +160,7 @@ def op_close(child, target):
 
 def op_obtain(child, target):
     """A copy of the target, pickled here for the parent to load: (True, pickle) or (False, why)."""
-    obj = child.resolve(target)[1]
+    _, obj = child.resolve(target)
     try:
         return protocol.VALUE, (True, pickle.dumps(obj, _PROTOCOL))
     except Exception as exc:

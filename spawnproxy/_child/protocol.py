@@ -84,7 +84,7 @@ persistent id                                  stands for
 =============================================  ===================================================
 ("ref", target)                                the receiver's own object (a proxy sent back)
 ("ref", oid, type key, type info)              the child's object, new to the parent: a proxy there
-("local", oid, callable, methods)              the parent's object (by_ref), new to the child
+("local", oid, callable, methods, truthy)      the parent's object (by_ref), new to the child
 =============================================  ===================================================
 
 The first frame a child receives is the bootstrap bundle (see

@@ -24,6 +24,7 @@ from .codec import Codec
 from .ops import BATCH, MAYBE
 from .outbox import Outbox, start_releaser
 from .parent import CallableParentRef, ParentFinder, ParentRef, rebuild_parent_exception
+from .protocol import ID, IDS, KIND, LANE_MASK, NESTED, OUTER, REF_OID, RELEASE, REQUEST, TAG_REFS
 from .table import ObjectTable
 
 
@@ -117,7 +118,7 @@ class Child:
                             recv_lock.release()
                             if self._followers:
                                 self._cond.notify_all()
-                    if main and msg[0] == protocol.REQUEST:
+                    if main and msg[KIND] == REQUEST:
                         queue.append(msg)  # the common case, routed without a call
                     else:
                         self._route(msg, queue)
@@ -158,10 +159,10 @@ class Child:
         the calls it would run inside have ended.
         """
         first = queue[0]
-        if first[0] == protocol.RELEASE or (first[0] == protocol.NESTED and first[2] == rid):
+        if first[KIND] == RELEASE or (first[KIND] == NESTED and first[OUTER] == rid):
             return True
         for i, msg in enumerate(queue):
-            if msg[0] == protocol.NESTED and msg[2] == rid:
+            if msg[KIND] == NESTED and msg[OUTER] == rid:
                 del queue[i]
                 queue.appendleft(msg)
                 return True
@@ -193,10 +194,11 @@ class Child:
                 payload = None  # the failed frame's memory (a memfd's mapping) goes now
                 if answer is None:
                     raise
-                if answer[1] < 0:
+                rid = answer[ID]
+                if rid < 0:
                     return answer  # the parent's answer to us: raised where it was asked for
                 try:
-                    self._send(*self.codec.dumps(answer), rid=answer[1])
+                    self._send(*self.codec.dumps(answer), rid=rid)
                 except LaneClosed:
                     pass  # the caller gave up meanwhile
 
@@ -213,11 +215,11 @@ class Child:
 
     def _route(self, msg, mine):
         """Hand a message to whoever it is for: a waiting thread, or the main thread."""
-        kind = msg[0]
+        kind = msg[KIND]
         if kind == protocol.REPLY:
             target = None
-        elif kind == protocol.NESTED:
-            target = self._queues.get(msg[2], self._main_queue)
+        elif kind == NESTED:
+            target = self._queues.get(msg[OUTER], self._main_queue)
         else:  # REQUEST, and RELEASE: the child's objects are used in the main thread only
             target = self._main_queue
         if target is mine:
@@ -225,7 +227,7 @@ class Child:
             return
         with self._lock:
             if target is None:
-                self._replies[msg[1]] = msg
+                self._replies[msg[ID]] = msg
             else:
                 target.append(msg)
             if self._followers:
@@ -233,27 +235,19 @@ class Child:
 
     def _run_next(self, queue):
         msg = queue.popleft()
-        kind = msg[0]
-        if kind == protocol.RELEASE:
-            self.table.release(msg[1])
-            if self._held:
-                # A negative id: the parent has read the answer to that request (see _send_releases
-                # in the parent's session); what was held for it may go.
-                for rid in msg[1]:
-                    if rid < 0:
-                        held = self._held.get(-rid & protocol.LANE_MASK)
-                        if held is not None and held[0] == -rid:
-                            del self._held[-rid & protocol.LANE_MASK]
+        kind = msg[KIND]
+        if kind == RELEASE:
+            self._release(msg[IDS])
             return
-        if kind == protocol.NESTED:
-            rid, op, operands = msg[1], msg[3], msg[4:]
+        if kind == NESTED:
+            _, rid, _, op, *operands = msg
         else:
-            rid, op, operands = msg[1], msg[2], msg[3:]
+            _, rid, op, *operands = msg
         msg = None
         if self._held:
             # The caller has read the answer before (it asks only once it has): the parent
             # objects held for that answer may be released now.
-            self._held.pop(rid & protocol.LANE_MASK, None)
+            self._held.pop(rid & LANE_MASK, None)
         codec = self.codec
         main = queue is self._main_queue
         if main:
@@ -295,22 +289,25 @@ class Child:
             else:
                 self._local.serving = outer
         if data is None:
-            data = codec.dumps((protocol.REPLY, rid, how, payload))
+            tag, pickled = codec.dumps((protocol.REPLY, rid, how, payload))
+            buffers = None
+        else:
+            tag, pickled, buffers = data
         try:
             # The result is let go of only once sent: a parent's object it holds must not
             # be released before the reply that names it.
-            self._send(*data, rid=rid)
-            if data[0] == protocol.TAG_REFS and rid & protocol.LANE_MASK:
+            self._send(tag, pickled, buffers, rid=rid)
+            if tag == TAG_REFS and rid & LANE_MASK:
                 # The answer names objects of the parent's, of which `payload` may hold the
                 # child's only references.  Released now, the release would go on the channel
                 # and could be read (and the objects dropped) before the caller reads its answer
                 # on its lane: they are kept until the parent says it has read the answer, the
                 # caller's next request, or its lane's end.
-                self._held[rid & protocol.LANE_MASK] = (rid, payload)
+                self._held[rid & LANE_MASK] = (rid, payload)
         except LaneClosed:
             # The caller gave up (a timeout) and closed its lane: no one will take the answer.
             if how == protocol.REF:
-                self.table.release([payload[0]])
+                self.table.release([payload[REF_OID]])
             codec.retell_types()
         except ChannelClosed:
             if main:
@@ -318,6 +315,20 @@ class Child:
             raise
         finally:
             payload = None
+
+    def _release(self, ids):
+        """The parent let go of these objects; a negative id -r: it has read the answer to r."""
+        self.table.release(ids)
+        held = self._held
+        if held:
+            # The parent has read the answer to that request (see _send_releases in the
+            # parent's session): the parent objects held for it may go.
+            for rid in ids:
+                if rid < 0:
+                    lane = -rid & LANE_MASK
+                    entry = held.get(lane)
+                    if entry is not None and entry[0] == -rid:
+                        del held[lane]
 
     def _read_ahead(self):
         """While a send waits for room, read what the parent sends, unless another thread reads.
@@ -375,9 +386,10 @@ class Child:
         finally:
             if not main:
                 self._queues.pop(rid, None)
-        if reply[2] == protocol.ERROR:
-            raise rebuild_parent_exception(reply[3])
-        return reply[3]
+        _, _, how, payload = reply
+        if how == protocol.ERROR:
+            raise rebuild_parent_exception(payload)
+        return payload
 
     # -- helpers ----------------------------------------------------------------
 
@@ -386,17 +398,20 @@ class Child:
         if type(target) is int:
             obj = self.table.get(target)
             return obj, obj
-        base = obj = self.table.get(target[0])
-        for name in target[1:]:
+        oid, *path = target
+        base = obj = self.table.get(oid)
+        for name in path:
             obj = getattr(obj, name)
         return base, obj
 
     def _resolve_ref(self, pid):
-        if pid[0] == "local":
+        if pid[0] == "local":  # the parent's object: ("local", target, callable, names, truthy)
+            _, target, is_callable, names, truthy = pid
             start_releaser()
-            kind = CallableParentRef if pid[2] else ParentRef
-            return kind(self, pid[1], pid[3], None, pid[4])
-        return self.resolve(pid[1])[1]
+            return (CallableParentRef if is_callable else ParentRef)(self, target, names, None, truthy)
+        _, target = pid  # ("ref", target): the child's own object, sent back
+        _, obj = self.resolve(target)
+        return obj
 
     def _ask_importable(self, modules):
         return self.request("importable", modules)
