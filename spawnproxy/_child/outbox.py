@@ -44,6 +44,12 @@ class Outbox:
         self._dumps = dumps
         self._read_ahead = read_ahead
         self._lanes = {}  # lane number -> channel to the parent thread it belongs to
+        # Lane number -> (request id, the last answer sent on it that names parent objects).
+        # Released as soon as it was sent, such an answer's objects would be released on the
+        # channel, and that release could be read (and the objects dropped) before the caller
+        # reads its answer on its lane: they are kept until the parent says it has read the
+        # answer (`answers_read`), the caller's next request, or the lane's end.
+        self.held = {}
         _outboxes.add(self)
 
     def send(self, tag, data, buffers=None, rid=None):
@@ -110,6 +116,18 @@ class Outbox:
                 old.close()
             if channel is not None:
                 self._lanes[lane] = channel
+        self.held.pop(lane, None)  # the lane's thread has ended (or given it up)
+
+    def answers_read(self, ids):
+        """Let go of what was held for the answers the parent says it has read: the negative
+        ids -r among the ids of its releases (see _send_releases in the parent's session)."""
+        held = self.held
+        for rid in ids:
+            if rid < 0:
+                lane = -rid & protocol.LANE_MASK
+                entry = held.get(lane)
+                if entry is not None and entry[0] == -rid:
+                    del held[lane]
 
     def drop_lanes(self):
         """In a process forked from the child: let go of the lanes, or the parent's threads

@@ -62,7 +62,7 @@ class Child:
         self._followers = 0
         self._closed = False
         self._finder = None
-        self._held = {}  # lane number -> (request id, the last result sent on it that names parent objects)
+        self._held = self.outbox.held  # read on every call: bound here, as `_send`
 
     # -- the loop -------------------------------------------------------------
 
@@ -211,7 +211,6 @@ class Child:
             # the child starts may keep that end open (see also Outbox.drop_lanes).
             os.set_inheritable(fd, False)
         self.outbox.set_lane(lane, self.channel.lane(socket.socket(fileno=fd)) if opening else None)
-        self._held.pop(lane, None)  # the lane's thread has ended (or given it up)
 
     def _route(self, msg, mine):
         """Hand a message to whoever it is for: a waiting thread, or the main thread."""
@@ -237,7 +236,10 @@ class Child:
         msg = queue.popleft()
         kind = msg[KIND]
         if kind == RELEASE:
-            self._release(msg[IDS])
+            ids = msg[IDS]
+            self.table.release(ids)
+            if self._held:
+                self.outbox.answers_read(ids)
             return
         if kind == NESTED:
             _, rid, _, op, *operands = msg
@@ -299,10 +301,7 @@ class Child:
             self._send(tag, pickled, buffers, rid=rid)
             if tag == TAG_REFS and rid & LANE_MASK:
                 # The answer names objects of the parent's, of which `payload` may hold the
-                # child's only references.  Released now, the release would go on the channel
-                # and could be read (and the objects dropped) before the caller reads its answer
-                # on its lane: they are kept until the parent says it has read the answer, the
-                # caller's next request, or its lane's end.
+                # child's only references: kept (see Outbox.held).
                 self._held[rid & LANE_MASK] = (rid, payload)
         except LaneClosed:
             # The caller gave up (a timeout) and closed its lane: no one will take the answer.
@@ -315,20 +314,6 @@ class Child:
             raise
         finally:
             payload = None
-
-    def _release(self, ids):
-        """The parent let go of these objects; a negative id -r: it has read the answer to r."""
-        self.table.release(ids)
-        held = self._held
-        if held:
-            # The parent has read the answer to that request (see _send_releases in the
-            # parent's session): the parent objects held for it may go.
-            for rid in ids:
-                if rid < 0:
-                    lane = -rid & LANE_MASK
-                    entry = held.get(lane)
-                    if entry is not None and entry[0] == -rid:
-                        del held[lane]
 
     def _read_ahead(self):
         """While a send waits for room, read what the parent sends, unless another thread reads.
