@@ -1,7 +1,7 @@
 """Large buffers out of band: the layout of a ``B`` frame and the stand-ins that put buffers there.
 
-Shipped to the child as source (standard library only, CPython 3.8 syntax).
-A pickle (protocol 5) of a message holding large bytes, bytearrays or
+Shipped to the child as source (standard library only, CPython 3.8 syntax);
+uses `protocol` only, and both ends use it.  A pickle (protocol 5) of a message holding large bytes, bytearrays or
 memoryviews keeps them out of its stream (`out_of_band`, `buffer_taker`); the
 frame then carries the pickle and each buffer 64-byte aligned in a memfd, and
 the receiver passes views of the mapping as the pickle's buffers

@@ -1,6 +1,7 @@
 """Build the child's root object from a definition sent as plain data.
 
-Shipped to the child as source: standard library only, CPython 3.8 syntax.
+Shipped to the child as source: standard library only, CPython 3.8 syntax;
+uses nothing else of the package.
 
 A definition arrives as a tuple whose first item names its kind:
 

@@ -1,7 +1,7 @@
 """The operators a request may name (op "op"), shared by both sides.
 
-Shipped to the child as source: standard library only, CPython 3.8 syntax.
-The child runs them on its objects for the parent's proxies; the parent runs
+Shipped to the child as source: standard library only, CPython 3.8 syntax;
+uses nothing else of the package.  The child runs them on its objects for the parent's proxies; the parent runs
 them on its own objects passed by reference (`spawnproxy.by_ref`).
 """
 

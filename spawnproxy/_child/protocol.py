@@ -1,7 +1,8 @@
 """The wire: frames, message kinds and the named layouts of every message.
 
 Both ends use this module (it is shipped to the child as source: standard
-library only, CPython 3.8 syntax).  It is the one place that says what goes
+library only, CPython 3.8 syntax); it uses nothing else of the package and
+does no I/O.  It is the one place that says what goes
 over a spawnproxy connection; code reads a message through the indexes named
 here, never through bare numbers.
 

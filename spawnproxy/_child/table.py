@@ -1,6 +1,7 @@
 """The child's table of objects that the parent holds references to.
 
-Shipped to the child as source: standard library only, CPython 3.8 syntax.
+Shipped to the child as source: standard library only, CPython 3.8 syntax;
+uses nothing else of the package.
 
 Each time an object is sent to the parent by reference its count goes up by
 one; the parent releases each reference it received once, in batches.  An
