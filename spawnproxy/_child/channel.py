@@ -57,31 +57,27 @@ class Channel(FdPassing):
     system call; a large one is read straight into its own buffer.
     """
 
-    def __init__(self, sock: socket.socket, watch_fds: "tuple[int, ...]" = ()) -> None:
-        self.sock = sock
-        self._setup(sock.fileno(), sock.fileno(), watch_fds)
-        self._memfd = hasattr(os, "memfd_create") and sock.family == socket.AF_UNIX
-        # Across a network, an answer takes longer than a spin: only a local socket spins.
-        self._spins = sock.family == socket.AF_UNIX
-        self._recvmsg_into = sock.recvmsg_into
-        self._send = sock.send
-        self._sendmsg = sock.sendmsg
+    def __init__(
+        self, sock: "socket.socket | None", watch_fds: "tuple[int, ...]" = (), pipes: "tuple[int, int] | None" = None
+    ) -> None:
+        """A channel over `sock`; with `sock` None, over `pipes` (the fd to read, the fd to write).
 
-    def _setup(self, fd: int, write_fd: int, watch_fds: "tuple[int, ...]") -> None:
-        # The I/O primitives are attributes with the signatures of socket.send,
-        # socket.sendmsg, os.readv and socket.recvmsg_into: a transport that is
-        # not a plain socket (TLS, a pair of pipes) swaps them, and the local
-        # socket pair pays no extra branch or call for that.  Sends are
-        # non-blocking where the transport allows (BlockingIOError or a short
-        # count when full); the defaults write to `write_fd`, blocking.
+        The I/O primitives are attributes with the signatures of socket.send,
+        socket.sendmsg, os.readv and socket.recvmsg_into: a transport that is
+        not a plain socket (TLS, a pair of pipes: see `transports`) sets its
+        own in its constructor, and the local socket pair pays no extra branch
+        or call for that.  Sends are non-blocking where the transport allows
+        (BlockingIOError or a short count when full).
+        """
+        # (None only in a channel over pipes: the socket-level methods are never called there.)
+        self.sock: "socket.socket" = sock
+        fd, write_fd = pipes if sock is None else (sock.fileno(), sock.fileno())
         self.fd = fd
         self.watch_fds = watch_fds
         # Where input comes from that a blocked send must read ahead: this channel's own
         # fd, but for a lane (which the child only writes to), the channel's.
         self.input_fd = fd
         self._wfd = write_fd
-        self._send = lambda data, flags: os.write(write_fd, data)
-        self._sendmsg = lambda parts, ancillary, flags: os.writev(write_fd, parts)
         self._readv = os.readv
         self._memfd = False
         self._fds = []  # file descriptors received with frames, in order
@@ -103,6 +99,14 @@ class Channel(FdPassing):
         self._poller.register(fd, select.POLLIN)
         for extra in watch_fds:
             self._poller.register(extra, select.POLLIN)
+        if sock is not None:
+            local = sock.family == socket.AF_UNIX
+            self._memfd = local and hasattr(os, "memfd_create")
+            # Across a network, an answer takes longer than a spin: only a local socket spins.
+            self._spins = local
+            self._recvmsg_into = sock.recvmsg_into
+            self._send = sock.send
+            self._sendmsg = sock.sendmsg
 
     def fileno(self) -> int:
         return self.fd

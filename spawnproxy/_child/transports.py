@@ -129,8 +129,7 @@ class PipeChannel(Channel):
     """A channel over two pipes: frames are read from one fd and written to the other."""
 
     def __init__(self, read_fd, write_fd, watch_fds=()):
-        self.sock = None
-        self._setup(read_fd, write_fd, watch_fds)
+        Channel.__init__(self, None, watch_fds, (read_fd, write_fd))
         self._recvmsg_into = self._pipe_recvmsg_into
         self._send = self._pipe_send
         self._sendmsg = self._pipe_sendmsg
