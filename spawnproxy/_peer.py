@@ -2,7 +2,7 @@
 
 A local child (`_process.ChildProcess`), a child on an SSH host
 (`_ssh.SshProcess`) and a served daemon reached over the network
-(`_network.NetPeer`) all offer this interface; `Session` and `DaemonProxy`
+(`_client.NetPeer`) all offer this interface; `Session` and `DaemonProxy`
 use nothing else, so they need no special case for any of them.
 """
 

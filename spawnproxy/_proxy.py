@@ -136,7 +136,7 @@ class ObjectProxy(wrapt.BaseObjectProxy):  # type: ignore[misc,type-arg]
                 pass
             else:
                 cached = handle._sp_cache.get(name)
-                if cached is not None and handle._sp_session._failure is None:
+                if cached is not None and handle._sp_session.failure is None:
                     return cached
         return _proxy_getattribute(self, name)
 

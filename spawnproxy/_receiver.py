@@ -85,7 +85,7 @@ class Receiver(Router):
             return
         if self.local.lane is lane:
             self.local.lane = None
-        if self._failure is not None:
+        if self.failure is not None:
             assert lane.close is not None
             lane.close()
             return
@@ -135,7 +135,7 @@ class Receiver(Router):
 
     def _ensure_reader(self) -> None:
         with self._lock:
-            if self._failure is not None:
+            if self.failure is not None:
                 return
             if self._reader is None:
                 self._reader = threading.Thread(
@@ -150,7 +150,7 @@ class Receiver(Router):
         while True:
             with self._lock:
                 while True:
-                    if self._failure is not None:
+                    if self.failure is not None:
                         self._reader = None
                         return
                     if self._needs_reader():
@@ -192,7 +192,7 @@ class Receiver(Router):
         while self._needs_reader():
             if self.releases:
                 self.push_releases("sending releases")
-            if self._failure is not None:
+            if self.failure is not None:
                 return
             if self._retired and not channel.has_frame():
                 ready = self._wait_retired()

@@ -78,7 +78,9 @@ class Router:
         # Makes the proxy of a child's object that arrived inside a message: (oid, type info) -> proxy.
         self.make_proxy: Callable[[int, Any], Any] | None = None
         self.local = ThreadState()
-        self._failure: Callable[[object], SpawnProxyError] | None = None  # set once the child has ended
+        self.failure: Callable[[object], SpawnProxyError] | None = (
+            None  # makes the error of a call once the child has ended; None while it runs
+        )
         self._stopping = False  # a served daemon said it stops on purpose
         self._recv_lock = threading.Lock()
         # One lock guards the tables below; followers wait on a condition over it.
@@ -110,12 +112,12 @@ class Router:
     @property
     def closed(self) -> bool:
         """Whether the child has ended (or the session was ended)."""
-        return self._failure is not None
+        return self.failure is not None
 
     def check(self, what: object) -> None:
         """Raise the error of an ended child (terminated or died), if it has ended."""
-        if self._failure is not None:
-            raise self._failure(what)
+        if self.failure is not None:
+            raise self.failure(what)
 
     # -- the router ------------------------------------------------------------------
 
@@ -198,7 +200,7 @@ class Router:
         The first interrupts the call in the child, whose answer is then a
         KeyboardInterrupt raised there.  A second one abandons the call.
         """
-        if interrupted or self._failure is not None:
+        if interrupted or self.failure is not None:
             return False
         self.process.interrupt()
         return True
@@ -213,8 +215,8 @@ class Router:
         while True:
             try:
                 while True:
-                    if self._failure is not None:
-                        raise self._failure(what)
+                    if self.failure is not None:
+                        raise self.failure(what)
                     if deadline is not None:
                         ready = channel.wait(max(0.0, deadline - time.monotonic()))
                         if ready is None:
@@ -266,8 +268,8 @@ class Router:
                             if inbox:
                                 job = inbox.popleft()
                                 break
-                        if self._failure is not None:
-                            raise self._failure(what)
+                        if self.failure is not None:
+                            raise self.failure(what)
                         if self._recv_lock.acquire(False):
                             break
                         remaining = None if deadline is None else deadline - time.monotonic()
@@ -298,8 +300,8 @@ class Router:
         channel = self.channel
         while True:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if self._failure is not None:
-                raise self._failure(what)
+            if self.failure is not None:
+                raise self.failure(what)
             ready = channel.wait(remaining)
             if ready is None:
                 raise self.timeout_error(what, timeout)

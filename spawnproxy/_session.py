@@ -110,7 +110,7 @@ class Session(Receiver):
         if (
             lane is None
             or local.serving is not None
-            or self._failure is not None
+            or self.failure is not None
             or self._abandoned
             or not _serialize.small_values(args)
             or (kwargs and not _serialize.small_values(kwargs.values()))
@@ -126,8 +126,8 @@ class Session(Receiver):
         return self._lane_exchange(lane, rid, TAG_PICKLE, payload, None, what, deadline, timeout)
 
     def _open_lane(self, what: object, deadline: float | None, timeout: float | None) -> Lane | None:
-        if self._failure is not None:
-            raise self._failure(what)
+        if self.failure is not None:
+            raise self.failure(what)
         assert self._lanes is not None
         made = self._lanes.make()
         if made is None:
@@ -212,8 +212,8 @@ class Session(Receiver):
         lane: int,
     ) -> tuple[int, bytes, bytes, list[PickleBuffer]]:
         """A new request id, answered on `lane`, and the request's frame: (id, tag, payload, buffers)."""
-        if self._failure is not None:
-            raise self._failure(what)
+        if self.failure is not None:
+            raise self.failure(what)
         if self._abandoned:
             self._forget_abandoned()
         rid = next(self._ids) << LANE_BITS | lane
@@ -372,7 +372,7 @@ class Session(Receiver):
 
         With `within`, a child that does not read gets them later (the next frame carries them).
         """
-        if self._failure is None and self.releases and self._send_lock.acquire(False):
+        if self.failure is None and self.releases and self._send_lock.acquire(False):
             try:
                 self._send_releases(None if within is None else time.monotonic() + within)
             except (EOFError, OSError, SendTimeout):
@@ -392,7 +392,7 @@ class Session(Receiver):
 
     def _fail(self, what: object) -> SpawnProxyError:
         """The channel broke: find out why, remember it for every later call."""
-        if self._failure is None:
+        if self.failure is None:
             code = self.process.wait_exit(1.0)
             text = describe_exit(code) if code is not None else "its channel closing"
             tail = self.process.stderr_text()
@@ -403,19 +403,19 @@ class Session(Receiver):
                 how, tail = "was stopped on purpose", ""
             else:
                 how = f"ended by itself ({text})"
-            self._failure = lambda call: DaemonDiedError(f"child {pid} {how}; {call} cannot run{tail}", code)
+            self.failure = lambda call: DaemonDiedError(f"child {pid} {how}; {call} cannot run{tail}", code)
             first = DaemonDiedError(f"child {pid} {how} during {what}{tail}", code)
             with self._cond:
                 self._cond.notify_all()
             self._end_waiters()
             return first
-        return self._failure(what)
+        return self.failure(what)
 
     def terminate(self, timeout: float) -> int | None:
         """End the child on purpose; later calls raise DaemonTerminatedError."""
-        if self._failure is None:
+        if self.failure is None:
             pid = self.pid
-            self._failure = lambda call: DaemonTerminatedError(
+            self.failure = lambda call: DaemonTerminatedError(
                 f"child {pid} was terminated on purpose; {call} cannot run"
             )
         with self._cond:
@@ -426,7 +426,7 @@ class Session(Receiver):
 
     def _end_waiters(self) -> None:
         """The child has ended: asyncio waiters get the error; the parent's objects and the lanes are let go."""
-        failure = self._failure
+        failure = self.failure
         assert failure is not None
         with self._lock:
             waiters = list(self._async.items())

@@ -352,7 +352,7 @@ def test_bad_retry_options_are_refused_before_connecting() -> None:
 
 
 def test_only_a_listening_child_runs_the_network_side() -> None:
-    """`_netchild` is shipped to every child but run only in one told to listen (start-up work saved)."""
+    """The network side (`_child.network`) is shipped to every child but run only in one told to listen (start-up work saved)."""
     probe = "import sys\ndef loaded():\n    return '_spawnproxy_child.network' in sys.modules\n"
     local = spawnproxy.run_script(probe)
     try:

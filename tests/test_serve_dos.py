@@ -31,7 +31,7 @@ pytestmark = pytest.mark.timeout(90)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = "import time\n\ndef add(a, b):\n    return a + b\n\ndef nap(seconds):\n    time.sleep(seconds)\n"
 SIG_DFL_SCRIPT = "import signal\nsignal.signal(signal.SIGPIPE, signal.SIG_DFL)\n" + SCRIPT
-PENDING_BOUND = 1024  # handshakes that may be pending at once (spawnproxy._accept.MAX_PENDING)
+PENDING_BOUND = 1024  # handshakes that may be pending at once (spawnproxy._child.listener.MAX_PENDING)
 SERVED_WITHIN = 1.0  # seconds a real client may take to be served (connect and one call) under attack
 
 
