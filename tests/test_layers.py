@@ -25,8 +25,6 @@ PACKAGE_DIR = ROOT / PACKAGE
 
 # ==== The rules' tables: tighten these as the restructure proceeds ==================================
 
-# The package of the child side once it is one (issue 16); until then the list in _bootstrap.
-CHILD_PACKAGE_DIR = PACKAGE_DIR / "_child"
 
 # What a child-side module may import beyond the standard library, and only inside a function:
 # dill, when a message needs it (the child fetches it from its parent if it lacks it).
@@ -63,6 +61,34 @@ KNOWN_IMPORT_PATCHES: set[tuple[str, str]] = set()
 # spawnproxy has no side effects; a child registers its hook when it starts, a session its own).
 AT_FORK_ALLOWED: set[str] = set()
 
+# The parent side's layers, lowest first (docs/architecture.md says what each is for).  A module
+# imports, at run time, only modules of its own layer or of a layer below (annotations may look
+# up, under `if TYPE_CHECKING:`), and those imports form no cycle.  The child package (CHILD_PACKAGE)
+# is at the bottom: it imports nothing of the parent's (rule (a)).
+LAYERS: list[tuple[str, set[str]]] = [
+    ("foundation", {"_errors", "_options", "_output", "_statefile", "_bootstrap", "_version", CHILD_PACKAGE}),
+    (
+        "values",
+        {
+            "_serialize",
+            "_serialize_errors",
+            "_signatures",
+            "_exports",
+            "_requests",
+            "_lanes",
+            "_peer",
+            "_definitions",
+            "_keys",
+            "_addresses",
+        },
+    ),
+    ("processes", {"_process", "_ssh"}),
+    ("session", {"_callbacks", "_router", "_receiver", "_flush", "_session"}),
+    ("proxies", {"_proxy", "_streams", "_handle", "_daemon"}),
+    ("network", {"_client", "_server", "_detach", "_supervisor"}),
+    ("interface", {"__init__", "__main__", "_api", "_aio", "_values", "_cli", "_cli_args"}),
+]
+
 # ==== Reading the modules ==========================================================================
 
 
@@ -76,6 +102,7 @@ class Arrow:
     name: str | None
     line: int
     nested: bool = False
+    typing_only: bool = False  # under `if TYPE_CHECKING:`: never runs
 
     def where(self) -> str:
         what = self.module if self.name is None else f"{self.module}.{self.name}"
@@ -121,18 +148,24 @@ def arrows(importer: str, tree: ast.Module, is_package: bool, modules: Iterable[
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
         for inner in ast.walk(node)
     }
+    typing = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for inner in ast.walk(node)
+    }
     found = []
     for node in ast.walk(tree):
-        inside = id(node) in nested
+        inside, only_typing = id(node) in nested, id(node) in typing
         if isinstance(node, ast.Import):
-            found += [Arrow(importer, alias.name, None, node.lineno, inside) for alias in node.names]
+            found += [Arrow(importer, alias.name, None, node.lineno, inside, only_typing) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             source = resolve(importer, is_package, node.level, node.module)
             for alias in node.names:
                 if f"{source}.{alias.name}" in known:
-                    found.append(Arrow(importer, f"{source}.{alias.name}", None, node.lineno, inside))
+                    found.append(Arrow(importer, f"{source}.{alias.name}", None, node.lineno, inside, only_typing))
                 else:
-                    found.append(Arrow(importer, source, alias.name, node.lineno, inside))
+                    found.append(Arrow(importer, source, alias.name, node.lineno, inside, only_typing))
     return found
 
 
@@ -176,17 +209,9 @@ def all_arrows(modules: dict[str, Module]) -> Iterator[Arrow]:
 
 
 def child_side(modules: dict[str, Module]) -> set[str]:
-    """The modules shipped to the child: the child package once it exists, else _bootstrap.CHILD_MODULES."""
+    """The modules shipped to the child: the child package."""
     prefix = f"{PACKAGE}._child"
-    if (CHILD_PACKAGE_DIR / "__init__.py").exists():
-        return {name for name in modules if name == prefix or name.startswith(prefix + ".")}
-    bootstrap = modules[f"{PACKAGE}._bootstrap"].tree
-    for node in bootstrap.body:
-        if isinstance(node, ast.Assign) and any(
-            isinstance(t, ast.Name) and t.id == "CHILD_MODULES" for t in node.targets
-        ):
-            return {f"{PACKAGE}.{name}" for name in ast.literal_eval(node.value)}
-    raise AssertionError("neither spawnproxy/_child/ nor _bootstrap.CHILD_MODULES says which modules are the child's")
+    return {name for name in modules if name == prefix or name.startswith(prefix + ".")}
 
 
 def is_private(name: str) -> bool:
@@ -215,7 +240,8 @@ def child_imports_only_stdlib_and_itself(arrow: Arrow, child: set[str]) -> str |
 
 def allowance(module: str) -> str:
     """The name a module has in the allowance table: the child package's modules share one."""
-    return CHILD_PACKAGE if module.startswith(CHILD_PACKAGE[:-1]) else module
+    package = CHILD_PACKAGE[: -len(".*")]
+    return CHILD_PACKAGE if module == package or module.startswith(package + ".") else module
 
 
 def only_allowed_importers(arrow: Arrow, allowed: dict[str, set[str]]) -> str | None:
@@ -297,8 +323,10 @@ def test_the_import_reader_sees_relative_and_nested_imports(modules: dict[str, M
         ("dill", None, True),
         ("", "y", True),
     ]
-    package_arrows = arrows("spawnproxy._child", ast.parse("from . import _wire\n"), True, ["spawnproxy._child._wire"])
-    assert package_arrows[0].module == "spawnproxy._child._wire"
+    package_arrows = arrows(
+        "spawnproxy._child", ast.parse("from . import protocol\n"), True, ["spawnproxy._child.protocol"]
+    )
+    assert package_arrows[0].module == "spawnproxy._child.protocol"
     assert f"{PACKAGE}._session" in modules and len(modules) > 20
 
 
@@ -312,12 +340,19 @@ def test_child_side_imports_only_the_standard_library_and_itself(modules: dict[s
 
 def test_child_side_rule_catches_a_parent_import() -> None:
     """Rule (a) names a child module importing wrapt or a parent-side module."""
-    child = {"spawnproxy._wire"}
-    assert child_imports_only_stdlib_and_itself(Arrow("spawnproxy._wire", "wrapt", None, 3), child)
-    assert child_imports_only_stdlib_and_itself(Arrow("spawnproxy._wire", "spawnproxy._errors", "X", 3), child)
-    assert child_imports_only_stdlib_and_itself(Arrow("spawnproxy._wire", "pickle", None, 3), child) is None
-    assert child_imports_only_stdlib_and_itself(Arrow("spawnproxy._wire", "dill", None, 3, nested=True), child) is None
-    assert child_imports_only_stdlib_and_itself(Arrow("spawnproxy._wire", "dill", None, 3, nested=False), child)
+    child = {"spawnproxy._child.protocol"}
+    assert child_imports_only_stdlib_and_itself(Arrow("spawnproxy._child.protocol", "wrapt", None, 3), child)
+    assert child_imports_only_stdlib_and_itself(
+        Arrow("spawnproxy._child.protocol", "spawnproxy._errors", "X", 3), child
+    )
+    assert child_imports_only_stdlib_and_itself(Arrow("spawnproxy._child.protocol", "pickle", None, 3), child) is None
+    assert (
+        child_imports_only_stdlib_and_itself(Arrow("spawnproxy._child.protocol", "dill", None, 3, nested=True), child)
+        is None
+    )
+    assert child_imports_only_stdlib_and_itself(
+        Arrow("spawnproxy._child.protocol", "dill", None, 3, nested=False), child
+    )
 
 
 def test_only_allowed_modules_import_wrapt_pickle_dill_tblib(modules: dict[str, Module]) -> None:
@@ -368,6 +403,92 @@ def test_patch_rule_catches_assignments_into_another_module(modules: dict[str, M
         ("spawnproxy._a", "spawnproxy._child.OPS"),
         ("spawnproxy._a", "spawnproxy._child.Y"),
     }
+
+
+def layer_of(module: str) -> int | None:
+    """The index in LAYERS of a spawnproxy module (None for one no layer lists)."""
+    short = allowance(module)
+    if short != CHILD_PACKAGE:
+        short = "__init__" if module == PACKAGE else module.rsplit(".", 1)[-1]
+    for index, (_name, members) in enumerate(LAYERS):
+        if short in members:
+            return index
+    return None
+
+
+def imports_go_down(arrow: Arrow) -> str | None:
+    """The layer rule: a run-time import never goes to a higher layer."""
+    if arrow.typing_only or not (arrow.module == PACKAGE or arrow.module.startswith(PACKAGE + ".")):
+        return None
+    low, high = layer_of(arrow.importer), layer_of(arrow.module)
+    if low is None or high is None or high <= low:
+        return None
+    return f"layers: {arrow.where()}: {LAYERS[low][0]} may not import from {LAYERS[high][0]}"
+
+
+def runtime_cycle(modules: dict[str, Module]) -> list[str] | None:
+    """A cycle of run-time imports between the parent side's modules, if there is one."""
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for arrow in all_arrows(modules):
+        if not arrow.typing_only and arrow.module in graph and arrow.module != arrow.importer:
+            graph[arrow.importer].add(arrow.module)
+    done: set[str] = set()
+
+    def visit(name: str, path: list[str]) -> list[str] | None:
+        if name in path:
+            return path[path.index(name) :] + [name]
+        if name in done:
+            return None
+        for target in sorted(graph[name]):
+            found = visit(target, path + [name])
+            if found:
+                return found
+        done.add(name)
+        return None
+
+    for name in sorted(graph):
+        found = visit(name, [])
+        if found:
+            return found
+    return None
+
+
+def test_every_module_has_a_layer(modules: dict[str, Module]) -> None:
+    """Every module of the package is in exactly one layer of LAYERS (a new module is placed on purpose)."""
+    homeless = [name for name in modules if layer_of(name) is None]
+    assert not homeless, f"modules in no layer of LAYERS: {homeless}"
+    listed = [short for _name, members in LAYERS for short in members]
+    assert len(listed) == len(set(listed)), "a module is listed in two layers"
+    shorts = {allowance(name) if allowance(name) == CHILD_PACKAGE else name.rsplit(".", 1)[-1] for name in modules}
+    stale = set(listed) - shorts - {"__init__"}
+    assert not stale, f"LAYERS lists modules that do not exist: {sorted(stale)}"
+
+
+def test_imports_go_down_the_layers_and_form_no_cycle(modules: dict[str, Module]) -> None:
+    """Layers: a run-time import goes to the importer's layer or below, and the run-time imports have no cycle."""
+    problems = [m for a in all_arrows(modules) if (m := imports_go_down(a))]
+    assert not problems, "\n".join(problems)
+    cycle = runtime_cycle(modules)
+    assert cycle is None, "run-time import cycle: " + " -> ".join(cycle)
+
+
+def test_layer_rule_catches_an_upward_import_and_a_cycle(modules: dict[str, Module]) -> None:
+    """The layer rule names an import from a higher layer, lets one under TYPE_CHECKING pass, and finds a cycle."""
+    up = Arrow("spawnproxy._serialize", "spawnproxy._session", None, 1)
+    assert imports_go_down(up) == (
+        "layers: spawnproxy._serialize (line 1) imports spawnproxy._session: values may not import from session"
+    )
+    assert imports_go_down(Arrow("spawnproxy._serialize", "spawnproxy._session", None, 1, typing_only=True)) is None
+    assert imports_go_down(Arrow("spawnproxy._session", "spawnproxy._serialize", None, 1)) is None
+    source = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from . import _session\n"
+    assert all(
+        a.typing_only for a in arrows("spawnproxy._flush", ast.parse(source), False, modules) if "_session" in a.module
+    )
+    looped = dict(modules)
+    looped["spawnproxy._errors"] = Module(
+        "spawnproxy._errors", Path("_errors.py"), ast.parse("from . import _cli\n"), False
+    )
+    assert runtime_cycle(looped) is not None
 
 
 AT_FORK_PROBE = """
