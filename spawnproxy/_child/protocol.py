@@ -2,93 +2,72 @@
 
 Both ends use this module (it is shipped to the child as source: standard
 library only, CPython 3.8 syntax); it uses nothing else of the package and
-does no I/O.  It is the one place that says what goes
-over a spawnproxy connection; code reads a message through the indexes named
-here, never through bare numbers.
+does no I/O.  It is the one place that says what goes over a spawnproxy
+connection; code reads a message through the indexes named here (or by
+unpacking it), never through bare numbers.  docs/architecture.md shows this
+text as the wire's reference.
 
-Frames
-======
+**Frames.** Framing is the one `multiprocessing.connection.Connection` uses,
+so either end could be a plain `Connection`: a 4-byte signed big-endian
+length, then that many payload bytes; a length of -1 announces an 8-byte
+unsigned length.  The first payload byte (the tag) says how the rest was
+encoded:
 
-Framing is the one `multiprocessing.connection.Connection` uses, so either end
-could be a plain `Connection`: a 4-byte signed big-endian length, then that
-many payload bytes; a length of -1 announces an 8-byte unsigned length.  The
-first payload byte (the tag) says how the rest was encoded:
+| tag | the rest of the frame |
+| --- | --- |
+| `P` (`TAG_PICKLE`) | a pickle (protocol 5) that the standard library can load |
+| `R` (`TAG_REFS`) | a pickle with persistent ids for objects the receiver holds (below) |
+| `D` (`TAG_DILL`) | a pickle made by dill: the receiver needs dill to load it |
+| `M` (`TAG_MEMFD`) | a frame of at least `BIG_FRAME` bytes passed out of band: an 8-byte size follows, and the frame itself (tag and payload) is in a memfd sent along (SCM_RIGHTS), which the receiver maps (see `channel`, `fdpassing`) |
+| `B` (`TAG_BUFFERS`) | inside such a memfd only: a pickle whose large buffers travel out of band: the pickle's tag, the sizes, then the pickle and each buffer, 64-byte aligned (see `buffers`) |
+| `L` (`TAG_LANE`) | parent to child: a lane opens or closes; `LANE` packs the lane number and 1 to open (its socket is sent along) or 0 to close |
 
-=========  ==================================================================
-tag        the rest of the frame
-=========  ==================================================================
-``P``      a pickle (protocol 5) that the standard library can load
-``R``      a pickle with persistent ids for objects the receiver holds
-``D``      a pickle made by dill: the receiver needs dill to load it
-``M``      a large frame passed out of band: an 8-byte size follows, and the
-           frame itself (tag and payload) is in a memfd sent along with this
-           one (SCM_RIGHTS); the receiver maps it (see `channel`)
-``B``      (inside such a memfd only) a pickle whose large buffers travel out
-           of band: the pickle's tag, the sizes, then the pickle and each
-           buffer, 64-byte aligned (see `buffers`)
-``L``      (parent to child) a lane opens or closes: `LANE` packs the lane
-           number and 1 to open (its socket is sent along) or 0 to close
-=========  ==================================================================
+**Messages.** Every message is a tuple whose first item is its kind.  The
+protocol is symmetric: either side may send a REQUEST while it waits for a
+REPLY, so the receive loop of each side also serves requests (callbacks,
+streaming and the child asking its parent for module sources all ride on
+this).
 
-Messages
-========
+| kind | layout (index names) | meaning |
+| --- | --- | --- |
+| `REQUEST` | (`KIND`, `ID`, `OP`, *operands from `REQUEST_OPERANDS`) | run `op`; answer with a REPLY |
+| `NESTED` | (`KIND`, `ID`, `OUTER`, `NESTED_OP`, *operands from `NESTED_OPERANDS`) | a request made while serving request `OUTER`: run it on the thread that waits for `OUTER` |
+| `REPLY` | (`KIND`, `ID`, `HOW`, `PAYLOAD`) | the answer to request `ID` |
+| `RELEASE` | (`KIND`, `IDS`) | one-way: the sender no longer needs these objects; from the parent, a negative id -r says the answer to request r has been read |
+| `STOPPING` | (`KIND`,) | one-way, a served daemon to its clients: it stops on purpose |
 
-Every message is a tuple whose first item is its kind.  The protocol is
-symmetric: either side may send a REQUEST while it waits for a REPLY, so the
-receive loop of each side also serves requests (callbacks, streaming and the
-child asking its parent for module sources all ride on this).
+A REPLY's `HOW` says what its `PAYLOAD` is:
 
-=========  ===============================================  ======================================
-kind       layout (index names below)                       meaning
-=========  ===============================================  ======================================
-REQUEST    (REQUEST, id, op, *operands)                     run `op`; answer with a REPLY
-NESTED     (NESTED, id, outer, op, *operands)               a request made while serving `outer`:
-                                                            run it on the thread waiting for `outer`
-REPLY      (REPLY, id, how, payload)                        the answer to request `id`
-RELEASE    (RELEASE, [ids])                                 one-way: the sender no longer needs these
-                                                            objects; from the parent, a negative id
-                                                            -r says the answer to r has been read
-STOPPING   (STOPPING,)                                      one-way, a served daemon to its clients:
-                                                            it stops on purpose
-=========  ===============================================  ======================================
+| how | payload |
+| --- | --- |
+| `VALUE` | the value itself |
+| `REF` | a reference to the child's object: (`REF_OID`, `REF_TYPE_KEY`, `REF_TYPE_INFO`), the type info None when the receiver was told it before |
+| `PATH` | (callable,): the result is the target itself, to be reached by its path |
+| `SAME` | the result is the very object the request targeted |
+| `BASE` | the object the request's path starts from (a method returned self) |
+| `ERROR` | an encoded exception: from the child (`EXC_MODULE`, `EXC_QUALNAME`, `EXC_MESSAGE`, `EXC_PICKLED`, `EXC_FRAMES`, `EXC_TRACEBACK`, `EXC_CAUSE`, `EXC_CONTEXT`); from the parent, the first four and the traceback text |
 
-A REPLY's `how` says what its payload is:
+Type info, sent the first time a type is named: (`TYPE_MODULE`,
+`TYPE_QUALNAME`, `TYPE_METHODS`, `TYPE_CALLABLE`).
 
-=========  ====================================================================
-how        payload
-=========  ====================================================================
-VALUE      the value itself
-REF        a reference: (object id, type key, type info or None), see REF_*
-PATH       (callable,): the result is the target itself, to be reached by path
-SAME       the result is the very object the request targeted
-BASE       the object the request's path starts from (a method returned self)
-ERROR      an encoded exception, see EXC_*
-=========  ====================================================================
-
-Type info (the first time a type is named): (module, qualname, method names,
-callable), see TYPE_*.  An encoded exception: (module, qualname, message,
-pickled exception or None, frames, traceback text, cause, context), see EXC_*.
-
-Request ids: the parent's are positive, the child's negative.  The low
-LANE_BITS bits of a parent's id name the lane its answer goes back on: each
+**Request ids.** The parent's are positive, the child's negative.  The low
+`LANE_BITS` bits of a parent's id name the lane its answer goes back on: each
 thread of the parent that makes blocking calls has a lane of its own, a socket
 that only the child writes to, so that the kernel wakes that very thread when
 its answer comes (lane 0 is the channel itself).  The child sends the reply to
 a request, the requests nested in it and the releases that go before them on
 the request's lane.
 
-An object one side holds for the other travels inside a pickle (tag ``R``) as
-a persistent id:
+**Objects by reference.** An object one side holds for the other travels
+inside a `R` pickle as a persistent id:
 
-=============================================  ===================================================
-persistent id                                  stands for
-=============================================  ===================================================
-("ref", target)                                the receiver's own object (a proxy sent back)
-("ref", oid, type key, type info)              the child's object, new to the parent: a proxy there
-("local", oid, callable, methods, truthy)      the parent's object (by_ref), new to the child
-=============================================  ===================================================
+| persistent id | stands for |
+| --- | --- |
+| ("ref", target) | the receiver's own object (a proxy sent back) |
+| ("ref", oid, type key, type info) | the child's object, new to the parent: a proxy there |
+| ("local", oid, callable, methods, truthy) | the parent's object (`by_ref`), new to the child |
 
-The first frame a child receives is the bootstrap bundle (see
+**Start.** The first frame a child receives is the bootstrap bundle (see
 `spawnproxy._bootstrap`); its first answer is the hello: a dict with the
 child's pid, version and executable.
 """
