@@ -1,4 +1,7 @@
-"""`python -m spawnproxy`: the command line (see `spawnproxy --help`)."""
+"""`python -m spawnproxy`: the command line (see `spawnproxy --help`).
+
+Uses `_cli` only.
+"""
 
 import sys
 

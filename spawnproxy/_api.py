@@ -1,4 +1,7 @@
-"""The three ways to start a child: run_script, run_module, run_object."""
+"""The three ways to start a child: run_script, run_module, run_object.
+
+Interface layer: uses `_daemon`, `_definitions`, `_proxy` and `_serialize` (see docs/architecture.md).
+"""
 
 from __future__ import annotations
 

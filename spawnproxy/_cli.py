@@ -1,6 +1,9 @@
 """The command line: `spawnproxy serve | connect | call | stop` (also `python -m spawnproxy`).
 
 The commands and `main`; their parser and help are in `_cli_args`.
+
+Interface layer: uses the network modules (`_server`, `_client`, `_detach`), `_daemon`,
+`_statefile` and `_cli_args`.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from . import _statefile
 from ._addresses import LOOPBACK, format_address, parse_address
 from ._cli_args import CommandError, UsageError, build_parser, definition_of, parse_arguments
 from ._client import client_context, connect
+from ._daemon import daemon_of
 from ._detach import stop_pid
 from ._errors import AuthenticationError, ConnectError, DaemonStartError, RemoteError, SpawnProxyError
 from ._keys import read_authkey_file
@@ -120,8 +124,6 @@ def cmd_serve(options: argparse.Namespace) -> int:
 
 
 def cmd_connect(options: argparse.Namespace) -> int:
-    from ._daemon import daemon_of
-
     root = _connect(options)
     handle = daemon_of(root)
     version = ".".join(map(str, handle.python_version))
@@ -161,8 +163,6 @@ def cmd_call(options: argparse.Namespace) -> int:
 
 
 def cmd_stop(options: argparse.Namespace) -> int:
-    from ._daemon import daemon_of
-
     state_file = _state_file(options)
     if state_file is None:  # --address and --authkey-file: only the daemon itself can be asked
         root = _connect(options)

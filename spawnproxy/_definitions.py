@@ -1,4 +1,7 @@
-"""What a child runs: a script, a module or an instance, checked before anything starts."""
+"""What a child runs: a script, a module or an instance, checked before anything starts.
+
+Values layer: uses `_options` and the standard library.
+"""
 
 from __future__ import annotations
 

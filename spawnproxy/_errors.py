@@ -2,6 +2,8 @@
 
 None of them is an `AttributeError`: `hasattr(proxy, "x")` must not turn a
 dead child into `False`.
+
+Foundation layer: the standard library only; every other module may use it.
 """
 
 from __future__ import annotations

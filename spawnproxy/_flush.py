@@ -9,6 +9,8 @@ the channel is free: a busy channel is about to carry the batch anyway.  The
 thread is a daemon, holds no session alive (a weak reference each), ends when
 no session is left open, and its look is a few instructions: a call pays nothing
 for it.
+
+Session layer: the standard library only at run time (`Session` is named for annotations).
 """
 
 from __future__ import annotations

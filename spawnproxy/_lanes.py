@@ -7,6 +7,8 @@ lane is woken by the kernel, by the very answer it waits for.  Requests still
 all go out on the channel (the child reads one stream, in order); only the
 child's answers, and what it sends while answering (callbacks, releases), come
 back on the lane of the request (see `_child.protocol`).
+
+Values layer: uses `_child.protocol` and `_child.channel`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""The options every way of starting a child accepts, checked before anything starts."""
+"""The options every way of starting a child accepts, checked before anything starts.
+
+Foundation layer: the standard library only.
+"""
 
 from __future__ import annotations
 

@@ -4,6 +4,8 @@ One thread per stream drains the pipe as fast as the child writes, so a child
 that writes a lot never blocks; lines go to the parent's own stream (looked
 up at each write, so redirections and capture work) or to a logger, and the
 last lines are kept, bounded, for `DaemonProxy.logs` and error messages.
+
+Foundation layer: the standard library only.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ A local child (`_process.ChildProcess`), a child on an SSH host
 (`_ssh.SshProcess`) and a served daemon reached over the network
 (`_client.NetPeer`) all offer this interface; `Session` and `DaemonProxy`
 use nothing else, so they need no special case for any of them.
+
+Values layer: uses `_child.channel` and `_output`, for annotations.
 """
 
 from __future__ import annotations

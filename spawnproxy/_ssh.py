@@ -10,6 +10,9 @@ Lifetime: the local `ssh` process stands for the child (its exit code is the
 remote child's, or 255 when ssh itself failed).  Closing ssh's stdin ends the
 remote child's serve loop; a dropped connection closes the remote pipes,
 which a watchdog thread of the remote child notices even while a call runs.
+
+Processes layer: uses `_process` (whose `ChildProcess` it extends), `_bootstrap`, `_output` and
+the child package's `stdio` and `transports`.
 """
 
 from __future__ import annotations

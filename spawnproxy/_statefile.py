@@ -13,6 +13,8 @@ rotated once when it grows past a bound, so that no flood can fill the disk.
 
 A process is recognised by its pid together with its start time (field 22 of
 `/proc/<pid>/stat`): a pid alone may have been reused by any process since.
+
+Foundation layer: the standard library and `_errors` only.
 """
 
 from __future__ import annotations

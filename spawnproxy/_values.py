@@ -1,6 +1,8 @@
 """Values and proxies told apart: `is_proxy`, and `obtain` for a local copy of what a proxy stands for.
 
 The rule they serve is in docs/guides/values-and-proxies.md.
+
+Interface layer: uses `_handle`, `_proxy`, `_serialize` and `_child.protocol`.
 """
 
 from __future__ import annotations

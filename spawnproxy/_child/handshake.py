@@ -13,6 +13,8 @@ child told to listen: standard library only, CPython 3.8 syntax.  Uses
   the first message that has not arrived: whatever digest this
   interpreter's `multiprocessing` uses, clients of every version agree
   with it.
+
+Uses the standard library and `transports` only.
 """
 
 import hmac
