@@ -15,12 +15,12 @@ import time
 import weakref
 from typing import Any, TypeVar
 
-from . import _ssh
+from . import _launch, _ssh
 from ._child import protocol
 from ._definitions import as_definition
 from ._errors import CallTimeoutError, DaemonStartError, RemoteError
 from ._handle import Remote, proxy_maker
-from ._options import Options, call_timeout, check_logger
+from ._options import Options, call_timeout, check_child_path, check_logger
 from ._peer import Peer
 from ._process import STEP, ChildProcess, reap_later
 from ._proxy import ObjectProxy, handle_of, make_proxy
@@ -44,7 +44,11 @@ class DaemonProxy:
     `start_timeout` (seconds, default 60), `env` (the child's environment),
     `cwd` (its working directory, a path where it runs, checked there),
     `logs_maxlen` (lines kept in `.logs`),
-    `ssh_options` (extra arguments of `ssh`, for `python_exe="ssh://..."`).
+    `ssh_options` (extra arguments of `ssh`, for `python_exe="ssh://..."`),
+    `launcher` (a command prefix the child's interpreter runs under, such as
+    `["docker", "exec", "-i", "box"]`, talking over its stdin and stdout;
+    `python_exe` then names the interpreter as the launcher sees it, default
+    `python3`; see the guide "Launchers").
 
     Used as a context manager, it terminates the child on exit.
 
@@ -69,24 +73,7 @@ class DaemonProxy:
         definition = as_definition(definition_or_object)
         logger = check_logger(logger)
         started = time.monotonic()
-        process: Peer
-        if _ssh.is_ssh_url(python_exe):
-            process = _ssh.SshProcess(
-                str(python_exe),
-                env=opts.env,
-                logger=logger,
-                logs_maxlen=opts.logs_maxlen,
-                start_timeout=opts.start_timeout,
-                ssh_options=opts.ssh_options,
-            )
-        else:
-            process = ChildProcess(
-                python_exe,
-                env=opts.env,
-                logger=logger,
-                logs_maxlen=opts.logs_maxlen,
-                start_timeout=opts.start_timeout,
-            )
+        process = start_process(python_exe, opts, logger)
         session = self._open_session(process, opts.call_timeout)
         label = definition.label()
         # One budget for the whole start: the handshake and the load share it.
@@ -201,6 +188,37 @@ class DaemonProxy:
         state = "alive" if self.is_alive() else f"ended, exit code {self.exitcode}"
         *_, label = self._root
         return f"<DaemonProxy pid={self.pid} {label} python={self._process.executable} {state}>"
+
+
+def start_process(python_exe: str | os.PathLike[str] | None, opts: Options, logger: logging.Logger | None) -> Peer:
+    """Start the child these options ask for: behind ssh, behind a launcher, or a local child of ours."""
+    launcher = opts.launcher
+    if launcher is not None:
+        assert isinstance(launcher, list)  # Options checked it, a callable called
+        if _ssh.is_ssh_url(python_exe):
+            raise ValueError(
+                f"launcher cannot be combined with python_exe={python_exe!r}: ssh is already that child's launcher"
+            )
+        return _launch.LaunchedProcess(
+            launcher,
+            _launch.DEFAULT_PYTHON if python_exe is None else check_child_path(python_exe, "python_exe"),
+            env=opts.env,
+            logger=logger,
+            logs_maxlen=opts.logs_maxlen,
+            start_timeout=opts.start_timeout,
+        )
+    if _ssh.is_ssh_url(python_exe):
+        return _ssh.SshProcess(
+            str(python_exe),
+            env=opts.env,
+            logger=logger,
+            logs_maxlen=opts.logs_maxlen,
+            start_timeout=opts.start_timeout,
+            ssh_options=opts.ssh_options,
+        )
+    return ChildProcess(
+        python_exe, env=opts.env, logger=logger, logs_maxlen=opts.logs_maxlen, start_timeout=opts.start_timeout
+    )
 
 
 def attach(cls: type[H], process: Peer, call_timeout: float | None, label: str) -> H:

@@ -6,10 +6,11 @@ Foundation layer: the standard library only.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,9 @@ class Options:
     cwd: str | os.PathLike[str] | None = None
     logs_maxlen: int = 1000
     ssh_options: Sequence[str] | None = None
+    # A command prefix, or a callable of the worker's index returning one: after
+    # from_kwargs, always the checked prefix (a list of str) or None.
+    launcher: Sequence[str] | Callable[[int], Sequence[str]] | None = None
 
     @classmethod
     def from_kwargs(cls, options: dict[str, Any]) -> Options:
@@ -56,7 +60,49 @@ class Options:
             raise TypeError("ssh_options must be a list of str (arguments of the ssh command)")
         if not isinstance(made.logs_maxlen, int) or made.logs_maxlen < 1:
             raise ValueError(f"logs_maxlen must be a positive int, not {made.logs_maxlen!r}")
+        if made.launcher is not None:
+            made = dataclasses.replace(made, launcher=check_launcher(made.launcher))
         return made
+
+
+def check_launcher(launcher: object, index: int = 0) -> list[str]:
+    """The command prefix a `launcher` option gives worker `index`: a non-empty list of str.
+
+    A callable is called with `index` (0 outside a Pool).  Anything else is a
+    one-line TypeError or ValueError naming `launcher`.
+
+    Example:
+        >>> check_launcher(lambda index: ["nice", "-n", str(index)], 3)
+        ['nice', '-n', '3']
+    """
+    what = "launcher"
+    if callable(launcher):
+        what, launcher = f"launcher({index})", launcher(index)
+        if isinstance(launcher, str) or not isinstance(launcher, Sequence):
+            shown = (
+                f"the str {launcher!r}" if isinstance(launcher, str) else f"{type(launcher).__name__} {launcher!r:.80}"
+            )
+            raise TypeError(f"{what} returned {shown}, not a list of str (a command prefix)")
+    elif isinstance(launcher, str):
+        raise TypeError(
+            f"launcher must be a list of str (a command prefix, such as ['nice', '-n', '5']), not the str {launcher!r}: "
+            "give each word as an item"
+        )
+    elif not isinstance(launcher, Sequence):
+        raise TypeError(
+            "launcher must be a list of str (a command prefix, such as ['nice', '-n', '5']) or a callable of the "
+            f"worker's index returning one, not {type(launcher).__name__}"
+        )
+    if not launcher:
+        raise ValueError(f"{what} must not be empty: it is the command the child's interpreter runs under")
+    for i, word in enumerate(launcher):
+        if not isinstance(word, str):
+            raise TypeError(f"{what}[{i}] must be a str, not {type(word).__name__} {word!r:.80}")
+        if "\0" in word:
+            raise ValueError(f"{what}[{i}] holds a NUL character, which no command argument can hold")
+    if not launcher[0]:
+        raise ValueError(f"{what}[0] is empty: it must name the launcher's program")
+    return list(launcher)
 
 
 def check_env(env: object) -> None:

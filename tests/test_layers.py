@@ -82,7 +82,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "_addresses",
         },
     ),
-    ("processes", {"_process", "_ssh"}),
+    ("processes", {"_process", "_launch", "_ssh"}),
     ("session", {"_callbacks", "_router", "_receiver", "_flush", "_session"}),
     ("proxies", {"_proxy", "_streams", "_handle", "_daemon"}),
     ("network", {"_client", "_server", "_detach", "_supervisor"}),
