@@ -409,21 +409,23 @@ def test_a_launcher_dying_mid_call_fails_the_call_at_once() -> None:
     mod = spawnproxy.run_script(SCRIPT, python_exe=PYTHON, launcher=TRIVIAL["sh-child"])
     daemon = spawnproxy.daemon_of(mod)
     child = mod.os.getpid()
-    errors: list[BaseException] = []
+    errors: list[tuple[BaseException, float]] = []
 
     def call() -> None:
         try:
             mod.busy()
         except BaseException as exc:
-            errors.append(exc)
+            errors.append((exc, time.monotonic()))
 
     thread = threading.Thread(target=call)
     thread.start()
     time.sleep(0.3)
+    killed = time.monotonic()
     os.kill(daemon.pid, signal.SIGKILL)
     thread.join(5)
-    assert not thread.is_alive() and errors and isinstance(errors[0], spawnproxy.DaemonDiedError), errors
-    assert re.search("SIGKILL", str(errors[0]))
+    assert not thread.is_alive() and errors and isinstance(errors[0][0], spawnproxy.DaemonDiedError), errors
+    assert errors[0][1] - killed < 1.0
+    assert re.search("SIGKILL", str(errors[0][0]))
     assert _gone(child, 2), "the child outlived its launcher's death"  # its pipes' other end is closed
     daemon.terminate()
 
