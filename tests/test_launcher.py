@@ -154,6 +154,20 @@ def test_output_is_forwarded_per_stream_and_kept_in_logs(capfd: pytest.CaptureFi
         mod.terminate_daemon()
 
 
+@pytest.mark.parametrize("version", ["3.8", "3.13"])
+def test_another_python_version_behind_a_launcher(version: str) -> None:
+    """The interpreter behind a launcher may be another CPython: the child side travels as source."""
+    exe = child_interpreters().get(version)
+    if exe is None:
+        pytest.skip(f"CPython {version} is not installed here")
+    mod = spawnproxy.run_script(SCRIPT, python_exe=exe, launcher=TRIVIAL["sh-exec"])
+    try:
+        assert tuple(spawnproxy.daemon_of(mod).python_version[:2]) == tuple(map(int, version.split(".")))
+        assert (mod.Vector(1) + 2).x == 3
+    finally:
+        mod.terminate_daemon()
+
+
 def test_terminate_ends_the_launcher_and_the_child() -> None:
     """terminate() ends the child (exit code 0) and reaps the launcher; the proxies then say so."""
     mod = spawnproxy.run_script(SCRIPT, python_exe=PYTHON, launcher=TRIVIAL["sh-child"])
