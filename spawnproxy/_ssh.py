@@ -32,7 +32,7 @@ from ._process import describe_exit
 __all__ = ["SSH_OPTIONS_ENV", "SshProcess", "check_remote_env", "is_ssh_url", "parse_ssh_url", "ssh_command"]
 
 SSH_OPTIONS_ENV = "SPAWNPROXY_SSH_OPTIONS"
-_URL = re.compile(r"^ssh://(?:(?P<user>[^@/]+)@)?(?P<host>\[[^\]]+\]|[^:/]+)(?::(?P<port>\d+))?(?P<path>/.*)$")
+_URL = re.compile(r"^ssh://(?:(?P<user>[^@/]+)@)?(?P<host>\[[^\]]+\]|[^:/@]+)(?::(?P<port>\d+))?(?P<path>/.*)$")
 
 
 def is_ssh_url(python_exe: object) -> bool:

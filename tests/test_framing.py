@@ -484,10 +484,7 @@ BAD_URLS = [
     "ssh://host:port/p",
     "http://host/p",
     "ssh:///usr/bin/python3",
-    pytest.param(
-        "ssh://user@/p",
-        marks=pytest.mark.xfail(strict=True, reason="_ssh._URL takes 'user@' for the host: ssh fails later instead"),
-    ),
+    "ssh://user@/p",
 ]
 
 
