@@ -27,6 +27,7 @@ from ._errors import (
 from ._options import call_timeout
 from ._proxy import ObjectProxy
 from ._server import Server, serve
+from ._slurm import slurm
 from ._values import is_proxy, obtain
 from ._version import __version__
 
@@ -58,4 +59,5 @@ __all__ = [
     "run_object",
     "run_script",
     "serve",
+    "slurm",
 ]

@@ -80,6 +80,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "_definitions",
             "_keys",
             "_addresses",
+            "_slurm",
         },
     ),
     ("processes", {"_process", "_launch", "_ssh"}),

@@ -37,6 +37,7 @@ PUBLIC = {
     "run_object",
     "run_script",
     "serve",
+    "slurm",
 }
 
 
