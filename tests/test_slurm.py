@@ -12,6 +12,7 @@ import time
 import traceback
 from collections.abc import Iterator
 from concurrent.futures import wait
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -279,6 +280,21 @@ def test_scancel_of_one_step_fails_only_its_tasks_and_the_pool_replaces_it(pool:
         time.sleep(0.2)
     assert victim not in now and len(now) == 4, f"the cancelled child was not replaced: {now}"
     assert list(pool.map("square", range(20))) == [x * x for x in range(20)]
+
+
+@needs_pool
+@needs_launcher
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_the_guides_slurm_recipe_runs_on_the_cluster(cluster: SlurmCluster) -> None:
+    """The recipe of docs/guides/pools.md ("On a Slurm cluster") runs as written, its tasks on the node."""
+    guide = (Path(__file__).resolve().parent.parent / "docs" / "guides" / "pools.md").read_text()
+    section = guide[guide.index("## On a Slurm cluster") :]
+    code = section[section.index("```python") :].split("\n", 1)[1].split("```", 1)[0]
+    assert "spawnproxy.slurm(" in code
+    done = subprocess.run([sys.executable, "-c", code], env=cluster.env, capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:-1] == [f"{cluster.node} {x * x}" for x in range(8)]
 
 
 # ==== What starting through srun costs ==============================================================
