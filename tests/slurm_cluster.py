@@ -9,6 +9,7 @@ bounded, and `stop()` ends all three daemons whatever state the start reached.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -36,6 +37,13 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """In the daemon before exec: SIGTERM when the test process dies, even where no teardown runs
+    (a pytest killed by its timeout or by a signal)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -73,6 +81,8 @@ class SlurmCluster:
             cluster._start_munged()
             cluster._write_conf()
             cluster._start("slurmctld", [SLURMCTLD, "-D", "-f", str(cluster.conf)])
+            # Until the controller listens, sinfo would retry for seconds: wait for its port first.
+            cluster._wait("slurmctld", cluster._controller_listens, "slurmctld did not listen")
             cluster._start("slurmd", [SLURMD, "-D", "-f", str(cluster.conf), "-N", cluster.node])
             cluster._wait_idle()
         except BaseException:
@@ -91,6 +101,7 @@ class SlurmCluster:
                 stderr=subprocess.STDOUT,
                 env=self.env,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
 
     def _start_munged(self) -> None:
@@ -111,12 +122,13 @@ class SlurmCluster:
 
     def _write_conf(self) -> None:
         d = self.directory
+        self.controller_port = _free_port()
         for sub in ("state", "spool"):
             (d / sub).mkdir(exist_ok=True)
         self.conf.write_text(
             "ClusterName=spawnproxytest\n"
             f"SlurmctldHost={self.node}(127.0.0.1)\n"
-            f"SlurmctldPort={_free_port()}\nSlurmdPort={_free_port()}\n"
+            f"SlurmctldPort={self.controller_port}\nSlurmdPort={_free_port()}\n"
             "SlurmUser=root\nSlurmdUser=root\n"
             f"AuthType=auth/munge\nCredType=cred/munge\nAuthInfo=socket={self.munge_socket}\n"
             f"StateSaveLocation={d / 'state'}\nSlurmdSpoolDir={d / 'spool'}\n"
@@ -133,14 +145,15 @@ class SlurmCluster:
             f"PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP\n"
         )
 
-    def _wait(self, name: str, ready: Callable[[], bool], what: str) -> None:
+    def _wait(self, name: str, ready: Callable[[], bool], what: str | Callable[[], str]) -> None:
         deadline = time.monotonic() + START_TIMEOUT
         while not ready():
             process = self.processes[name]
             if process.poll() is not None:
                 raise ClusterUnavailable(f"{name} exited with {process.returncode}: {self.reason(name)}")
             if time.monotonic() > deadline:
-                raise ClusterUnavailable(f"{what} within {START_TIMEOUT:.0f} s: {self.reason(name)}")
+                said = what() if callable(what) else what
+                raise ClusterUnavailable(f"{said} within {START_TIMEOUT:.0f} s: {self.reason(name)}")
             time.sleep(0.1)
 
     def reason(self, name: str) -> str:
@@ -158,21 +171,31 @@ class SlurmCluster:
                 env=self.env,
                 capture_output=True,
                 text=True,
-                timeout=10,
+                timeout=5,
             )
         except subprocess.TimeoutExpired:
             return ""
         return done.stdout.strip()
 
+    def _controller_listens(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.controller_port), timeout=1).close()
+        except OSError:
+            return False
+        return True
+
     def _wait_idle(self) -> None:
+        states = [""]
+
         def idle() -> bool:
             for name in ("slurmctld", "slurmd"):
                 process = self.processes[name]
                 if process.poll() is not None:
                     raise ClusterUnavailable(f"{name} exited with {process.returncode}: {self.reason(name)}")
-            return self._node_state() == "idle"
+            states.append(self._node_state())
+            return states[-1] == "idle"
 
-        self._wait("slurmd", idle, f"node {self.node} was not idle (state {self._node_state()!r})")
+        self._wait("slurmd", idle, lambda: f"node {self.node} did not become idle (last state {states[-1]!r})")
 
     def stop(self) -> None:
         """Cancel the cluster's jobs, end every daemon started (slurmd first), bounded, kill what does
