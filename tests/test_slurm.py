@@ -229,6 +229,21 @@ def test_spec_semantics_hold_through_srun(remote: Any) -> None:
     assert remote.square(8) == 64  # still usable
 
 
+@needs_launcher
+def test_run_object_through_srun_forwards_operators(cluster: SlurmCluster) -> None:
+    """run_object(..., launcher=slurm()): an object sent to a job step, its operators forwarded there."""
+    remote = spawnproxy.run_object([3, 1, 2], launcher=launcher_of(cluster), python_exe=sys.executable)
+    try:
+        remote.sort()
+        assert remote == [1, 2, 3] and len(remote) == 3 and remote[-1] == 3
+        remote += [4]
+        assert remote[1:] == [2, 3, 4] and 4 in remote
+        with pytest.raises(IndexError):
+            remote[10]
+    finally:
+        remote.terminate_daemon()
+
+
 # ==== A pool of job steps ===========================================================================
 
 
