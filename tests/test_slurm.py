@@ -287,9 +287,19 @@ def test_scancel_of_one_step_fails_only_its_tasks_and_the_pool_replaces_it(pool:
     finished = [f.result() for f in futures if f.exception() is None]
     assert failed and finished and len(failed) + len(finished) == 4
     assert victim not in finished
+
+    def jobs_now() -> set[str]:
+        jobs = set()
+        for proxy in pool.proxies:
+            try:
+                jobs.add(proxy.where()[0])
+            except spawnproxy.SpawnProxyError:  # the dead child, not yet replaced
+                jobs.add(victim)
+        return jobs
+
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        now = {proxy.where()[0] for proxy in pool.proxies}
+        now = jobs_now()
         if victim not in now and len(now) == 4:
             break
         time.sleep(0.2)
