@@ -19,6 +19,7 @@ import pytest
 
 import spawnproxy
 from spawnproxy import _options
+from tests.conftest import child_interpreters
 from tests.slurm_cluster import ClusterUnavailable, SlurmCluster
 
 pytestmark = pytest.mark.timeout(60)
@@ -242,6 +243,41 @@ def test_run_object_through_srun_forwards_operators(cluster: SlurmCluster) -> No
             remote[10]
     finally:
         remote.terminate_daemon()
+
+
+@needs_launcher
+def test_what_slurm_refuses_is_a_start_error_with_sruns_words(cluster: SlurmCluster) -> None:
+    """A step Slurm refuses (an unknown partition) is DaemonStartError at once, srun's message in it."""
+    began = time.monotonic()
+    with pytest.raises(spawnproxy.DaemonStartError, match=r"(?i)invalid partition"):
+        spawnproxy.run_script("x = 1", launcher=launcher_of(cluster, partition="nosuch"), python_exe=sys.executable)
+    assert time.monotonic() - began < 10
+
+
+@needs_launcher
+@pytest.mark.slow
+def test_srun_without_unbuffered_is_a_start_error_within_start_timeout(cluster: SlurmCluster) -> None:
+    """Why slurm() passes --unbuffered: srun holding the child's output back is a DaemonStartError, not a hang."""
+    launcher = ["env", f"SLURM_CONF={cluster.conf}", "srun", "--quiet", "-N1", "-n1"]
+    began = time.monotonic()
+    with pytest.raises(spawnproxy.DaemonStartError, match="buffers its output"):
+        spawnproxy.run_script("x = 1", launcher=launcher, python_exe=sys.executable, start_timeout=3)
+    assert time.monotonic() - began < 10
+
+
+@needs_launcher
+def test_an_older_python_runs_as_a_job_step(cluster: SlurmCluster) -> None:
+    """CPython 3.8 (the oldest supported) answers through srun as the parent's own does."""
+    python38 = child_interpreters().get("3.8")
+    if python38 is None:
+        pytest.skip("no CPython 3.8 on this machine")
+    mod = spawnproxy.run_script(
+        "import sys\nversion = sys.version_info[:2]", launcher=launcher_of(cluster), python_exe=python38
+    )
+    try:
+        assert tuple(mod.version) == (3, 8)
+    finally:
+        mod.terminate_daemon()
 
 
 # ==== A pool of job steps ===========================================================================
