@@ -28,6 +28,9 @@ HAS_LAUNCHER = "launcher" in {f.name for f in dataclasses.fields(_options.Option
 HAS_POOL = hasattr(spawnproxy, "Pool")
 needs_launcher = pytest.mark.skipif(not HAS_LAUNCHER, reason="needs launcher= (issue 17, launcher part)")
 needs_pool = pytest.mark.skipif(not HAS_POOL, reason="needs spawnproxy.Pool")
+# A child's start through srun takes 0.1-0.3 s here: a broken launcher fails with its reason
+# (DaemonStartError) well before the test's own timeout.
+START = 20.0
 
 # What the children run: their Slurm identity, work that takes a while, and SPEC §3's usual suspects.
 SCRIPT = """
@@ -194,7 +197,7 @@ def test_slurm_command_line_passes_its_options_to_srun(cluster: SlurmCluster) ->
 @pytest.fixture
 def remote(cluster: SlurmCluster) -> Iterator[Any]:
     """One child, started as a Slurm job step."""
-    mod = spawnproxy.run_script(SCRIPT, launcher=launcher_of(cluster), python_exe=sys.executable)
+    mod = spawnproxy.run_script(SCRIPT, launcher=launcher_of(cluster), python_exe=sys.executable, start_timeout=START)
     try:
         yield mod
     finally:
@@ -233,7 +236,9 @@ def test_spec_semantics_hold_through_srun(remote: Any) -> None:
 @needs_launcher
 def test_run_object_through_srun_forwards_operators(cluster: SlurmCluster) -> None:
     """run_object(..., launcher=slurm()): an object sent to a job step, its operators forwarded there."""
-    remote = spawnproxy.run_object([3, 1, 2], launcher=launcher_of(cluster), python_exe=sys.executable)
+    remote = spawnproxy.run_object(
+        [3, 1, 2], launcher=launcher_of(cluster), python_exe=sys.executable, start_timeout=START
+    )
     try:
         remote.sort()
         assert remote == [1, 2, 3] and len(remote) == 3 and remote[-1] == 3
@@ -272,7 +277,10 @@ def test_an_older_python_runs_as_a_job_step(cluster: SlurmCluster) -> None:
     if python38 is None:
         pytest.skip("no CPython 3.8 on this machine")
     mod = spawnproxy.run_script(
-        "import sys\nversion = sys.version_info[:2]", launcher=launcher_of(cluster), python_exe=python38
+        "import sys\nversion = sys.version_info[:2]",
+        launcher=launcher_of(cluster),
+        python_exe=python38,
+        start_timeout=START,
     )
     try:
         assert tuple(mod.version) == (3, 8)
@@ -287,7 +295,11 @@ def test_an_older_python_runs_as_a_job_step(cluster: SlurmCluster) -> None:
 def pool(cluster: SlurmCluster) -> Iterator[Any]:
     """A Pool of 4 children, each started through srun."""
     with spawnproxy.Pool(  # type: ignore[attr-defined]
-        spawnproxy.ScriptDefinition(SCRIPT), max_workers=4, launcher=launcher_of(cluster), python_exe=sys.executable
+        spawnproxy.ScriptDefinition(SCRIPT),
+        max_workers=4,
+        launcher=launcher_of(cluster),
+        python_exe=sys.executable,
+        start_timeout=START,
     ) as started:
         yield started
 
