@@ -25,6 +25,7 @@ from ._errors import (
     SpawnProxyError,
 )
 from ._options import call_timeout
+from ._pool import Pool
 from ._proxy import ObjectProxy
 from ._server import Server, serve
 from ._slurm import slurm
@@ -42,6 +43,7 @@ __all__ = [
     "InstanceDefinition",
     "ModuleDefinition",
     "ObjectProxy",
+    "Pool",
     "RemoteError",
     "ScriptDefinition",
     "SerializationError",

@@ -20,6 +20,7 @@ PUBLIC = {
     "InstanceDefinition",
     "ModuleDefinition",
     "ObjectProxy",
+    "Pool",
     "RemoteError",
     "ScriptDefinition",
     "SerializationError",

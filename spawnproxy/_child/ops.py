@@ -150,6 +150,36 @@ def op_batch(child, target, n, call_iter):
     return BATCH, (items, end, ref)
 
 
+def op_tasks(child, fn, items, spread, kwargs):
+    """Run a chunk of a pool's tasks, in order, until one raises: (results, end, None), as a BATCH.
+
+    `fn` is a target (a path from the root: a dotted name) or a callable sent
+    over; each task is fn(*item, **kwargs) if `spread`, else fn(item).  `end`
+    is None, or the encoded exception of the task after the results (the rest
+    of the chunk does not run: `map` stops there, as ProcessPoolExecutor's does).
+    """
+    if type(fn) is int or type(fn) is tuple:
+        _, fn = child.resolve(fn)
+    results = []
+    append = results.append
+    end = None
+    try:
+        if not spread:
+            for item in items:
+                append(fn(item))
+        elif kwargs:
+            for item in items:
+                append(fn(*item, **kwargs))
+        else:
+            for item in items:
+                append(fn(*item))
+    except SystemExit:
+        raise
+    except BaseException as exc:
+        end = child.codec.encode_exception(exc)
+    return BATCH, (results, end, None)
+
+
 def op_close(child, target):
     _, obj = child.resolve(target)
     close = getattr(obj, "close", None)
@@ -193,6 +223,7 @@ OPS = {
     "chdir": op_chdir,
     "load": op_load,
     "batch": op_batch,
+    "tasks": op_tasks,
     "close": op_close,
     "ping": op_ping,
     "obtain": op_obtain,
