@@ -138,11 +138,12 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {label} | {p['label']} | {number(res['value'])} {unit} | {ratio} | "
                 f"{span(res, 'median')} | {span(res, 'p99')} | {res.get('n', '')} |"
             )
+    lines += _pools(results, notes)
     if notes:
         lines += ["", "Not measured:", ""]
         lines += [f"{i}. {_escape(text)}" for i, text in enumerate(notes, 1)]
     lines += ["", "## Peers", ""]
-    for p in peers.values():
+    for p in [*peers.values(), *results.get("pools", {}).values()]:
         version = p.get("version", "")
         version = f"(Python {version})" if p.get("dist") is None and version else version
         lines.append(
@@ -150,3 +151,35 @@ def markdown(results: dict[str, Any]) -> str:
         )
         lines += [f"  - {note}" for note in p.get("notes", [])]
     return "\n".join(lines) + "\n"
+
+
+def _pools(results: dict[str, Any], notes: list[str]) -> list[str]:
+    """The pool rows: each pool's figure and its ratio to ProcessPoolExecutor's (`benchmarks/pools.py`)."""
+    from benchmarks.pools import LABELS as POOL_LABELS
+
+    pools = results.get("pools", {})
+    if not pools:
+        return []
+    lines = [
+        "",
+        f"## Pools (figure · {X} ProcessPoolExecutor)",
+        "",
+        "One worker per CPU (4 for the time to first result), every pool on fresh interpreters;",
+        f"{X} ProcessPoolExecutor is above 1.0 better for tasks/s, below 1.0 better for times.",
+        "",
+        "| case | unit | " + " | ".join(p["label"] for p in pools.values()) + " |",
+        "| --- | --- |" + " ---: |" * len(pools),
+    ]
+    for case in results.get("pool_cases", []):
+        label, unit = POOL_LABELS[case]
+        cells = [
+            _cell(p["cases"].get(case), notes, f"{p['label']}, {label}") if p["status"] == "ok" else "missing"
+            for p in pools.values()
+        ]
+        lines.append(f"| {label} | {unit} | " + " | ".join(cells) + " |")
+    floors = [
+        res["floor"] for p in pools.values() if (res := p.get("cases", {}).get("pool_sleep_64x50ms", {})).get("floor")
+    ]
+    if floors:
+        lines += ["", f"The floor of 64 tasks of 50 ms on these CPUs is {number(floors[0])} s."]
+    return lines

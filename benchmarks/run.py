@@ -110,12 +110,15 @@ def _follow(
             return None, ""
 
 
-def run_peer(peer: str, cases: list[str], quick: bool, pin: str, log: Any) -> dict[str, Any]:
-    """Run every case of one peer, restarting its worker after a hang or a crash."""
+def run_peer(peer: str, cases: list[str], quick: bool, pin: str, log: Any, worker: str = "worker.py") -> dict[str, Any]:
+    """Run every case of one peer, restarting its worker after a hang or a crash.
+
+    `worker` is the script that runs the cases: `worker.py`, or `pools.py` for a pool.
+    """
     out: dict[str, Any] = {"status": "ok", "cases": {}}
     remaining = list(cases)
     while remaining:
-        cmd = [sys.executable, str(HERE / "worker.py"), peer, "--cases", ",".join(remaining), "--pin", pin]
+        cmd = [sys.executable, str(HERE / worker), peer, "--cases", ",".join(remaining), "--pin", pin]
         with tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False) as err:
             errpath = err.name
             proc = subprocess.Popen(
@@ -163,7 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few iterations (about 2 minutes)")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="output directory")
-    parser.add_argument("--only", help="comma-separated peers (raw_pipe, the baseline, always runs)")
+    parser.add_argument(
+        "--only",
+        help="comma-separated peers and pools (raw_pipe, the baseline, runs with any peer; "
+        "pool_futures, the pools' baseline, with any pool)",
+    )
     parser.add_argument(
         "--pin",
         choices=["one-cpu", "none"],
@@ -172,16 +179,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     sys.path.insert(0, str(HERE.parent))
-    from benchmarks import cases, machine, pinning, plot, report
+    from benchmarks import cases, machine, pinning, plot, pools, report
     from benchmarks.peers import BASELINE, PEERS
 
-    names = list(PEERS)
+    names, pool_names = list(PEERS), list(pools.POOLS)
     if args.only:
         wanted = {name.strip() for name in args.only.split(",") if name.strip()}
-        unknown = wanted - set(PEERS)
+        unknown = wanted - set(PEERS) - set(pools.POOLS)
         if unknown:
-            parser.error(f"unknown peers {sorted(unknown)}; choose from {', '.join(PEERS)}")
-        names = [name for name in PEERS if name in wanted or name == BASELINE]
+            parser.error(f"unknown peers {sorted(unknown)}; choose from {', '.join([*PEERS, *pools.POOLS])}")
+        names = [name for name in PEERS if name in wanted or (name == BASELINE and wanted & set(PEERS))]
+        pool_names = [
+            name
+            for name in pools.POOLS
+            if name in wanted or (name == pools.POOL_BASELINE and wanted & set(pools.POOLS))
+        ]
 
     started = time.monotonic()
     info = machine.machine_info()
@@ -195,7 +207,15 @@ def main(argv: list[str] | None = None) -> int:
         peers[name] = {"label": PEERS[name][1], **result}
         if peers[name]["status"] == "missing":
             print(f"  missing: {peers[name]['error']}", flush=True)
+    pool_results: dict[str, Any] = {}
+    for name in pool_names:
+        print(f"{pools.POOLS[name]}:", flush=True)
+        result = run_peer(name, pools.CASES, args.quick, "none", sys.stdout, worker="pools.py")
+        pool_results[name] = {"label": pools.POOLS[name], **result}
+        if result["status"] == "missing":
+            print(f"  missing: {result['error']}", flush=True)
     add_ratios(peers, BASELINE, floor)
+    add_ratios(pool_results, pools.POOL_BASELINE, floor)
     results = {
         "generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "quick": args.quick,
@@ -206,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         "pinned_cases": sorted(pinning.PINNED_CASES) if args.pin == "one-cpu" and pinning.available() else [],
         "cases": cases.CASES,
         "peers": peers,
+        "pool_cases": pools.CASES,
+        "pools": pool_results,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")

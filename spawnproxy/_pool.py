@@ -40,7 +40,7 @@ from typing import Any
 from ._child import protocol
 from ._daemon import DaemonProxy, root_id_of, session_of
 from ._definitions import ModuleDefinition
-from ._errors import DaemonDiedError
+from ._errors import DaemonDiedError, DaemonTerminatedError
 from ._options import Options, check_logger
 from ._serialize import rebuild_exception
 
@@ -129,7 +129,7 @@ class _Workers:
         for _ in range(keep):
             self.queue.put(None)
 
-    def replace(self, index: int, error: DaemonDiedError) -> DaemonProxy | None:
+    def replace(self, index: int, error: BaseException) -> DaemonProxy | None:
         """A new child in place of worker `index`'s dead one, or None (closing, or it did not start)."""
         with self.lock:
             self.daemons[index] = None
@@ -190,6 +190,9 @@ def _work(workers: _Workers, index: int) -> None:
             daemon = workers.start(index)
         except BaseException as exc:
             with workers.lock:
+                if workers.started:  # the pool is up: it goes on without this worker
+                    _log.warning("spawnproxy pool: worker %d could not start its child: %s", index, exc)
+                workers.lost = exc
                 workers.started.append(exc)
                 workers.started_cond.notify_all()
             return
@@ -206,7 +209,8 @@ def _work(workers: _Workers, index: int) -> None:
                 continue
             try:
                 outcome = _run(daemon, task, index)
-            except DaemonDiedError as exc:
+            except (DaemonDiedError, DaemonTerminatedError) as exc:
+                # The child is gone (died, or someone terminated it through a proxy).
                 task.future.set_exception(exc)
                 del task
                 daemon = None if _exiting else workers.replace(index, exc)
@@ -225,7 +229,10 @@ def _work(workers: _Workers, index: int) -> None:
 
 
 def _run(daemon: DaemonProxy, task: _Task, index: int) -> Outcome:
-    """Run a task's chunk in `daemon`: (results, the exception of the task after them, or None)."""
+    """Run a task's chunk in `daemon`: (results, the exception of the task after them, or None).
+
+    What it raises is the request's own failure (the child died, an operand cannot be sent).
+    """
     fn = task.fn
     if isinstance(fn, tuple):
         fn, name = (root_id_of(daemon), *fn), ".".join(fn)
@@ -236,7 +243,7 @@ def _run(daemon: DaemonProxy, task: _Task, index: int) -> Outcome:
         "tasks", (fn, task.items, task.spread, task.kwargs), what, task.describe
     )
     if how == protocol.ERROR:
-        raise rebuild_exception(payload)  # before any task ran: the name, or the function, is wrong
+        return [], rebuild_exception(payload)  # before any task ran: the name, or the function, is wrong
     values, end, _ = payload
     return values, None if end is None else rebuild_exception(end)
 
@@ -302,8 +309,10 @@ class Pool(concurrent.futures.Executor):
         for thread in workers.threads:
             thread.start()
         with workers.lock:
-            workers.started_cond.wait_for(lambda: len(workers.started) == max_workers)
-            failed = next((error for error in workers.started if error is not None), None)
+            # The first child's start says whether the definition loads; the others go on starting
+            # meanwhile (a task runs as soon as one child is up, `proxies` waits for them all).
+            workers.started_cond.wait_for(lambda: len(workers.started) > 0)
+            failed = workers.started[0]
         if failed is not None:
             workers.close()
             for thread in workers.threads:
@@ -314,9 +323,14 @@ class Pool(concurrent.futures.Executor):
 
     @property
     def proxies(self) -> list[Any]:
-        """The root proxy of each child, in worker order (a replaced child's successor in its place)."""
-        with self._workers.lock:
-            daemons = list(self._workers.daemons)
+        """The root proxy of each child, in worker order (a replaced child's successor in its place).
+
+        Waits for the children still starting.
+        """
+        workers = self._workers
+        with workers.lock:
+            workers.started_cond.wait_for(lambda: len(workers.started) == len(workers.threads))
+            daemons = list(workers.daemons)
         return [daemon.proxy for daemon in daemons if daemon is not None]
 
     def submit(self, fn: str | Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:

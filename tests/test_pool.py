@@ -204,8 +204,8 @@ def test_children_start_in_parallel() -> None:
     """Eight children whose definition sleeps 0.5 s start in far less than 8 x 0.5 s."""
     started = time.monotonic()
     with Pool(ScriptDefinition("import time\ntime.sleep(0.5)"), max_workers=8) as pool:
+        assert len(pool.proxies) == 8  # waits for every child
         elapsed = time.monotonic() - started
-        assert len(pool.proxies) == 8
     assert elapsed < 3.0
 
 
@@ -321,3 +321,31 @@ def test_children_end_with_the_parent() -> None:
         pids = [int(x) for x in out.stdout.split()]
         assert len(pids) == 2, out.stderr
         assert all(gone(pid, 3) for pid in pids)
+
+
+def test_a_child_terminated_through_its_proxy_is_replaced() -> None:
+    """terminate_daemon() on one of pool.proxies: the pool starts another child and goes on."""
+    with Pool(TASKS, max_workers=1) as pool:
+        (proxy,) = pool.proxies
+        old = spawnproxy.daemon_of(proxy).pid
+        proxy.terminate_daemon()
+        with pytest.raises(spawnproxy.DaemonTerminatedError):
+            pool.submit("square", 2).result(30)
+        assert pool.submit("square", 3).result(30) == 9
+        assert spawnproxy.daemon_of(pool.proxies[0]).pid != old
+
+
+def test_a_replacement_that_cannot_start_fails_what_is_queued(tmp_path) -> None:
+    """When the last child dies and its replacement fails to load, queued tasks fail, never hang."""
+    flag = tmp_path / "broken"
+    script = f"import os\nif os.path.exists({str(flag)!r}):\n    raise RuntimeError('broken now')\n"
+    with Pool(ScriptDefinition(script), max_workers=1) as pool:
+        flag.touch()
+        dying = pool.submit("os._exit", 5)
+        queued = pool.submit("os.getpid")
+        with pytest.raises(DaemonDiedError):
+            dying.result(30)
+        with pytest.raises(DaemonStartError, match="broken now"):
+            queued.result(30)
+        with pytest.raises(RuntimeError, match="no children left"):
+            pool.submit("os.getpid")
