@@ -48,6 +48,8 @@ __all__ = ["Pool"]
 
 # Chunks in flight per worker during `map`: one running, one waiting for the child to be free.
 _AHEAD = 2
+# How often (seconds) an idle worker looks whether its child still runs.
+_IDLE_CHECK = 0.5
 
 Outcome = tuple[list[Any], "BaseException | None"]
 
@@ -129,12 +131,10 @@ class _Workers:
         for _ in range(keep):
             self.queue.put(None)
 
-    def replace(self, index: int, error: BaseException) -> DaemonProxy | None:
-        """A new child in place of worker `index`'s dead one, or None (closing, or it did not start)."""
+    def replace(self, index: int, error: object) -> DaemonProxy | None:
+        """A new child in place of worker `index`'s dead one, or None if it did not start."""
         with self.lock:
-            self.daemons[index] = None
-            if self.closing:
-                return None
+            self.daemons[index] = None  # (also while closing: the queued tasks still run)
         try:
             daemon = self.start(index)
         except Exception as exc:
@@ -158,6 +158,7 @@ class _Workers:
 
 
 _log = logging.getLogger("spawnproxy")
+_IDLE: Any = object()  # no task came within _IDLE_CHECK
 _pools: weakref.WeakSet[_Workers] = weakref.WeakSet()
 _exiting = False
 _hooked = False
@@ -202,10 +203,20 @@ def _work(workers: _Workers, index: int) -> None:
             workers.started_cond.notify_all()
         take = workers.queue.get
         while True:
-            task = take()
+            try:
+                task = take(timeout=_IDLE_CHECK)
+            except queue.Empty:
+                task = _IDLE
             if task is None:
                 break
-            if not task.future.set_running_or_notify_cancel():
+            if not daemon.is_alive() and not _exiting:
+                # The child died while idle: a new one takes its place before any task is lost to it.
+                daemon = workers.replace(index, f"exit code {daemon.exitcode} while idle")
+                if daemon is None:
+                    if task is not _IDLE and task.future.set_running_or_notify_cancel():
+                        task.future.set_exception(workers.lost or RuntimeError("the pool is shutting down"))
+                    break
+            if task is _IDLE or not task.future.set_running_or_notify_cancel():
                 continue
             try:
                 outcome = _run(daemon, task, index)

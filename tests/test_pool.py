@@ -80,6 +80,13 @@ def test_a_bad_name_fails_its_tasks_only(pool: Pool) -> None:
     assert pool.submit("square", 2).result(30) == 4
 
 
+def test_an_argument_that_cannot_be_sent_fails_its_task_only(pool: Pool) -> None:
+    """An argument nothing can serialize: SerializationError naming it, on that future alone."""
+    with pytest.raises(spawnproxy.SerializationError, match="arguments of task 1"):
+        pool.submit("add", (x for x in [])).result(30)
+    assert pool.submit("square", 5).result(30) == 25
+
+
 def test_map_timeout(pool: Pool) -> None:
     """map's timeout counts from the call, as Executor.map's does."""
     results = pool.map("nap", [1.0] * 4, timeout=0.2)
@@ -185,7 +192,7 @@ def test_options_reach_each_child() -> None:
 
 
 def test_a_callable_launcher_is_called_with_each_index() -> None:
-    """A callable launcher is called with each worker's index (None: that child runs here)."""
+    """A callable launcher is called with each worker's index, and again for a replacement (None: runs here)."""
     seen: list[int] = []
 
     def launcher(index: int) -> None:
@@ -193,7 +200,11 @@ def test_a_callable_launcher_is_called_with_each_index() -> None:
 
     with Pool(TASKS, max_workers=3, launcher=launcher) as pool:
         assert pool.submit("square", 2).result(30) == 4
-    assert sorted(seen) == [0, 1, 2]
+        assert sorted(seen) == [0, 1, 2]
+        pids = [spawnproxy.daemon_of(p).pid for p in pool.proxies]
+        os.kill(pids[1], signal.SIGKILL)
+        assert wait_until(lambda: len(seen) == 4, 10)
+    assert seen[3] == 1  # the replacement stands in for worker 1
 
 
 # -- dispatch and start ------------------------------------------------------------------
@@ -255,6 +266,16 @@ def test_a_child_killed_from_outside_fails_only_its_tasks() -> None:
 
         assert wait_until(replaced, 10)
         assert len({f.result(30) for f in [pool.submit("nap", 0.3) for _ in range(2)]}) == 2
+
+
+def test_an_idle_child_that_dies_is_replaced_before_a_task_reaches_it() -> None:
+    """A child killed while idle is replaced (within a second); no task fails for it."""
+    with Pool(TASKS, max_workers=1) as pool:
+        old = spawnproxy.daemon_of(pool.proxies[0]).pid
+        os.kill(old, signal.SIGKILL)
+        assert gone(old, 5)
+        assert pool.submit("pid").result(30) != old
+        assert wait_until(lambda: spawnproxy.daemon_of(pool.proxies[0]).pid != old, 5)
 
 
 def test_a_definition_that_cannot_load_fails_the_constructor() -> None:
@@ -324,13 +345,11 @@ def test_children_end_with_the_parent() -> None:
 
 
 def test_a_child_terminated_through_its_proxy_is_replaced() -> None:
-    """terminate_daemon() on one of pool.proxies: the pool starts another child and goes on."""
+    """terminate_daemon() on one of pool.proxies: the next task runs in a new child, not into the old one."""
     with Pool(TASKS, max_workers=1) as pool:
         (proxy,) = pool.proxies
         old = spawnproxy.daemon_of(proxy).pid
         proxy.terminate_daemon()
-        with pytest.raises(spawnproxy.DaemonTerminatedError):
-            pool.submit("square", 2).result(30)
         assert pool.submit("square", 3).result(30) == 9
         assert spawnproxy.daemon_of(pool.proxies[0]).pid != old
 
