@@ -29,7 +29,7 @@ def slurm(
 ) -> list[str]:
     """The `launcher=` that runs each child as its own Slurm job step: one task, via `srun`.
 
-    The list starts with `srun --unbuffered --quiet -N1 -n1`: one node, one task, and the task's
+    The list starts with `srun --unbuffered --quiet --nodes=1 --ntasks=1`: one node, one task, and the task's
     stdout passed on as it comes (srun line-buffers it otherwise, which stalls a binary protocol).
     Each keyword adds the srun option of the same meaning; `extra` is appended as given.  Inside
     an allocation (`salloc`, an `sbatch` script) the step runs there; outside one, srun asks for a
