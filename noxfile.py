@@ -74,6 +74,12 @@ def docs(session: nox.Session) -> None:
 
 @nox.session(python=_interpreter("3.11"))
 def bench(session: nox.Session) -> None:
-    """Benchmark spawnproxy side by side with its peers; writes benchmarks/results/."""
+    """Benchmark spawnproxy side by side with its peers, and through srun; writes benchmarks/results/."""
     session.install("-e", ".", "-r", "benchmarks/requirements.txt")
     session.run("python", "benchmarks/run.py", *session.posargs)
+    # The srun rows: children as Slurm job steps on a one-node cluster the script starts (as root,
+    # with slurm-wlm and munge); where none can start it says why and exits 2, which is no failure.
+    quick = ["--quick"] if "--quick" in session.posargs else []
+    session.run(
+        "python", "benchmarks/slurm_cost.py", *quick, "--json", "benchmarks/results/slurm.json", success_codes=[0, 2]
+    )
