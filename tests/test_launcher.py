@@ -84,9 +84,11 @@ def _gone(pid: int, within: float) -> bool:
 
 
 def _runs_as(user: str, exe: str) -> bool:
+    """Whether `user` can run `exe` the way a launched child is run: through `env` (which finds
+    root's pyenv shims and venv links unreadable where a direct exec may not)."""
     try:
         done = subprocess.run(
-            ["setpriv", f"--reuid={user}", "--regid=nogroup", "--clear-groups", exe, "-c", "pass"],
+            ["setpriv", f"--reuid={user}", "--regid=nogroup", "--clear-groups", "env", exe, "-c", "pass"],
             capture_output=True,
             timeout=20,
         )
