@@ -105,20 +105,21 @@ def _nodelist(value: object) -> str:
 
 
 def _time(value: object) -> str:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(_positive(value, "time"))
-    if not isinstance(value, str):
-        raise TypeError(f"slurm(): time must be minutes (int) or a str such as '1:30:00', not {type(value).__name__}")
-    if not _TIME.fullmatch(value):
-        raise ValueError(f"slurm(): time {value!r} is not a Slurm time (minutes, MM:SS, HH:MM:SS, D-HH:MM:SS)")
-    return value
+    return _amount(value, "time", "minutes", "1:30:00", _TIME, "a Slurm time (minutes, MM:SS, HH:MM:SS, D-HH:MM:SS)")
 
 
 def _mem(value: object) -> str:
+    return _amount(value, "mem", "megabytes", "4G", _MEM, "a Slurm size (a number with K, M, G or T)")
+
+
+def _amount(value: object, name: str, unit: str, example: str, form: re.Pattern[str], what: str) -> str:
+    """An srun quantity: a positive int of `unit`, or a str of the form srun reads."""
     if isinstance(value, int) and not isinstance(value, bool):
-        return str(_positive(value, "mem"))
+        return str(_positive(value, name))
     if not isinstance(value, str):
-        raise TypeError(f"slurm(): mem must be megabytes (int) or a str such as '4G', not {type(value).__name__}")
-    if not _MEM.fullmatch(value):
-        raise ValueError(f"slurm(): mem {value!r} is not a Slurm size (a number with K, M, G or T)")
+        raise TypeError(
+            f"slurm(): {name} must be {unit} (int) or a str such as {example!r}, not {type(value).__name__}"
+        )
+    if not form.fullmatch(value):
+        raise ValueError(f"slurm(): {name} {value!r} is not {what}")
     return value
