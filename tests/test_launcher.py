@@ -140,17 +140,17 @@ def test_output_is_forwarded_per_stream_and_kept_in_logs(capfd: pytest.CaptureFi
     try:
         assert "PYTHONUNBUFFERED" not in mod.os.environ
         mod.shout("hello")
-        out = err = ""
-
-        def arrived() -> bool:
-            nonlocal out, err
-            captured = capfd.readouterr()
-            out, err = out + captured.out, err + captured.err
-            return "hello" in out and "err: hello" in err
-
-        assert wait_until(arrived, 5)
+        mod.shout("done")
+        daemon = spawnproxy.daemon_of(mod)
+        # One thread forwards both streams in order: once "err: done" is in the logs, the lines
+        # before it have been written out.  capfd is read once, after: a readouterr while another
+        # thread writes can lose what lands between its read and its reset.
+        assert wait_until(lambda: "err: done" in daemon.logs, 5)
+        captured = capfd.readouterr()
+        out, err = captured.out, captured.err
+        assert "hello" in out and "err: hello" in err
         assert "err: hello" not in out
-        logs = spawnproxy.daemon_of(mod).logs
+        logs = daemon.logs
         assert "loaded behind the launcher" in logs and "hello" in logs and "err: hello" in logs
     finally:
         mod.terminate_daemon()

@@ -9,6 +9,7 @@ import time
 import pytest
 
 import spawnproxy
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -29,13 +30,15 @@ def test_lines_arrive_as_written_without_pythonunbuffered(capfd: pytest.CaptureF
     try:
         mod.say("first line")
         mod.warn("a warning")
-        deadline = time.monotonic() + 2
-        out = err = ""
-        while time.monotonic() < deadline and ("first line" not in out or "a warning" not in err):
-            captured = capfd.readouterr()
-            out += captured.out
-            err += captured.err
-            time.sleep(0.02)
+        mod.say("last line")
+        mod.warn("last warning")
+        daemon = spawnproxy.daemon_of(mod)
+        # Each stream's thread writes its lines in order: once the last of each is in the logs,
+        # the first have been written out.  capfd is read once, after: a readouterr while another
+        # thread writes can lose what lands between its read and its reset.
+        assert wait_until(lambda: "last line" in daemon.logs and "last warning" in daemon.logs, 2)
+        captured = capfd.readouterr()
+        out, err = captured.out, captured.err
         assert "first line" in out
         assert "a warning" in err and "a warning" not in out
     finally:

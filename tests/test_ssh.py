@@ -139,14 +139,16 @@ def test_calls_values_and_exceptions(remote: Any) -> None:
 def test_output_reaches_stdout_and_stderr_separately(remote: Any, capfd: pytest.CaptureFixture[str]) -> None:
     """The remote child's stdout and stderr arrive on the parent's, line by line, and in .logs."""
     remote.shout("hello")
+    remote.shout("done")
+    daemon = spawnproxy.daemon_of(remote)
+    # One thread forwards both streams in order: once "err: done" is in the logs, the lines before
+    # it have been written out.  capfd is read once, after: a readouterr while another thread
+    # writes can lose what lands between its read and its reset.
     deadline = time.monotonic() + 5
-    out = err = ""
-    while time.monotonic() < deadline:
-        captured = capfd.readouterr()
-        out, err = out + captured.out, err + captured.err
-        if "hello" in out and "err: hello" in err:
-            break
-        time.sleep(0.05)
+    while time.monotonic() < deadline and "err: done" not in daemon.logs:
+        time.sleep(0.02)
+    captured = capfd.readouterr()
+    out, err = captured.out, captured.err
     assert "hello" in out and "err: hello" not in out
     assert "err: hello" in err
     assert "loaded on the host" in spawnproxy.daemon_of(remote).logs
