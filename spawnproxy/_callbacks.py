@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import _serialize
+from . import _serialize, _serialize_errors
 from ._child.operators import OPERATORS
 from ._child.protocol import (
     ERROR,
@@ -78,7 +78,7 @@ class Callbacks:
             tag, payload, buffers = session.encoder.encode_result((REPLY, rid, VALUE), value)
         except BaseException as exc:  # a KeyboardInterrupt too: it reaches the child's call, then ours
             # Also when the answer cannot be encoded: the child waits for one, whatever happens.
-            error = _serialize.encode_exception(exc)
+            error = _serialize_errors.encode_exception(exc)
             del exc
             tag, payload, buffers = TAG_PICKLE, _serialize.dumps((REPLY, rid, ERROR, error)), []
         del value

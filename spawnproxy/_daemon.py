@@ -24,7 +24,7 @@ from ._options import Options, call_timeout, check_child_path, check_logger
 from ._peer import Peer
 from ._process import STEP, ChildProcess, reap_later
 from ._proxy import ObjectProxy, handle_of, make_proxy
-from ._serialize import rebuild_exception
+from ._serialize_errors import rebuild_exception
 from ._session import Session
 
 __all__ = ["DaemonProxy", "daemon_of"]

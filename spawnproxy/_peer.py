@@ -1,7 +1,7 @@
 """What a session and a handle need of the other end, wherever it runs.
 
-A local child (`_process.ChildProcess`), a child on an SSH host
-(`_ssh.SshProcess`) and a served daemon reached over the network
+A local child (`_process.ChildProcess`), a child behind a launcher
+(`_launch.LaunchedProcess`, of which `_ssh.SshProcess` is one) and a served daemon reached over the network
 (`_client.NetPeer`) all offer this interface; `Session` and `DaemonProxy`
 use nothing else, so they need no special case for any of them.
 

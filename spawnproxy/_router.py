@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import _serialize
+from . import _serialize, _serialize_errors
 from ._callbacks import Callbacks
 from ._child.channel import Channel
 from ._child.protocol import (
@@ -348,13 +348,13 @@ class Router:
         except (Exception, SystemExit) as exc:  # a sys.exit pickled by reference: no reason to exit here
             # The answer to some call that cannot be rebuilt here: it must reach its
             # own caller as an error (or be dropped if late), not fail whoever reads.
-            kind, rid, unreached = _serialize.message_head(tag, payload)
+            kind, rid, unreached = _serialize_errors.message_head(tag, payload)
             self.releases.extend(unreached)  # the child counted them for this message
             if kind == REPLY:
                 message = (REPLY, rid, UNLOADABLE, exc)
             elif kind in (REQUEST, NESTED):
                 # A request of the child's we cannot load: it gets the error as its answer.
-                error = _serialize.unloadable_request(exc)
+                error = _serialize_errors.unloadable_request(exc)
                 self.send(TAG_PICKLE, _serialize.dumps((REPLY, rid, ERROR, error)), what, None, None)
                 message = (RELEASE, [])
             else:

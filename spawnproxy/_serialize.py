@@ -5,12 +5,10 @@ the operands travels as a reference to the object it stands for (its type
 carries the marker `_spawnproxy_ref_`); what pickle refuses goes through dill,
 but only to a child of the parent's own Python version, because dill's code
 objects do not carry over to another one.  Frames the child sends are loaded
-here (`decode`), or, when that fails, read for their header alone
-(`message_head`).  Exceptions across the wire are in `_serialize_errors`
-(re-exported here for the session and the network code).
+here (`decode`); when that fails, `_serialize_errors.message_head` reads
+their header alone.  Exceptions across the wire are in `_serialize_errors`.
 
-Uses `_child.protocol`, `_child.buffers`, `_errors` and
-`_serialize_errors`.
+Uses `_child.protocol`, `_child.buffers` and `_errors`.
 """
 
 from __future__ import annotations
@@ -26,11 +24,6 @@ from typing import Any, Protocol
 from ._child import protocol
 from ._child.buffers import BUFFER_TYPES, buffer_taker, out_of_band, split_buffers
 from ._errors import SerializationError
-from ._serialize_errors import ParentTraceback as ParentTraceback
-from ._serialize_errors import encode_exception as encode_exception
-from ._serialize_errors import message_head as message_head
-from ._serialize_errors import rebuild_exception as rebuild_exception
-from ._serialize_errors import unloadable_request as unloadable_request
 
 PROTOCOL = 5
 _MAIN = b"__main__"

@@ -22,7 +22,7 @@ import secrets
 import time
 from typing import Any
 
-from . import _serialize
+from . import _serialize_errors
 from ._addresses import DEFAULT_HOST, Address, format_address, is_loopback, parse_address, socket_id
 from ._child import protocol
 from ._client import KEEPALIVE, client_context, connect
@@ -281,7 +281,7 @@ def serve(
         raise
     if how == protocol.ERROR:
         daemon.terminate()
-        error = _serialize.rebuild_exception(bound)
+        error = _serialize_errors.rebuild_exception(bound)
         raise DaemonStartError(
             f"the daemon could not listen on {format_address(where)}: {type(error).__name__}: {error}"
         ) from error

@@ -36,7 +36,7 @@ from typing import Any
 from ._child import protocol
 from ._daemon import DaemonProxy, root_id_of, session_of
 from ._errors import DaemonDiedError, DaemonTerminatedError
-from ._serialize import rebuild_exception
+from ._serialize_errors import rebuild_exception
 
 __all__ = ["AHEAD", "Task", "Workers", "watch"]
 

@@ -1,7 +1,7 @@
-"""The entry point of a child started through ssh: serve over stdin/stdout, output marked.
+"""The entry point of a child behind a launcher (ssh among them): serve over stdin/stdout, output marked.
 
 Shipped to the child as source (see `_bootstrap`) but run there only in a
-child reached through ssh: standard library only, CPython 3.8 syntax.  The
+child reached through a launcher: standard library only, CPython 3.8 syntax.  The
 parent imports the marks (`STDOUT_MARK`, `STDERR_MARK`) to sort the lines
 back.  Uses `transports` (PipeChannel, no_sigpipe), `serve`, `ops` and
 `lifetime`.
@@ -18,7 +18,7 @@ from .serve import Child
 from .transports import PipeChannel, no_sigpipe
 
 # What prefixes each line the child writes: the parent sorts them back into
-# stdout and stderr (ssh carries only one stream besides the channel).
+# stdout and stderr (a launcher carries only one stream besides the channel).
 STDOUT_MARK = b"\x1eO"
 STDERR_MARK = b"\x1eE"
 _LINE_MAX = 64 * 1024
@@ -57,7 +57,7 @@ def _write_all(fd, data):
 
 
 def _watch_connection(read_fd, write_fd):
-    """End the process when ssh's pipes close, even while a call runs: the connection dropped."""
+    """End the process when the launcher's pipes close, even while a call runs: the parent or the connection is gone."""
     poller = select.poll()
     poller.register(read_fd, 0)  # only POLLHUP / POLLERR: the data stays for the serve loop
     poller.register(write_fd, 0)
@@ -69,7 +69,7 @@ def _watch_connection(read_fd, write_fd):
 
 
 def main_stdio():
-    """Serve the parent over stdin/stdout (ssh's pipes); the child's output goes to stderr, marked."""
+    """Serve the parent over stdin/stdout (the launcher's pipes); the child's output goes to stderr, marked."""
     read_fd, write_fd, err_fd = os.dup(0), os.dup(1), os.dup(2)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
