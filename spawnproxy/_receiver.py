@@ -212,15 +212,17 @@ class Receiver(Router):
         Returns what `Channel.wait` would for the channel, or None when it has nothing.
         """
         channel = self.channel
+        own = (channel.fd, *channel.watch_fds)
         poller = select.poll()
-        for fd in (channel.fd, *channel.watch_fds, *list(self._retired)):
+        for fd in (*own, *self._retired):
             poller.register(fd, select.POLLIN)
         ready = []
         for fd, _ in poller.poll(POLL * 1000):
-            if fd in self._retired:
-                self._drain_retired(fd)
-            else:
+            if fd in own:
                 ready.append(fd)
+            elif fd in self._retired:
+                self._drain_retired(fd)
+            # else: a caller drained and closed that lane meanwhile (see Session._lane_exchange)
         if not ready:
             return None
         return sorted(ready, key=lambda fd: fd != channel.fd)

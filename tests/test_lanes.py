@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import gc
 import os
+import select
 import signal
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -132,4 +134,41 @@ def test_a_lane_given_up_is_drained_then_closed() -> None:
             time.sleep(0.05)
         assert not session._retired  # type: ignore[attr-defined]
     finally:
+        mod.terminate_daemon()
+
+
+def test_a_retired_lane_drained_by_a_caller_meanwhile_is_not_taken_for_the_child_ending(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The reader's wait over retired lanes ignores a lane a caller drained and closed after it looked: the child lives."""
+    mod = spawnproxy.run_script(LANES_IN_CHILD)
+    session: Any = session_of(mod)
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, b"x")  # readable, as a retired lane with an answer on it
+        session._retired[read_end] = (None, 0)
+        real_poll = select.poll
+
+        class CallerDrainsMeanwhile:
+            """A poll during which a caller drains the retired lane and forgets it (as _lane_exchange does)."""
+
+            def __init__(self) -> None:
+                self._poller = real_poll()
+
+            def register(self, fd: int, events: int) -> None:
+                self._poller.register(fd, events)
+
+            def poll(self, timeout: float | None = None) -> list[tuple[int, int]]:
+                found = self._poller.poll(timeout)
+                session._retired.pop(read_end, None)
+                return found
+
+        monkeypatch.setattr(select, "poll", CallerDrainsMeanwhile)
+        assert session._wait_retired() is None  # the channel itself has nothing
+        monkeypatch.undo()
+        assert mod.add(1, 2) == 3
+    finally:
+        session._retired.pop(read_end, None)
+        os.close(read_end)
+        os.close(write_end)
         mod.terminate_daemon()
