@@ -22,7 +22,7 @@ from typing import Any
 
 from ._daemon import DaemonProxy
 from ._definitions import ModuleDefinition
-from ._options import Options, check_logger
+from ._options import Options, check_launcher, check_logger
 from ._workers import AHEAD, Task, Workers, watch
 
 __all__ = ["Pool"]
@@ -72,6 +72,8 @@ class Pool(concurrent.futures.Executor):
         elif max_workers < 1:
             raise ValueError(f"max_workers must be at least 1, not {max_workers}")
         Options.from_kwargs(dict(options))  # a bad option fails here, before any child starts
+        if launcher is not None and not callable(launcher):
+            check_launcher(launcher)
         check_logger(logger)
         if definition is None:
             definition = ModuleDefinition("builtins")
@@ -88,11 +90,15 @@ class Pool(concurrent.futures.Executor):
         # The children start together: each worker thread starts its own.
         for thread in workers.threads:
             thread.start()
-        with workers.lock:
-            # The first child's start says whether the definition loads; the others go on starting
-            # meanwhile (a task runs as soon as one child is up, `proxies` waits for them all).
-            workers.started_cond.wait_for(lambda: len(workers.started) > 0)
-            failed = workers.started[0]
+        try:
+            with workers.lock:
+                # The first child's start says whether the definition loads; the others go on
+                # starting meanwhile (a task runs as soon as one child is up, `proxies` waits for all).
+                workers.started_cond.wait_for(lambda: len(workers.started) > 0)
+                failed = workers.started[0]
+        except BaseException:  # a Ctrl-C while the children start: none is left running
+            workers.close()
+            raise
         if failed is not None:
             workers.close()
             for thread in workers.threads:
@@ -177,7 +183,9 @@ class Pool(concurrent.futures.Executor):
 
     def __repr__(self) -> str:
         workers = self._workers
-        state = "shut down" if workers.closing else f"{len(self.proxies)} children"
+        with workers.lock:  # never waits for a child still starting
+            running = sum(daemon is not None for daemon in workers.daemons)
+        state = "shut down" if workers.closing else f"{running} children"
         return f"<spawnproxy.Pool max_workers={self._max_workers} {state}>"
 
 

@@ -35,7 +35,7 @@ from typing import Any
 
 from ._child import protocol
 from ._daemon import DaemonProxy, root_id_of, session_of
-from ._errors import DaemonDiedError, DaemonTerminatedError
+from ._errors import CallTimeoutError, DaemonDiedError, DaemonTerminatedError
 from ._serialize_errors import rebuild_exception
 
 __all__ = ["AHEAD", "Task", "Workers", "watch"]
@@ -125,8 +125,13 @@ class Workers:
         for _ in range(keep):
             self.queue.put(None)
 
-    def replace(self, index: int, error: object) -> DaemonProxy | None:
-        """A new child in place of worker `index`'s dead one, or None if it did not start."""
+    def replace(self, index: int, old: DaemonProxy, error: object) -> DaemonProxy | None:
+        """A new child in place of worker `index`'s dead or stuck one, or None if it did not start.
+
+        The old child is ended first, whoever still holds its proxies: its descriptors and
+        threads go now, and a child still running an abandoned task stops.
+        """
+        old.terminate(_END_OLD)
         with self.lock:
             self.daemons[index] = None  # (also while closing: the queued tasks still run)
         try:
@@ -137,7 +142,7 @@ class Workers:
             return None
         with self.lock:
             self.daemons[index] = daemon
-        _log.info("spawnproxy pool: worker %d replaced its dead child (%s)", index, error)
+        _log.info("spawnproxy pool: worker %d replaced its child (%s)", index, error)
         return daemon
 
     def ended(self) -> None:
@@ -153,6 +158,7 @@ class Workers:
 
 _log = logging.getLogger("spawnproxy")
 _IDLE: Any = object()  # no task came within _IDLE_CHECK
+_END_OLD = 1.0  # how long a replaced child may take to end before it is killed
 _pools: weakref.WeakSet[Workers] = weakref.WeakSet()
 _exiting = False
 _hooked = False
@@ -205,7 +211,7 @@ def _work(workers: Workers, index: int) -> None:
                 break
             if not daemon.is_alive() and not _exiting:
                 # The child died while idle: a new one takes its place before any task is lost to it.
-                daemon = workers.replace(index, f"exit code {daemon.exitcode} while idle")
+                daemon = workers.replace(index, daemon, f"exit code {daemon.exitcode} while idle")
                 if daemon is None:
                     if task is not _IDLE and task.future.set_running_or_notify_cancel():
                         task.future.set_exception(workers.lost or RuntimeError("the pool is shutting down"))
@@ -214,11 +220,13 @@ def _work(workers: Workers, index: int) -> None:
                 continue
             try:
                 outcome = _run(daemon, task, index)
-            except (DaemonDiedError, DaemonTerminatedError) as exc:
-                # The child is gone (died, or someone terminated it through a proxy).
+            except (DaemonDiedError, DaemonTerminatedError, CallTimeoutError) as exc:
+                # The child is gone (died, or someone terminated it through a proxy), or it still
+                # runs a chunk given up on, and it runs one request at a time: the next tasks would
+                # wait behind it.  Either way a new child takes its place.
                 task.future.set_exception(exc)
                 del task
-                daemon = None if _exiting else workers.replace(index, exc)
+                daemon = None if _exiting else workers.replace(index, daemon, exc)
                 if daemon is None:
                     break
                 continue

@@ -7,6 +7,7 @@ import gc
 import os
 import select
 import signal
+import sys
 import time
 import traceback
 
@@ -375,3 +376,32 @@ def test_a_replacement_that_cannot_start_fails_what_is_queued(tmp_path) -> None:
             queued.result(30)
         with pytest.raises(RuntimeError, match="no children left"):
             pool.submit("os.getpid")
+
+
+def test_a_task_that_times_out_leaves_no_busy_child_behind() -> None:
+    """A task past call_timeout fails with CallTimeoutError; the next one runs at once, in a new child."""
+    with Pool(TASKS, max_workers=1, call_timeout=0.5) as pool:
+        old = spawnproxy.daemon_of(pool.proxies[0]).pid
+        with pytest.raises(spawnproxy.CallTimeoutError):
+            pool.submit("nap", 30).result(10)
+        started = time.monotonic()
+        assert pool.submit("pid").result(10) != old
+        assert time.monotonic() - started < 5, "the next task waited behind the abandoned one"
+
+
+def test_a_bad_launcher_fails_the_constructor_before_any_child_starts() -> None:
+    """A launcher that is no command prefix is a TypeError from Pool(), naming launcher."""
+    with pytest.raises(TypeError, match="launcher"):
+        Pool(TASKS, max_workers=2, launcher="srun")
+
+
+def test_repr_does_not_wait_for_children_to_start() -> None:
+    """repr() of a pool whose second child is still starting answers at once."""
+    slow_start = ["sh", "-c", 'sleep 3; exec "$@"', "sh"]
+    definition = ScriptDefinition("import os")
+    with Pool(
+        definition, max_workers=2, launcher=lambda i: slow_start if i else None, python_exe=sys.executable
+    ) as pool:
+        shown = time.monotonic()
+        assert "max_workers=2" in repr(pool)
+        assert time.monotonic() - shown < 1
