@@ -5,7 +5,7 @@ turns every accepted form into one of these, with a one-line error for
 anything else.  A Unix socket is also known by its identity (device, inode,
 ctime), so that a daemon unlinks only the socket it made.
 
-Uses the standard library and the child package's `network` (the socket identity
+Uses the standard library and the child package's `addresses` (the socket identity
 the listening child records).
 """
 

@@ -9,7 +9,7 @@ child's: `NetPeer` is the `Peer` it talks to, and `Connection` the handle
 (`daemon_of`) on it.
 
 Uses `_addresses` and `_keys` (what the user gives), the child package's
-`network` (the channel over a socket, the handshake connection) and the
+`transports` (the channel over a socket) and `handshake` (the handshake connection) and the
 session and handle layers (`_session`, `_daemon`).
 """
 
@@ -304,10 +304,10 @@ def _secure(
             sock = ssl_context.wrap_socket(sock, server_hostname=hostname, do_handshake_on_connect=False)
             _tls_handshake(sock, text)
         _authenticate(sock, key, deadline, text, ssl_context is not None)
+        channel: Channel = transports.open_channel(sock, keepalive)
     except BaseException:
         sock.close()
         raise
-    channel: Channel = transports.open_channel(sock, keepalive)
     return channel
 
 

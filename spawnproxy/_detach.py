@@ -9,7 +9,7 @@ says it listens.
 
 Uses `_bootstrap` (the safe environment and path), `_serialize` (the spec),
 `_statefile` (the log, the state file, process identity) and the child
-package's `network` (writing without SIGPIPE).
+package's `transports` (writing without SIGPIPE).
 """
 
 from __future__ import annotations
@@ -109,7 +109,11 @@ def start_detached(
         line = proc.stdout.readline() if select.select([proc.stdout], [], [], limit)[0] else b""
     finally:
         proc.stdout.close()
-        proc.wait()
+        try:
+            proc.wait(limit)
+        except subprocess.TimeoutExpired:  # it stalled before it forked: ending it ends everything
+            proc.kill()
+            proc.wait()
     try:
         report = json.loads(line)
     except ValueError:

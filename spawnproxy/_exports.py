@@ -1,6 +1,6 @@
 """The parent's table of its own objects that a child holds by reference (`by_ref`).
 
-The mirror of the child's `_table`: each time an object is sent by reference
+The mirror of the child's `_child/table.py`: each time an object is sent by reference
 its count goes up by one; the child releases each reference it received once,
 in batches, when its stand-in is collected.  An entry made with `weak=True`
 holds only a weak reference: the parent's object may go, and a child that

@@ -1,7 +1,7 @@
 """Releases reach the child within a bound, also when no call follows the drop.
 
 A proxy dropped in the parent queues its object's release on its session
-(`_proxy._Ref`); the next frame sent carries the batch, so while calls flow
+(`_requests.Reference`); the next frame sent carries the batch, so while calls flow
 releases cost no frame of their own.  When no call follows, one thread per
 process (not per proxy, not per session) looks every `PERIOD` seconds at the
 release queues of the sessions it watches and sends what is still queued, if

@@ -62,10 +62,19 @@ class Lanes:
                 number = self._count
             else:
                 return None
-        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        # A blocking read of the lane returns (BlockingIOError) after LANE_CHECK at most.
-        mine.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, int(LANE_CHECK * 1e6)))
-        channel = self._channel.lane(mine)
+        made: list[socket.socket] = []
+        try:
+            made += socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            mine, theirs = made
+            # A blocking read of the lane returns (BlockingIOError) after LANE_CHECK at most.
+            mine.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, int(LANE_CHECK * 1e6)))
+            channel = self._channel.lane(mine)
+        except BaseException:  # out of descriptors, say: nothing is kept, the number is free again
+            for sock in made:
+                sock.close()
+            with self._lock:
+                self._free.append(number)
+            raise
         lane = Lane(number, channel)
         self._open[number] = channel
         lane.close = weakref.finalize(lane, self._closed, number, channel)

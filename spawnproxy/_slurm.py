@@ -35,7 +35,8 @@ def slurm(
     an allocation (`salloc`, an `sbatch` script) the step runs there; outside one, srun asks for a
     job of its own.
 
-    - `nodes`: `--nodes` (an int, or a range such as `"1-2"`; default 1),
+    - `nodes`: `--nodes` (an int, or a range such as `"1-2"`; default 1): what a job srun asks
+      for itself (outside an allocation) may span; the child is one task, run on one node,
     - `nodelist`: `--nodelist` (a name, a Slurm host list, or a sequence of names),
     - `partition`: `--partition`, `time`: `--time` (minutes as an int, or `"HH:MM:SS"` and the other
       srun forms), `cpus_per_task`: `--cpus-per-task`, `mem`: `--mem` (megabytes as an int, or

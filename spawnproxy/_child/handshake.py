@@ -14,7 +14,6 @@ child told to listen: standard library only, CPython 3.8 syntax.  Uses
   interpreter's `multiprocessing` uses, clients of every version agree
   with it.
 
-Uses the standard library and `transports` only.
 """
 
 import hmac

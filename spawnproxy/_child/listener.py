@@ -19,8 +19,6 @@ The challenges themselves are the standard library's (see `handshake`).
 
 Refused peers are summarised (`Refusals`): a flood adds a line per second
 per reason to the daemon's log, not a line per peer.
-
-Uses the standard library, `handshake` and `transports` only.
 """
 
 import collections

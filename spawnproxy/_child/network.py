@@ -114,7 +114,12 @@ class Listener:
         threading.Thread(target=self._serve, args=(conn, peer), name="spawnproxy-client", daemon=True).start()
 
     def _serve(self, conn, peer):
-        channel = open_channel(conn, self.keepalive)
+        try:
+            channel = open_channel(conn, self.keepalive)
+        except OSError as exc:  # the peer reset meanwhile: only it is affected
+            conn.close()
+            _note("client %s ended with %s: %s" % (describe_peer(peer), type(exc).__name__, exc))
+            return
         child = ClientChild(channel, self.root)
         try:
             channel.send(*child.codec.dumps(("hello", hello())))

@@ -12,6 +12,7 @@ sends beyond the releases of parent objects, which go before every frame.
 """
 
 import collections
+import errno
 import threading
 import time
 from _weakrefset import WeakSet  # what threading uses: weakref itself costs the start-up 0.4 ms
@@ -20,6 +21,8 @@ from . import protocol
 from .channel import ChannelClosed, LaneClosed
 
 # How often (s) the releases of parent objects that no message has carried are sent.
+# What a send to the main channel fails with once the parent has gone.
+_PARENT_GONE = (errno.EBADF, errno.EPIPE, errno.ECONNRESET)
 RELEASE_PERIOD = 0.25
 # The outboxes of the children that serve in this process (one, or one per client of a
 # served daemon): the releaser and `after_fork` go through them.
@@ -83,7 +86,7 @@ class Outbox:
                     raise
             except OSError as err:
                 if channel is main:
-                    if getattr(err, "errno", None) in (9, 32, 104):  # EBADF, EPIPE, ECONNRESET: the parent has gone
+                    if err.errno in _PARENT_GONE:
                         raise ChannelClosed("the parent has gone") from None
                     raise
             else:
@@ -120,7 +123,7 @@ class Outbox:
 
     def answers_read(self, ids):
         """Let go of what was held for the answers the parent says it has read: the negative
-        ids -r among the ids of its releases (see _send_releases in the parent's session)."""
+        ids -r among the ids of its releases (see Router._decode in the parent's _router)."""
         held = self.held
         for rid in ids:
             if rid < 0:
@@ -156,8 +159,8 @@ def _release_loop():
             if outbox.releases:
                 try:
                     outbox.send(None, None)
-                except (ChannelClosed, OSError):
-                    pass  # that connection has ended
+                except Exception:  # that connection has ended; this thread serves the others still
+                    pass
         outbox = None
 
 

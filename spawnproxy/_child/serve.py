@@ -336,7 +336,7 @@ class Child:
 
     def request(self, op, *operands):
         """Ask the parent something; serve its requests meant for this thread until the answer comes."""
-        return self._request(op, lambda values: tuple(values), list(operands))
+        return self._request(op, tuple, list(operands))
 
     def call_parent(self, target, args, kwargs):
         """Call an object of the parent's; arguments it cannot rebuild travel by reference."""

@@ -64,7 +64,10 @@ class TLSChannel(Channel):
     """
 
     def __init__(self, sock, watch_fds=()):
+        import ssl  # here, not at the top: children reached through a launcher use this module too
+
         Channel.__init__(self, sock, watch_fds)
+        self._ssl = ssl  # bound once: every read and write looks at its errors
         sock.setblocking(False)
         self._memfd = False
         self._spins = False  # decrypted input may wait in OpenSSL, unseen by poll
@@ -75,8 +78,7 @@ class TLSChannel(Channel):
         self._readv = self._tls_readv
 
     def _io(self, call, arg, write=False):
-        import ssl
-
+        ssl = self._ssl
         while True:
             with self._lock:
                 if self.fd < 0:
@@ -91,7 +93,7 @@ class TLSChannel(Channel):
                 except ssl.SSLWantWriteError:
                     events = select.POLLOUT
                 except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                    if call == self.sock.send:
+                    if write:
                         # Not 0 written, which the writer would retry for ever: the connection is gone.
                         raise BrokenPipeError("the TLS connection is closed (or was lost)") from None
                     return 0
