@@ -70,9 +70,17 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session(python=_interpreter("3.11"))
 def docs(session: nox.Session) -> None:
-    """Build the documentation site strictly and run its examples."""
+    """Build the documentation site strictly (Zensical; see mkdocs.yml) and run its examples.
+
+    The build fails on any deprecation or end-of-life notice its tools print, so that a move
+    forced on the site is seen when it is announced, not when the tool stops working.
+    """
     session.install("-e", ".[docs,tests]")
-    session.run("mkdocs", "build", "--strict", "--site-dir", os.path.join(session.create_tmp(), "site"))
+    output = session.run("zensical", "build", "--strict", "--clean", silent=True)
+    print(output)
+    notices = [line for line in (output or "").splitlines() if _is_notice(line)]
+    if notices:
+        session.error("the docs build printed a deprecation notice: " + " | ".join(n.strip() for n in notices))
     session.run("pytest", "-m", "docs", "tests/test_docs_examples.py")
 
 
