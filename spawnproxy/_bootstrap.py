@@ -43,6 +43,7 @@ CHILD_MODULES = (
     "codec",
     "parent",
     "outbox",
+    "records",
     "ops",
     "serve",
     "lifetime",
@@ -52,13 +53,16 @@ CHILD_MODULES = (
     "addresses",
     "listener",
     "network",
+    "forwarder",
 )
 # Shipped, but compiled and run only when needed: an entry point, and the modules it needs
 # in load order.  The network side runs in a child told to listen (`ops.op_listen`), the
-# stdio entry in one reached through ssh; the other children skip that work.
+# stdio entry in one reached through ssh, the forwarder in one whose code imports logging
+# (`records.watch_logging`); the other children skip that work.
 ON_DEMAND = {
     "network": ("transports", "handshake", "addresses", "listener", "network"),
     "stdio": ("transports", "stdio"),
+    "forwarder": ("forwarder",),
 }
 CHILD_PACKAGE = "_spawnproxy_child"
 MIN_CHILD_VERSION = (3, 8)

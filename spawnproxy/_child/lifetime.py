@@ -16,6 +16,7 @@ import threading
 from .channel import Channel
 from .ops import OPS
 from .outbox import after_fork
+from .records import watch_logging
 from .serve import Child
 
 
@@ -49,6 +50,7 @@ def start_process():
             stream.reconfigure(line_buffering=True)
         except (AttributeError, ValueError):
             pass
+    watch_logging()  # the child's logging records reach the parent as records
 
 
 def _watch_parent(lifeline_fd):
