@@ -159,11 +159,20 @@ class StreamPump:
             os.close(self._fd)
 
     def _emit(self, raw: bytes) -> None:
-        if self._name == "stderr" and raw.startswith(records.MARK):
-            decoded = decode_record(raw, self._prefix)
-            if decoded is not None:
-                self._handle(*decoded)
-                return
+        if self._name == "stderr":
+            at = raw.find(records.MARK)
+            if at >= 0:
+                decoded = decode_record(raw[at:], self._prefix)
+                if decoded is not None:
+                    if at:
+                        # The child wrote part of a line with no newline yet (a progress bar):
+                        # that part is passed on as a line, the record as a record.
+                        self._line(raw[:at])
+                    self._handle(*decoded)
+                    return
+        self._line(raw)
+
+    def _line(self, raw: bytes) -> None:
         text = raw.decode("utf-8", "replace").rstrip("\r")
         self._log.lines.append(LogLine(text, self._name))
         if self._name == "stderr":

@@ -306,6 +306,22 @@ def test_a_child_that_never_logs_does_not_load_logging() -> None:
         mod.terminate_daemon()
 
 
+def test_a_record_inside_an_unfinished_line_is_still_a_record(collect: tuple[logging.Logger, Collect]) -> None:
+    """A record logged while a stderr line has no newline yet (a progress bar) arrives as a record."""
+    logger, handler = collect
+    mod = _child(logger)
+    try:
+        mod.warn_inside_a_line("50%|#####", "during progress", " 100%")
+        assert wait_until(lambda: handler.named(" 100%") is not None)
+        assert [(r.name, r.getMessage()) for r in handler.records] == [
+            (logger.name, "50%|#####"),
+            (f"{logger.name}.backend", "during progress"),
+            (logger.name, " 100%"),
+        ]
+    finally:
+        mod.terminate_daemon()
+
+
 def test_a_line_that_only_looks_like_a_record_stays_a_line(collect: tuple[logging.Logger, Collect]) -> None:
     """A stderr line starting with the record mark but holding no record is passed on as a line."""
     logger, handler = collect

@@ -83,3 +83,10 @@ def say(text, stream):
 
 def ping(value):
     return value
+
+
+def warn_inside_a_line(before, message, after):
+    """Log while a line written straight to the descriptor (a progress bar) has no newline yet."""
+    os.write(2, before.encode())
+    log.warning(message)
+    os.write(2, after.encode() + b"\n")
