@@ -297,6 +297,24 @@ def test_records_through_a_launcher(collect: tuple[logging.Logger, Collect]) -> 
         mod.terminate_daemon()
 
 
+def test_a_detached_daemons_log_file_gets_its_records_at_its_own_levels(tmp_path: Path) -> None:
+    """A detached daemon's records land in its log file with level and name, down to the child's own level."""
+    log_file = tmp_path / "daemon.log"
+    script = "import logging\nlogging.basicConfig(level=logging.DEBUG)\nlog = logging.getLogger('backend')\n"
+    script += "def work():\n    log.debug('a detail')\n    log.info('a step')\n"
+    server = spawnproxy.serve(
+        spawnproxy.ScriptDefinition(script), detach=True, state_file=tmp_path / "state.json", log_file=log_file
+    )
+    try:
+        spawnproxy.connect(server.address, authkey=server.authkey).work()
+        assert wait_until(lambda: "a step" in log_file.read_text(), 5)
+        text = log_file.read_text()
+        assert "spawnproxy.child.backend DEBUG a detail" in text
+        assert "spawnproxy.child.backend INFO a step" in text
+    finally:
+        server.terminate()
+
+
 def test_a_child_that_never_logs_does_not_load_logging() -> None:
     """A child whose code does not import logging does not import it either (no start-up cost)."""
     mod = spawnproxy.run_script("import sys")
