@@ -40,7 +40,9 @@ class DaemonProxy:
     `python_exe` is the child's interpreter (a CPython 3.8+ executable or a
     virtual environment; default: the parent's own).  `logger`, when given,
     receives the child's stdout at INFO and stderr at WARNING instead of the
-    parent's streams.  Options: `call_timeout` (seconds, None = no limit),
+    parent's streams; the child's `logging` records keep their levels, under
+    `<logger name>.<child logger name>` (without a logger, `spawnproxy.child.`;
+    see the guide "Output and logging").  Options: `call_timeout` (seconds, None = no limit),
     `start_timeout` (seconds, default 60), `env` (the child's environment),
     `cwd` (its working directory, a path where it runs, checked there),
     `logs_maxlen` (lines kept in `.logs`),
@@ -163,7 +165,8 @@ class DaemonProxy:
 
     @property
     def logs(self) -> list[str]:
-        """The last lines the child wrote to stdout and stderr, most recent last (bounded)."""
+        """The last lines the child wrote to stdout and stderr and its log records, most recent
+        last (bounded); each entry's `.stream` says which: "stdout", "stderr" or "logging"."""
         return list(self._process.output.lines)
 
     def is_alive(self) -> bool:

@@ -32,7 +32,6 @@ configuration does:
   with no handler goes to the parent as a record.
 """
 
-import json
 import logging
 import os
 import sys
@@ -63,6 +62,8 @@ class Forwarder(logging.Handler):
 
 def encode(record):
     """The line that carries `record` to the parent, mark and newline included, cut to fit."""
+    import json  # here, not at the top: a child that imports logging but never logs skips its 1-2 ms
+
     exc_text = record.exc_text
     if record.exc_info and not exc_text:
         exc_text = _formatter.formatException(record.exc_info)
