@@ -198,6 +198,22 @@ def test_basic_config_force_and_own_handlers(collect: tuple[logging.Logger, Coll
         mod.terminate_daemon()
 
 
+def test_with_no_handler_at_all_the_last_resort_sends_warnings(collect: tuple[logging.Logger, Collect]) -> None:
+    """A child whose root has no handler left: logging.lastResort sends WARNING and above, as records."""
+    logger, handler = collect
+    mod = _child(logger)
+    try:
+        mod.without_root_handlers()
+        mod.set_root_level(logging.DEBUG)
+        mod.info("below the last resort's level")
+        mod.warn("by the last resort")
+        assert wait_until(lambda: handler.named("by the last resort") is not None)
+        assert handler.messages() == ["by the last resort"]
+        assert handler.records[0].name == f"{logger.name}.backend"
+    finally:
+        mod.terminate_daemon()
+
+
 def test_a_record_from_a_background_thread_arrives_while_no_call_runs(
     collect: tuple[logging.Logger, Collect],
 ) -> None:
@@ -303,7 +319,11 @@ def test_a_detached_daemons_log_file_gets_its_records_at_its_own_levels(tmp_path
     script = "import logging\nlogging.basicConfig(level=logging.DEBUG)\nlog = logging.getLogger('backend')\n"
     script += "def work():\n    log.debug('a detail')\n    log.info('a step')\n"
     server = spawnproxy.serve(
-        spawnproxy.ScriptDefinition(script), detach=True, state_file=tmp_path / "state.json", log_file=log_file
+        spawnproxy.ScriptDefinition(script),
+        detach=True,
+        state_file=tmp_path / "state.json",
+        log_file=log_file,
+        env=_env(),
     )
     try:
         spawnproxy.connect(server.address, authkey=server.authkey).work()

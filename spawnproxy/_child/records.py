@@ -31,8 +31,9 @@ import sys
 # What starts a record's line (after the launcher's stream mark, behind a launcher).
 MARK = b"\x1eL"
 # A record's line, mark and newline included, is at most this long: under the bound on a
-# line (64 KiB), with room for the mark a launcher's child adds (stdio.STDERR_MARK).
-MAX_RECORD = 64 * 1024 - 16
+# line (64 KiB), with room for the mark a launcher's child adds (stdio.STDERR_MARK) and for
+# the start of a line the child had not ended when the record came (a progress bar).
+MAX_RECORD = 60 * 1024
 TRUNCATED = " [truncated]"
 
 # The fields of a record: the keys of its JSON object.

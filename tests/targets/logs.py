@@ -48,6 +48,12 @@ def basic_config(**kwargs):
     logging.basicConfig(**kwargs)
 
 
+def without_root_handlers():
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+
+
 def root_handlers():
     return [type(handler).__name__ for handler in logging.getLogger().handlers]
 
