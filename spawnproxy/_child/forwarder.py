@@ -35,11 +35,9 @@ configuration does:
 import logging
 import os
 import sys
-import threading
 
 from . import records
 
-_write_lock = threading.Lock()  # one record's line at a time: longer ones than PIPE_BUF could mix
 _formatter = logging.Formatter()
 _basic_config = []  # logging.basicConfig as it was, once install has wrapped it
 
@@ -50,10 +48,10 @@ class Forwarder(logging.Handler):
     configured = False  # put on root by basicConfig, rather than by install
 
     def emit(self, record):
+        # Handler.handle holds this handler's lock (which logging renews in a forked child):
+        # one record's line at a time, whatever its length.
         try:
-            line = encode(record)
-            with _write_lock:
-                _write_all(line)
+            _write_all(encode(record))
         except RecursionError:
             raise
         except Exception:
