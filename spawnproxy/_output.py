@@ -79,13 +79,17 @@ def records_prefix(logger: logging.Logger | logging.LoggerAdapter[Any] | None) -
 
 def decode_record(raw: bytes, prefix: str) -> tuple[str, logging.LogRecord] | None:
     """(the child's logger name, the record) a line of the child's stderr carries after
-    `records.MARK`, or None if it carries none."""
+    `records.MARK`, or None if it carries none (it is then a line like any other)."""
     try:
-        fields = json.loads(raw[len(records.MARK) :])
-        name, levelno, message = fields[records.NAME], fields[records.LEVELNO], fields[records.MESSAGE]
-        created = float(fields[records.CREATED])
-    except (ValueError, TypeError, KeyError):
+        return _decode_record(raw, prefix)
+    except Exception:  # whatever the child wrote, the pump goes on draining
         return None
+
+
+def _decode_record(raw: bytes, prefix: str) -> tuple[str, logging.LogRecord] | None:
+    fields = json.loads(raw[len(records.MARK) :])
+    name, levelno, message = fields[records.NAME], fields[records.LEVELNO], fields[records.MESSAGE]
+    created = float(fields[records.CREATED])
     if not (isinstance(name, str) and isinstance(levelno, int) and isinstance(message, str)):
         return None
     if name == "root":

@@ -361,11 +361,23 @@ def test_a_record_inside_an_unfinished_line_is_still_a_record(collect: tuple[log
 
 
 def test_a_line_that_only_looks_like_a_record_stays_a_line(collect: tuple[logging.Logger, Collect]) -> None:
-    """A stderr line starting with the record mark but holding no record is passed on as a line."""
+    """Stderr lines with the record mark but no record (bad JSON, a list, NaN, deep nesting) stay lines."""
     logger, handler = collect
-    mod = spawnproxy.run_script("import sys\nsys.stderr.write('\\x1eLnot json\\n')", logger=logger, env=_env())
+    bad = [
+        "not json",
+        "[]",
+        '{"name": "a", "levelno": 30, "message": "m", "created": NaN}',
+        '{"name": "a", "levelno": 30, "message": "m", "created": Infinity}',
+        "[" * 50_000,  # deeper than the recursion limit, shorter than a line
+    ]
+    mod = _child(logger)
     try:
-        assert wait_until(lambda: len(handler.records) >= 1)
-        assert handler.records[0].levelno == logging.WARNING and "not json" in handler.records[0].getMessage()
+        for line in bad:
+            mod.say("\x1eL" + line, "stderr")
+        mod.warn("still a record")
+        assert wait_until(lambda: handler.named("still a record") is not None)
+        lines = [r for r in handler.records if r.name == logger.name]
+        assert [r.getMessage() for r in lines] == ["\x1eL" + line for line in bad]
+        assert all(r.levelno == logging.WARNING for r in lines)
     finally:
         mod.terminate_daemon()
