@@ -360,6 +360,20 @@ def test_a_record_inside_an_unfinished_line_is_still_a_record(collect: tuple[log
         mod.terminate_daemon()
 
 
+def test_records_after_find_spec_of_logging(collect: tuple[logging.Logger, Collect]) -> None:
+    """A child that looks logging up (importlib.util.find_spec) before importing it forwards its records."""
+    logger, handler = collect
+    script = "import importlib.util\nimportlib.util.find_spec('logging')\nimport logging\n"
+    script += "def warn(message):\n    logging.getLogger('late').warning(message)\n"
+    mod = spawnproxy.run_script(script, logger=logger, env=_env())
+    try:
+        mod.warn("looked up first")
+        assert wait_until(lambda: handler.named("looked up first") is not None)
+        assert handler.named("looked up first").name == f"{logger.name}.late"  # type: ignore[union-attr]
+    finally:
+        mod.terminate_daemon()
+
+
 def test_a_line_that_only_looks_like_a_record_stays_a_line(collect: tuple[logging.Logger, Collect]) -> None:
     """Stderr lines with the record mark but no record (bad JSON, a list, NaN, deep nesting) stay lines."""
     logger, handler = collect

@@ -19,11 +19,12 @@ since those carry the child's stderr, line by line (see `stdio`).
 
 **Loaded on demand.** Importing `logging` costs a child about 5 ms, so a
 child does not import it: `watch_logging` (run as each child starts) puts a
-finder first on `sys.meta_path` that, the first time anything imports
-`logging`, lets the import run and then loads `forwarder`, which connects
-the child's `logging` to this wire (see there for what it does to the
-child's configuration).  The finder then leaves `sys.meta_path`, and the
-loaded module's `__loader__` and `__spec__.loader` are the normal ones.
+finder first on `sys.meta_path` that, when anything imports `logging`, lets
+the import run and then loads `forwarder`, which connects the child's
+`logging` to this wire (see there for what it does to the child's
+configuration).  The finder then leaves `sys.meta_path` (a mere look-up,
+`importlib.util.find_spec`, leaves it there), and the loaded module's
+`__loader__` and `__spec__.loader` are the normal ones.
 """
 
 import sys
@@ -73,30 +74,32 @@ class _LoggingFinder:
     def find_spec(self, name, path=None, target=None):
         if name != "logging":
             return None
-        try:
-            sys.meta_path.remove(self)
-        except ValueError:
-            return None  # another thread got here first
+        # Stays until logging runs: a spec may be looked up (importlib.util.find_spec) and not used.
         for finder in sys.meta_path:
             find_spec = getattr(finder, "find_spec", None)
-            spec = find_spec(name, path, target) if find_spec is not None else None
+            spec = find_spec(name, path, target) if finder is not self and find_spec is not None else None
             if spec is not None:
                 if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-                    spec.loader = _ThenConnect(spec.loader)
+                    spec.loader = _ThenConnect(spec.loader, self)
                 return spec
         return None
 
 
 class _ThenConnect:
-    """A loader that runs another, then connects the module it loaded and steps aside."""
+    """A loader that runs another, then connects the module it loaded; it and its finder step aside."""
 
-    def __init__(self, loader):
+    def __init__(self, loader, finder):
         self._loader = loader
+        self._finder = finder
 
     def create_module(self, spec):
         return self._loader.create_module(spec)
 
     def exec_module(self, module):
+        try:
+            sys.meta_path.remove(self._finder)
+        except ValueError:
+            pass  # gone already (a second spec's loader)
         loader = self._loader
         module.__loader__ = loader
         if getattr(module, "__spec__", None) is not None:
