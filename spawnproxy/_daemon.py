@@ -167,7 +167,7 @@ class DaemonProxy:
     def logs(self) -> list[str]:
         """The last lines the child wrote to stdout and stderr and its log records, most recent
         last (bounded); each entry's `.stream` says which: "stdout", "stderr" or "logging"."""
-        return list(self._process.output.lines)
+        return self._process.output.entries()
 
     def is_alive(self) -> bool:
         """Whether the child process is still running."""

@@ -65,8 +65,13 @@ class OutputLog:
     """The last lines a child wrote, most recent last; safe to share between threads."""
 
     def __init__(self, maxlen: int) -> None:
-        self.lines: collections.deque[LogLine] = collections.deque(maxlen=maxlen)
+        # (text, stream): a LogLine is made only when asked for (`entries`), not per line.
+        self.lines: collections.deque[tuple[str, str]] = collections.deque(maxlen=maxlen)
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=20)
+
+    def entries(self) -> list[str]:
+        """The lines kept, most recent last: `LogLine`s, which a caller may take for plain `str`s."""
+        return [LogLine(text, stream) for text, stream in list(self.lines)]
 
 
 def records_prefix(logger: logging.Logger | logging.LoggerAdapter[Any] | None) -> str:
@@ -178,7 +183,7 @@ class StreamPump:
 
     def _line(self, raw: bytes) -> None:
         text = raw.decode("utf-8", "replace").rstrip("\r")
-        self._log.lines.append(LogLine(text, self._name))
+        self._log.lines.append((text, self._name))
         if self._name == "stderr":
             self._log.stderr_tail.append(text)
         if self._logger is not None:
@@ -202,7 +207,7 @@ class StreamPump:
         text = f"{record.levelname} {name}: {record.msg}"
         if record.exc_text:
             text = f"{text}\n{record.exc_text}"
-        self._log.lines.append(LogLine(text, "logging"))
+        self._log.lines.append((text, "logging"))
         self._log.stderr_tail.append(text)
         logger = logging.getLogger(None if record.name == "root" else record.name)
         try:
