@@ -231,13 +231,32 @@ def test_a_record_from_a_background_thread_arrives_while_no_call_runs(
 
 
 def test_the_last_records_before_the_child_dies_arrive(collect: tuple[logging.Logger, Collect]) -> None:
-    """A record logged just before os._exit arrives, and the call raises DaemonDiedError."""
+    """A record logged just before os._exit arrives, and the DaemonDiedError quotes it."""
     logger, handler = collect
     mod = _child(logger)
-    with pytest.raises(spawnproxy.DaemonDiedError):
+    with pytest.raises(spawnproxy.DaemonDiedError, match="WARNING backend: last words"):
         mod.warn_and_exit("last words", 3)
     assert wait_until(lambda: handler.named("last words") is not None, 5)
     assert handler.named("last words").name == f"{logger.name}.backend"  # type: ignore[union-attr]
+
+
+def test_with_the_root_logger_as_logger_the_childs_names_are_kept() -> None:
+    """logger=logging.getLogger(): a child's logger keeps its own name in the parent, its root is the root."""
+    root = logging.getLogger()
+    handler = Collect()
+    root.addHandler(handler)
+    try:
+        mod = _child(root)
+        try:
+            mod.warn("named")
+            mod.on_root(logging.ERROR, "on the root")
+            assert wait_until(lambda: handler.named("on the root") is not None)
+            assert handler.named("named").name == "backend"  # type: ignore[union-attr]
+            assert handler.named("on the root").name == "root"  # type: ignore[union-attr]
+        finally:
+            mod.terminate_daemon()
+    finally:
+        root.removeHandler(handler)
 
 
 def test_logs_say_which_stream_each_line_came_from(collect: tuple[logging.Logger, Collect]) -> None:
