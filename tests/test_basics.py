@@ -216,3 +216,24 @@ def test_a_call_is_one_round_trip() -> None:
     finally:
         del session.channel.send
         mod.terminate_daemon()
+
+
+def test_a_path_from_a_path_asks_nothing_of_the_base(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading `mod.obj.method` sends one request: the base of the path is not asked its truth (`bool`)."""
+    from spawnproxy import _session
+
+    mod = spawnproxy.run_script("class Obj:\n    def method(self):\n        return 1\nobj = Obj()")
+    try:
+        obj = mod.obj  # the root's attribute: reached by path, no request
+        sent: list[str] = []
+        request = _session.Session.request
+
+        def counted(self: object, op: str, operands: tuple[object, ...], *args: object) -> object:
+            sent.append(op if op != "op" else f"op {operands[1]}")
+            return request(self, op, operands, *args)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(_session.Session, "request", counted)
+        assert obj.method() == 1
+        assert sent == ["getattr"]
+    finally:
+        mod.terminate_daemon()
