@@ -217,7 +217,8 @@ class Remote:
         return self._sp_request("dir", (), f"dir({self._sp_label})")  # type: ignore[no-any-return]
 
     def _sp_doc(self) -> Any:
-        return self.__getattr__("__doc__")
+        # Not through __getattr__, which reaches a root's attributes by path: a docstring is a str.
+        return self._sp_request("getattr", ("__doc__",), Label(("reading {}.__doc__", self._sp_label)))
 
     @property
     def __signature__(self) -> Any:

@@ -237,3 +237,15 @@ def test_a_path_from_a_path_asks_nothing_of_the_base(monkeypatch: pytest.MonkeyP
         assert sent == ["getattr"]
     finally:
         mod.terminate_daemon()
+
+
+def test_a_roots_docstring_is_a_string() -> None:
+    """`mod.__doc__` of a root is the remote docstring itself, a str (so inspect.getdoc and `mod?` show it)."""
+    import inspect
+
+    mod = spawnproxy.run_script('"""The script\'s docstring."""\nx = 1')
+    try:
+        assert type(mod.__doc__) is str
+        assert inspect.getdoc(mod) == "The script's docstring."
+    finally:
+        mod.terminate_daemon()
