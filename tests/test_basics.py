@@ -249,3 +249,28 @@ def test_a_roots_docstring_is_a_string() -> None:
         assert inspect.getdoc(mod) == "The script's docstring."
     finally:
         mod.terminate_daemon()
+
+
+def test_a_missing_attribute_is_asked_for_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`hasattr(p, "missing")` sends the child one request, and the AttributeError is the child's."""
+    from spawnproxy import _session
+
+    mod = spawnproxy.run_script("class Obj:\n    pass\nobj = Obj()")
+    try:
+        obj = mod.obj
+        sent: list[str] = []
+        request = _session.Session.request
+
+        def counted(self: object, op: str, *args: object) -> object:
+            sent.append(op)
+            return request(self, op, *args)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(_session.Session, "request", counted)
+        assert not hasattr(obj, "missing")
+        assert sent == ["getattr"]
+        with pytest.raises(AttributeError, match="'Obj' object has no attribute 'missing'"):
+            obj.missing  # noqa: B018
+        assert getattr(obj, "missing", None) is None
+        assert sent == ["getattr"] * 3
+    finally:
+        mod.terminate_daemon()
