@@ -77,6 +77,31 @@ def test_tab_completes_nested_remote_attributes(shell: Any, mod: Any) -> None:
     assert complete(shell, "x = mod.model.fo") == ["x = mod.model.forget"]
 
 
+def test_tab_completes_without_jedi_too(shell: Any, mod: Any) -> None:
+    """With `Completer.use_jedi = False` nested remote attributes complete as well."""
+    shell.Completer.use_jedi = False
+    try:
+        assert complete(shell, "mod.model.fi") == ["mod.model.fit"]
+    finally:
+        shell.Completer.use_jedi = True
+
+
+def test_children_of_each_version_answer_completion_source_help_and_display(shell: Any, child_python: str) -> None:
+    """What a child answers for TAB, `??`, `help()` and display works in children of CPython 3.8-3.13."""
+    proxy = spawnproxy.run_module("notebook", str(ROOT / "tests" / "targets" / "notebook.py"), python_exe=child_python)
+    shell.user_ns["old"] = proxy
+    try:
+        assert complete(shell, "old.model.fi") == ["old.model.fit"]
+        assert "def fit(self, x, epochs=1):" in shell.object_inspect("old.model.fit", detail_level=1)["source"]
+        with capture_output() as captured:
+            shell.run_cell("help(old.model)")
+        assert "Fit the model to x." in captured.stdout
+        assert list(_formats(shell, proxy.claims)[0]) == ["text/plain"]
+    finally:
+        shell.user_ns.pop("old", None)
+        proxy.terminate_daemon()
+
+
 def test_tab_hides_underscore_names_until_asked(shell: Any, mod: Any) -> None:
     """`mod.model.<TAB>` offers public names only, `mod.model._<TAB>` the private ones too."""
     public = complete(shell, "mod.model.")
