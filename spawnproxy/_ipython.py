@@ -231,8 +231,9 @@ class _Bundle:
         found = request(handle, "hooks", (CANARY, names), f"the display methods of {label_of(handle)}")
         if not found:
             return None
-        # IPython's own formatters, on a stand-in that has exactly the remote object's methods.
-        return formatter.format(_Reprs(handle, found), exclude=("text/plain",))
+        # IPython's own formatters, on a stand-in that has exactly the remote object's methods
+        # (text/plain included: from a remote `_repr_mimebundle_` if it gives one, as locally).
+        return formatter.format(_Reprs(proxy, found))
 
 
 def _from_bundle(proxy: Any) -> None:
@@ -243,8 +244,13 @@ def _from_bundle(proxy: Any) -> None:
 class _Reprs:
     """Stands for a remote object before IPython's formatters: its display methods, no others."""
 
-    def __init__(self, handle: Any, names: list[str]) -> None:
+    def __init__(self, proxy: Any, names: list[str]) -> None:
+        handle = handle_of(proxy)
+        self._proxy = proxy
         self._methods = {name: make_proxy(path_of(handle, name, True)) for name in names}
+
+    def __repr__(self) -> str:
+        return repr(self._proxy)
 
     def __getattr__(self, name: str) -> Any:
         try:

@@ -195,6 +195,14 @@ def test_a_remote_dataframe_renders_as_its_table(shell: Any, mod: Any) -> None:
     assert data["text/plain"] == repr(local)
 
 
+def test_a_remote_mime_bundle_is_shown_as_the_local_one(shell: Any, mod: Any) -> None:
+    """A remote `_repr_mimebundle_` gives the same data as locally, its text/plain included."""
+    from tests.targets import notebook
+
+    assert _formats(shell, mod.bundled) == _formats(shell, notebook.bundled)
+    assert _formats(shell, mod.bundled)[0]["text/plain"] == "bundled text"
+
+
 def _counting(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Count the requests and calls every session sends from now on."""
     from spawnproxy import _session

@@ -53,3 +53,13 @@ def make_frame():
     import pandas
 
     df = pandas.DataFrame({"a": [1, 2], "b": [3, 4]})
+
+
+class Bundled:
+    """Gives its own mime bundle, text/plain included."""
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        return {"text/plain": "bundled text", "text/markdown": "**bundled**"}
+
+
+bundled = Bundled()
