@@ -22,6 +22,7 @@ everything goes through extension points of the shell instance, so no module of 
 
 from __future__ import annotations
 
+import builtins
 import logging
 import re
 import sys
@@ -51,8 +52,6 @@ def load(shell: Any) -> None:
     unload(shell)  # loading twice installs once
     shell.Completer.custom_matchers.insert(0, _matcher(shell.Completer))
     _install_inspector(shell.inspector)
-    import builtins
-
     auto = shell.builtin_trap.auto_builtins
     previous = auto.get("help")
     original = builtins.help if previous is None else previous
@@ -129,7 +128,7 @@ def _remote_names(completer: Any, text: str) -> tuple[str, list[str] | None] | N
     """(the part being completed, the attribute names that complete it or None if the child did
     not answer in time), or None if the dotted name before the cursor does not start at a proxy."""
     match = _DOTTED.search(text)
-    if match is None or completer.evaluation in ("forbidden", "minimal"):
+    if match is None or getattr(completer, "evaluation", None) in ("forbidden", "minimal"):
         return None
     path, fragment = match.group(1).split("."), match.group(2)
     spaces = (completer.namespace, completer.global_namespace)
