@@ -75,7 +75,7 @@ def _forward_sigint_to_calls(child):
     signal.signal(signal.SIGINT, on_sigint)
 
 
-def _arm_deathline(fd):
+def arm_deathline(fd):
     """Have the kernel SIGKILL this process when the parent is gone, even if no thread here can run.
 
     The lifeline thread needs the GIL, which a call stuck in C may hold for ever.
@@ -100,7 +100,7 @@ def main(fd, lifeline_fd, bundle):
     os.set_inheritable(fd, False)
     os.set_inheritable(lifeline_fd, False)
     if bundle.get("deathline") is not None:
-        _arm_deathline(bundle["deathline"])
+        arm_deathline(bundle["deathline"])
     threading.Thread(target=_watch_parent, args=(lifeline_fd,), name="spawnproxy-lifeline", daemon=True).start()
     try:
         import faulthandler

@@ -1,0 +1,289 @@
+"""Warm children: forked from a zygote of their interpreter instead of started cold.
+
+A zygote (`Zygote`) is a child started cold once per interpreter and
+environment (the key: what changes how an interpreter starts), holding the
+child package and no thread of the user, no user code; it forks a new child
+(`WarmProcess`) on request (`spawnproxy._child.zygote` is its side, and says
+what travels).  A warm child gets its own channel, lifeline, deathline,
+stdout and stderr pipes, environment and working directory, then reads a
+slim bundle (no module sources: the zygote has them) and says hello as a
+cold child does: from there the session cannot tell them apart.
+
+The registry keeps one zygote per key, made on the first warm start, made
+again when it has died, ended at exit after every other child (it reports
+its forks' exit codes) and, as a cold child, with the parent (its lifeline
+and deathline).  A warm child is not the parent's child but the zygote's:
+"ended" comes from its pidfd (which works for any process), signals go
+through the pidfd (no race with pid reuse), the exit code from the zygote's
+report.  A warm child that ends after its zygote has died has lost its exit
+code: it is reported as `LOST_EXIT`.
+
+Processes layer: uses `_process` (whose `ChildProcess` both classes extend),
+`_bootstrap`, `_errors` and the child package's `zygote` (its message layouts).
+"""
+
+from __future__ import annotations
+
+import array
+import logging
+import os
+import pickle
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any, cast
+
+from . import _bootstrap
+from ._child import zygote as wire
+from ._child.channel import Channel
+from ._errors import DaemonStartError
+from ._output import StreamPump
+from ._process import ChildProcess, resolve_executable
+
+log = logging.getLogger("spawnproxy")
+
+# The exit code of a warm child that ended after its zygote died (nobody could reap it for us).
+LOST_EXIT = 255
+# How long the zygote may take to report a fork it has reaped (it does so at once on SIGCHLD).
+_REPORT = 2.0
+_SEND_FLAGS = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
+
+
+class ZygoteGone(Exception):
+    """The zygote ended (or closed its socket) before it answered."""
+
+
+class Zygote(ChildProcess):
+    """A child that forks warm children: started cold, it runs only the child package."""
+
+    ends_last = True
+
+    def __init__(self, python_exe: str, env: Mapping[str, str], start_timeout: float | None) -> None:
+        self._talk = threading.Lock()  # one request (or read of reports) at a time
+        self._pending = b""
+        self._codes: dict[int, int] = {}
+        self._replies: list[tuple[Any, ...]] = []
+        self._gone = False
+        super().__init__(python_exe, env=env, logger=None, logs_maxlen=100, start_timeout=start_timeout)
+
+    def _bundle(self, own: bool) -> dict[str, Any]:
+        bundle = super()._bundle(own)
+        bundle["zygote"] = True
+        bundle["sys_path"] = None  # each fork gets the parent's own, as it is when it starts
+        return bundle
+
+    def fork(self, fds: list[int], request: dict[str, Any], timeout: float | None) -> int:
+        """Fork a warm child holding `fds` (in the order of `FORK_FDS`); its pid."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        data = wire.frame(request)
+        with self._talk:
+            sock = self.channel.sock
+            while True:
+                try:
+                    sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))], _SEND_FLAGS)
+                    break
+                except BlockingIOError:
+                    select.select([], [sock], [], _left(deadline))
+                except OSError as exc:
+                    raise ZygoteGone(str(exc)) from None
+            while not self._replies:
+                if self._gone:
+                    raise ZygoteGone("it closed its socket")
+                left = _left(deadline)
+                if left == 0:
+                    raise DaemonStartError(f"the zygote {self.pid} did not fork a child within {timeout} s")
+                self._read(left)
+            reply = self._replies.pop(0)
+        if reply[wire.REPORT_KIND] != wire.FORKED:
+            raise DaemonStartError(f"the zygote {self.pid} could not fork a child: {reply[1]}")
+        pid: int = reply[wire.REPORT_PID]
+        return pid
+
+    def exit_code(self, pid: int, timeout: float) -> int | None:
+        """The exit code the zygote reported for `pid`, waiting up to `timeout`; None if it has none."""
+        deadline = time.monotonic() + timeout
+        with self._talk:
+            while pid not in self._codes:
+                left = deadline - time.monotonic()
+                if self._gone or left < 0:
+                    return None
+                self._read(left)
+            return self._codes.pop(pid)
+
+    def _read(self, timeout: float | None) -> None:
+        """Read what the zygote sent within `timeout`, sorting its reports from its replies."""
+        sock = self.channel.sock
+        if not select.select([sock], [], [], timeout)[0]:
+            return
+        try:
+            data = sock.recv(65536, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._gone = True
+            return
+        self._pending += data
+        size = wire.HEADER.size
+        while len(self._pending) >= size:
+            (length,) = wire.HEADER.unpack(self._pending[:size])
+            if len(self._pending) < size + length:
+                break
+            message = pickle.loads(self._pending[size : size + length])
+            self._pending = self._pending[size + length :]
+            if message[wire.REPORT_KIND] == wire.EXITED:
+                self._codes[message[wire.REPORT_PID]] = message[wire.REPORT_CODE]
+            else:
+                self._replies.append(message)
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+_zygotes: dict[tuple[str, tuple[tuple[str, str], ...]], Zygote] = {}
+_registry = threading.Lock()
+
+
+def zygote_for(executable: str, env: Mapping[str, str], start_timeout: float | None) -> Zygote:
+    """The running zygote of `executable` with `env` (started, or started again, if needed)."""
+    key = (os.path.abspath(executable), tuple(sorted(env.items())))
+    with _registry:
+        zygote = _zygotes.get(key)
+        if zygote is not None and (zygote.poll() is not None or zygote._gone):
+            log.debug("zygote %d has ended: starting another", zygote.pid)
+            zygote.shutdown(0)
+            zygote = None
+        if zygote is None:
+            zygote = _zygotes[key] = Zygote(executable, env, start_timeout)
+            log.debug("zygote %d started for %s", zygote.pid, executable)
+        return zygote
+
+
+def zygote_pids() -> list[int]:
+    """The process ids of the zygotes running now (each outlives the children it forked).
+
+    Example:
+        >>> import spawnproxy._zygote
+        >>> isinstance(spawnproxy._zygote.zygote_pids(), list)
+        True
+    """
+    with _registry:
+        return [zygote.pid for zygote in _zygotes.values() if zygote.poll() is None]
+
+
+class _Forked:
+    """A warm child as `subprocess.Popen` shows a process: `pid`, `returncode`, `poll`, `wait`."""
+
+    def __init__(self, pid: int, zygote: Zygote) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self._zygote = zygote
+        self._pidfd: int | None = os.pidfd_open(pid)
+
+    def poll(self) -> int | None:
+        if self.returncode is None and self._ended(0):
+            self._collect()
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            if not self._ended(timeout):
+                raise subprocess.TimeoutExpired(["warm child", str(self.pid)], timeout or 0.0)
+            self._collect()
+        assert self.returncode is not None
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None and self._pidfd is not None:
+            try:
+                signal.pidfd_send_signal(self._pidfd, sig)
+            except ProcessLookupError:
+                pass
+
+    def _ended(self, timeout: float | None) -> bool:
+        return self._pidfd is None or bool(select.select([self._pidfd], [], [], timeout)[0])
+
+    def _collect(self) -> None:
+        code = self._zygote.exit_code(self.pid, _REPORT)
+        self.returncode = LOST_EXIT if code is None else code
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+
+
+class WarmProcess(ChildProcess):
+    """A child forked from the zygote of its interpreter: started in a few milliseconds."""
+
+    def __init__(
+        self,
+        python_exe: str | os.PathLike[str] | None,
+        *,
+        env: Mapping[str, str] | None,
+        logger: logging.Logger | None,
+        logs_maxlen: int,
+        start_timeout: float | None,
+    ) -> None:
+        self._start_timeout = start_timeout  # for `_spawn`, which the constructor below runs
+        super().__init__(python_exe, env=env, logger=logger, logs_maxlen=logs_maxlen, start_timeout=start_timeout)
+
+    def _spawn(self, python_exe: Any, env: Mapping[str, str] | None, logger: logging.Logger | None) -> bool:
+        exe, own = resolve_executable(python_exe)
+        self.executable = exe
+        child_env = dict(os.environ if env is None else env)
+        timeout = self._start_timeout
+        parent_sock, child_sock = socket.socketpair()
+        life_read, life_write = os.pipe()
+        death_read, death_write = os.pipe()
+        out_read, out_write = os.pipe()
+        err_read, err_write = os.pipe()
+        mine = [parent_sock.detach(), life_write, death_write, out_read, err_read]
+        theirs = [child_sock.detach(), life_read, death_read, out_write, err_write]
+        request = {"env": child_env, "cwd": os.getcwd()}
+        try:
+            for attempt in (1, 2):
+                zygote = zygote_for(exe, _bootstrap.safe_environment(child_env), timeout)
+                try:
+                    pid = zygote.fork(theirs, request, timeout)
+                    break
+                except ZygoteGone:
+                    if attempt == 2:
+                        raise DaemonStartError(f"the zygote of {exe!r} ended as it was asked to fork") from None
+        except BaseException:
+            for fd in mine:
+                os.close(fd)
+            raise
+        finally:
+            for fd in theirs:
+                os.close(fd)
+        forked = _Forked(pid, zygote)
+        watch = self._started(cast(Any, forked))  # a Popen as far as ChildProcess is concerned
+        self._lifeline, self._deathline = life_write, death_write
+        self._pumps = [
+            StreamPump(out_read, "stdout", self.output, logger, pid),
+            StreamPump(err_read, "stderr", self.output, logger, pid),
+        ]
+        self._sock = sock = socket.socket(fileno=mine[0])
+        self.channel = Channel(sock, watch_fds=watch)
+        return own
+
+    def _bundle(self, own: bool) -> dict[str, Any]:
+        # The zygote has loaded the child package: the fork needs only what differs per child.
+        return {"sys_path": list(sys.path) if own else None, "deathline": None}
+
+    def escalate(self, step: str | signal.Signals) -> None:
+        if step == "lifeline":
+            super().escalate(step)
+            return
+        assert isinstance(step, signal.Signals)
+        log.warning("child %d did not exit; sending %s", self.pid, step.name)
+        cast(_Forked, self.popen).send_signal(step)
+
+    def interrupt(self) -> None:
+        cast(_Forked, self.popen).send_signal(signal.SIGINT)
