@@ -167,8 +167,8 @@ class ChildProcess:
         """The error to raise when the child did not say hello (the child has been ended)."""
         return error
 
-    def _bundle(self, own: bool) -> dict[str, Any]:
-        """The first frame the child reads (a subclass may send less, or more)."""
+    def _bundle(self, own: bool) -> dict[str, Any] | None:
+        """The first frame the child reads (a subclass may send more, or none: its child has it)."""
         bundle = _bootstrap.bundle(own, list(sys.path) if own else None)
         bundle["deathline"] = self._deathline_in_child
         return bundle
@@ -176,7 +176,8 @@ class ChildProcess:
     def _handshake(self, own: bool, timeout: float | None) -> dict[str, Any]:
         bundle = self._bundle(own)
         try:
-            self.channel.send(protocol.TAG_PICKLE, _serialize.dumps(bundle))
+            if bundle is not None:
+                self.channel.send(protocol.TAG_PICKLE, _serialize.dumps(bundle))
         except OSError:
             pass  # the child is already gone: the wait below says why
         deadline = None if timeout is None else time.monotonic() + timeout

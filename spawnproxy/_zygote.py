@@ -73,6 +73,7 @@ class Zygote(ChildProcess):
 
     def _bundle(self, own: bool) -> dict[str, Any]:
         bundle = super()._bundle(own)
+        assert bundle is not None
         bundle["zygote"] = True
         bundle["sys_path"] = None  # each fork gets the parent's own, as it is when it starts
         return bundle
@@ -245,7 +246,8 @@ class WarmProcess(ChildProcess):
         err_read, err_write = os.pipe()
         mine = [parent_sock.detach(), life_write, death_write, out_read, err_read]
         theirs = [child_sock.detach(), life_read, death_read, out_write, err_write]
-        request = {"env": child_env, "cwd": os.getcwd()}
+        # The fork's bundle travels with the request (the zygote has the module sources).
+        request = {"env": child_env, "cwd": os.getcwd(), "bundle": {"sys_path": list(sys.path) if own else None}}
         try:
             for attempt in (1, 2):
                 zygote = zygote_for(exe, _bootstrap.safe_environment(child_env), timeout)
@@ -273,9 +275,8 @@ class WarmProcess(ChildProcess):
         self.channel = Channel(sock, watch_fds=watch)
         return own
 
-    def _bundle(self, own: bool) -> dict[str, Any]:
-        # The zygote has loaded the child package: the fork needs only what differs per child.
-        return {"sys_path": list(sys.path) if own else None, "deathline": None}
+    def _bundle(self, own: bool) -> None:
+        return None  # the fork had its bundle with the request
 
     def escalate(self, step: str | signal.Signals) -> None:
         if step == "lifeline":

@@ -11,15 +11,16 @@ thread: a `select` loop over its socket to the parent, its lifeline and the
 wakeup pipe of SIGCHLD.  On the socket, frames of `HEADER` (length) and a
 pickle travel each way:
 
-- parent -> zygote: a FORK request, a dict (`env`, `cwd`, `argv`), with the
-  new child's descriptors attached (SCM_RIGHTS, in the order of `FORK_FDS`);
+- parent -> zygote: a FORK request, a dict (`env`, `cwd`, and the `bundle`
+  a cold child reads first, without the module sources), with the new
+  child's descriptors attached (SCM_RIGHTS, in the order of `FORK_FDS`);
 - zygote -> parent: (`FORKED`, pid) or (`FAILED`, reason) answering it, and
   (`EXITED`, pid, code) when a fork has ended and been reaped (`code` as
   `subprocess` gives it: negative for a signal).  `REPORT_*` name the items.
 
 The fork drops the zygote's descriptors and signal handling, starts its own
 session, takes its stdout and stderr pipes, environment and working
-directory, reads its bundle on its own channel and runs `lifetime.main`.
+directory and runs `lifetime.main` with the request's bundle.
 The zygote ends when its lifeline or its socket closes (the parent ended it,
 or died); its deathline ends it even when no thread of it can run.  A fork
 outlives its zygote: it has a lifeline and deathline of its own.
@@ -87,6 +88,13 @@ def main(fd, lifeline_fd, bundle):
     hello = pickle.dumps(("hello", lifetime.hello()), PROTOCOL)
     sock.sendall(HEADER.pack(len(hello) + 1) + b"P" + hello)
     zygote_fds = (fd, lifeline_fd, wake_read, wake_write, deathline)
+    import gc
+
+    # What the zygote holds stays out of every later collection: a fork's collections then
+    # touch (and copy) none of its pages.
+    gc.collect()
+    gc.freeze()
+    gc.disable()
     pending = b""
     fds = []
     while True:
@@ -184,30 +192,15 @@ def _become_child(request, fds, zygote_fds):
         fd = fds.pop(name)
         os.dup2(fd, target)
         os.close(fd)
-    os.environ.clear()
-    os.environ.update(request["env"])
+    import gc
+
+    gc.enable()
+    if os.environ != request["env"]:
+        os.environ.clear()
+        os.environ.update(request["env"])
     os.chdir(request["cwd"])
     sys.argv[1:] = [str(fds["channel"]), str(fds["lifeline"])]
     # `random` re-seeds itself in a fork (an at-fork hook, 3.7+); the hash seed cannot change.
-    bundle = _read_bundle(fds["channel"])
-    if bundle is None:
-        return
+    bundle = request["bundle"]
     bundle["deathline"] = fds["deathline"]
     lifetime.main(fds["channel"], fds["lifeline"], bundle)
-
-
-def _read_bundle(fd):
-    """The first frame on the fork's channel, as the bootstrap reads it: None if the parent went."""
-
-    def read(count):
-        data = b""
-        while len(data) < count:
-            chunk = os.read(fd, count - len(data))
-            if not chunk:
-                return None
-            data += chunk
-        return data
-
-    head = read(HEADER.size)
-    body = None if head is None else read(HEADER.unpack(head)[0])
-    return None if body is None else pickle.loads(body[1:])
