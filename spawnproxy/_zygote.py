@@ -27,7 +27,6 @@ from __future__ import annotations
 import array
 import logging
 import os
-import pickle
 import select
 import signal
 import socket
@@ -81,7 +80,7 @@ class Zygote(ChildProcess):
     def fork(self, fds: list[int], request: dict[str, Any], timeout: float | None) -> int:
         """Fork a warm child holding `fds` (in the order of `FORK_FDS`); its pid."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        data = wire.frame(request)
+        data = wire.frame(request)  # type: ignore[no-untyped-call]
         with self._talk:
             sock = self.channel.sock
             while True:
@@ -130,14 +129,8 @@ class Zygote(ChildProcess):
         if not data:
             self._gone = True
             return
-        self._pending += data
-        size = wire.HEADER.size
-        while len(self._pending) >= size:
-            (length,) = wire.HEADER.unpack(self._pending[:size])
-            if len(self._pending) < size + length:
-                break
-            message = pickle.loads(self._pending[size : size + length])
-            self._pending = self._pending[size + length :]
+        messages, self._pending = wire.split(self._pending + data)  # type: ignore[no-untyped-call]
+        for message in messages:
             if message[wire.REPORT_KIND] == wire.EXITED:
                 self._codes[message[wire.REPORT_PID]] = message[wire.REPORT_CODE]
             else:

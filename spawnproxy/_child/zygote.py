@@ -59,6 +59,18 @@ def frame(message):
     return HEADER.pack(len(data)) + data
 
 
+def split(pending):
+    """(the whole messages at the start of `pending`, the bytes after them)."""
+    messages = []
+    while len(pending) >= HEADER.size:
+        (size,) = HEADER.unpack(pending[: HEADER.size])
+        if len(pending) < HEADER.size + size:
+            break
+        messages.append(pickle.loads(pending[HEADER.size : HEADER.size + size]))
+        pending = pending[HEADER.size + size :]
+    return messages, pending
+
+
 def exit_code(status):
     """`os.waitpid`'s status as `subprocess` reports it (os.waitstatus_to_exitcode is 3.9+)."""
     if os.WIFSIGNALED(status):
@@ -113,13 +125,8 @@ def main(fd, lifeline_fd, bundle):
                     got = array.array("i")
                     got.frombytes(raw[: len(raw) - len(raw) % got.itemsize])
                     fds.extend(got)
-            pending += data
-            while len(pending) >= HEADER.size:
-                (size,) = HEADER.unpack(pending[: HEADER.size])
-                if len(pending) < HEADER.size + size:
-                    break
-                request = pickle.loads(pending[HEADER.size : HEADER.size + size])
-                pending = pending[HEADER.size + size :]
+            requests, pending = split(pending + data)
+            for request in requests:
                 mine, fds = fds[: len(FORK_FDS)], fds[len(FORK_FDS) :]
                 _fork(sock, request, mine, zygote_fds)
 
