@@ -84,6 +84,12 @@ def child_python(request: pytest.FixtureRequest) -> str:
     return exe
 
 
+@pytest.fixture(params=[False, True], ids=["cold", "warm"])
+def warm(request: pytest.FixtureRequest) -> bool:
+    """The `warm` option a test starts its children with: each such test runs cold and warm (a zygote's fork)."""
+    return bool(request.param)
+
+
 def _running(pid: int) -> bool:
     """Whether a process exists and is not a zombie (it may vanish while we look)."""
     try:
