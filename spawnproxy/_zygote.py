@@ -34,6 +34,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -179,7 +180,12 @@ class _Forked:
         self.pid = pid
         self.returncode: int | None = None
         self._zygote = zygote
-        self._pidfd: int | None = os.pidfd_open(pid)
+        self._pidfd = os.pidfd_open(pid)
+        # Closed with this object, not when the child ends: another thread may be polling it.
+        weakref.finalize(self, os.close, self._pidfd).atexit = False  # at exit, the children end first
+        # Several threads may wait for the same child (a session that saw it die, a shutdown):
+        # the zygote reports its exit once, and the first to collect it keeps it for all.
+        self._collecting = threading.Lock()
 
     def poll(self) -> int | None:
         if self.returncode is None and self._ended(0):
@@ -195,21 +201,21 @@ class _Forked:
         return self.returncode
 
     def send_signal(self, sig: int) -> None:
-        if self.returncode is None and self._pidfd is not None:
+        if self.returncode is None:
             try:
                 signal.pidfd_send_signal(self._pidfd, sig)
             except ProcessLookupError:
                 pass
 
     def _ended(self, timeout: float | None) -> bool:
-        return self._pidfd is None or bool(select.select([self._pidfd], [], [], timeout)[0])
+        return self.returncode is not None or bool(select.select([self._pidfd], [], [], timeout)[0])
 
     def _collect(self) -> None:
-        code = self._zygote.exit_code(self.pid, _REPORT)
-        self.returncode = LOST_EXIT if code is None else code
-        if self._pidfd is not None:
-            os.close(self._pidfd)
-            self._pidfd = None
+        with self._collecting:
+            if self.returncode is not None:
+                return
+            code = self._zygote.exit_code(self.pid, _REPORT)
+            self.returncode = LOST_EXIT if code is None else code
 
 
 class WarmProcess(ChildProcess):
