@@ -108,7 +108,6 @@ def _say(key: str, value: object) -> None:
 
 def _ready(*proxies: object) -> None:
     import spawnproxy
-
     from spawnproxy._zygote import zygote_pids
 
     pids = [spawnproxy.daemon_of(p).pid for p in proxies] + zygote_pids()
