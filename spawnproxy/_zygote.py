@@ -119,7 +119,11 @@ class Zygote(ChildProcess):
     def _read(self, timeout: float | None) -> None:
         """Read what the zygote sent within `timeout`, sorting its reports from its replies."""
         sock = self.channel.sock
-        if not select.select([sock], [], [], timeout)[0]:
+        try:
+            if not select.select([sock], [], [], timeout)[0]:
+                return
+        except (OSError, ValueError):  # closed: the zygote was ended (it had died)
+            self._gone = True
             return
         try:
             data = sock.recv(65536, socket.MSG_DONTWAIT)
