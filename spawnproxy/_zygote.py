@@ -35,7 +35,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 from . import _bootstrap
@@ -64,10 +64,16 @@ class Zygote(ChildProcess):
     ends_last = True
 
     def __init__(self, python_exe: str, env: Mapping[str, str], start_timeout: float | None) -> None:
-        self._talk = threading.Lock()  # one request (or read of reports) at a time
+        # Requests are pipelined: many threads may send theirs (each whole, under the lock) before
+        # the first reply; the zygote answers in order, so the n-th reply is the n-th request's.
+        # One thread at a time reads, without the lock; the others wait on the condition.
+        self._cond = threading.Condition()
+        self._sent = 0  # requests sent
+        self._replied = 0  # replies read
+        self._replies: dict[int, tuple[Any, ...]] = {}  # request number -> its reply
+        self._codes: dict[int, int] = {}  # pid -> exit code, as reported
+        self._reading = False
         self._pending = b""
-        self._codes: dict[int, int] = {}
-        self._replies: list[tuple[Any, ...]] = []
         self._gone = False
         super().__init__(python_exe, env=env, logger=None, logs_maxlen=100, start_timeout=start_timeout)
 
@@ -82,7 +88,7 @@ class Zygote(ChildProcess):
         """Fork a warm child holding `fds` (in the order of `FORK_FDS`); its pid."""
         deadline = None if timeout is None else time.monotonic() + timeout
         data = wire.frame(request)  # type: ignore[no-untyped-call]
-        with self._talk:
+        with self._cond:
             sock = self.channel.sock
             while True:
                 try:
@@ -90,16 +96,16 @@ class Zygote(ChildProcess):
                     break
                 except BlockingIOError:
                     select.select([], [sock], [], _left(deadline))
-                except OSError as exc:
+                except (OSError, ValueError) as exc:
                     raise ZygoteGone(str(exc)) from None
-            while not self._replies:
-                if self._gone:
-                    raise ZygoteGone("it closed its socket")
-                left = _left(deadline)
-                if left == 0:
-                    raise DaemonStartError(f"the zygote {self.pid} did not fork a child within {timeout} s")
-                self._read(left)
-            reply = self._replies.pop(0)
+            number = self._sent
+            self._sent += 1
+        if not self._await(lambda: number in self._replies, deadline):
+            if self._gone:
+                raise ZygoteGone("it closed its socket")
+            raise DaemonStartError(f"the zygote {self.pid} did not fork a child within {timeout} s")
+        with self._cond:
+            reply = self._replies.pop(number)
         if reply[wire.REPORT_KIND] != wire.FORKED:
             raise DaemonStartError(f"the zygote {self.pid} could not fork a child: {reply[1]}")
         pid: int = reply[wire.REPORT_PID]
@@ -107,39 +113,56 @@ class Zygote(ChildProcess):
 
     def exit_code(self, pid: int, timeout: float) -> int | None:
         """The exit code the zygote reported for `pid`, waiting up to `timeout`; None if it has none."""
-        deadline = time.monotonic() + timeout
-        with self._talk:
-            while pid not in self._codes:
-                left = deadline - time.monotonic()
-                if self._gone or left < 0:
-                    return None
-                self._read(left)
+        if not self._await(lambda: pid in self._codes, time.monotonic() + timeout):
+            return None
+        with self._cond:
             return self._codes.pop(pid)
 
-    def _read(self, timeout: float | None) -> None:
-        """Read what the zygote sent within `timeout`, sorting its reports from its replies."""
+    def _await(self, ready: Callable[[], bool], deadline: float | None) -> bool:
+        """Whether `ready()` came true before `deadline`, reading the zygote's messages meanwhile."""
+        with self._cond:
+            while not ready():
+                left = _left(deadline)
+                if self._gone or left == 0:
+                    return False
+                if self._reading:
+                    self._cond.wait(left)
+                    continue
+                self._reading = True
+                self._cond.release()
+                try:
+                    data = self._read(left)
+                finally:
+                    self._cond.acquire()
+                    self._reading = False
+                    self._cond.notify_all()
+                if data == b"":
+                    self._gone = True
+                elif data is not None:
+                    self._sort(data)
+            return True
+
+    def _read(self, timeout: float | None) -> bytes | None:
+        """What the zygote sent within `timeout` (None: nothing yet; b"": it has gone)."""
         sock = self.channel.sock
         try:
             if not select.select([sock], [], [], timeout)[0]:
-                return
-        except (OSError, ValueError):  # closed: the zygote was ended (it had died)
-            self._gone = True
-            return
-        try:
-            data = sock.recv(65536, socket.MSG_DONTWAIT)
+                return None
+            return sock.recv(65536, socket.MSG_DONTWAIT)
         except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self._gone = True
-            return
+            return None
+        except (OSError, ValueError):  # closed: the zygote was ended (it had died)
+            return b""
+
+    def _sort(self, data: bytes) -> None:
+        """File the zygote's messages: exit reports by pid, replies by request number."""
         messages, self._pending = wire.split(self._pending + data)  # type: ignore[no-untyped-call]
         for message in messages:
             if message[wire.REPORT_KIND] == wire.EXITED:
                 self._codes[message[wire.REPORT_PID]] = message[wire.REPORT_CODE]
             else:
-                self._replies.append(message)
+                self._replies[self._replied] = message
+                self._replied += 1
 
 
 def _left(deadline: float | None) -> float | None:
