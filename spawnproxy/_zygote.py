@@ -123,9 +123,11 @@ class Zygote(ChildProcess):
         with self._cond:
             while not ready():
                 left = _left(deadline)
-                if self._gone or left == 0:
+                if self._gone:
                     return False
                 if self._reading:
+                    if left == 0:
+                        return False
                     self._cond.wait(left)
                     continue
                 self._reading = True
@@ -140,6 +142,8 @@ class Zygote(ChildProcess):
                     self._gone = True
                 elif data is not None:
                     self._sort(data)
+                if left == 0:  # one look at what has come, no wait
+                    return ready()
             return True
 
     def _read(self, timeout: float | None) -> bytes | None:
@@ -207,12 +211,20 @@ class _Forked:
         self.pid = pid
         self.returncode: int | None = None
         self._zygote = zygote
-        self._pidfd = os.pidfd_open(pid)
-        # Closed with this object, not when the child ends: another thread may be polling it.
-        weakref.finalize(self, os.close, self._pidfd).atexit = False  # at exit, the children end first
         # Several threads may wait for the same child (a session that saw it die, a shutdown):
         # the zygote reports its exit once, and the first to collect it keeps it for all.
         self._collecting = threading.Lock()
+        try:
+            self._pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:  # it ended, and the zygote reaped it, before we could look
+            self._pidfd = os.open(os.devnull, os.O_RDONLY)  # always "readable": ended
+            self._collect()
+        # Closed with this object, not when the child ends: another thread may be polling it.
+        weakref.finalize(self, os.close, self._pidfd).atexit = False  # at exit, the children end first
+        # The zygote reports a fork's end after reaping it, and only a reaped pid can be reused:
+        # with no report yet, the pidfd is this child's.
+        if self.returncode is None and (code := zygote.exit_code(pid, 0)) is not None:
+            self.returncode = code
 
     def poll(self) -> int | None:
         if self.returncode is None and self._ended(0):
