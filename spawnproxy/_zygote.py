@@ -90,11 +90,17 @@ class Zygote(ChildProcess):
         data = wire.frame(request)  # type: ignore[no-untyped-call]
         with self._cond:
             sock = self.channel.sock
-            while True:
+            rest = memoryview(data)
+            ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+            # Whole, under the lock: a request the socket takes in parts must not interleave with another.
+            while rest:
                 try:
-                    sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))], _SEND_FLAGS)
-                    break
+                    rest = rest[sock.sendmsg([rest], ancillary, _SEND_FLAGS) :]
+                    ancillary = []  # the descriptors went with the first byte
                 except BlockingIOError:
+                    if _left(deadline) == 0:
+                        self._gone = len(rest) < len(data)  # half a request sent: the next warm start replaces it
+                        raise DaemonStartError(f"the zygote {self.pid} took no request within {timeout} s") from None
                     select.select([], [sock], [], _left(deadline))
                 except (OSError, ValueError) as exc:
                     raise ZygoteGone(str(exc)) from None

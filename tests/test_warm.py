@@ -204,3 +204,29 @@ def test_a_pool_is_warm_unless_told_or_launched() -> None:
         assert psutil.Process(pool.submit(os.getpid).result(30)).ppid() in zygote_pids()
     with spawnproxy.Pool(max_workers=1, warm=False) as pool:
         assert psutil.Process(pool.submit(os.getpid).result(30)).ppid() == os.getpid()
+
+
+def test_a_warm_child_holds_no_other_childs_descriptors() -> None:
+    """Requests sent together, each larger than one read of the zygote, leave no fork holding another's descriptors."""
+    # A request the zygote reads in several parts (one variable may hold at most 128 KiB).
+    env = dict(os.environ, **{f"SPAWNPROXY_BIG{i}": "x" * 50_000 for i in range(4)})
+    alone = spawnproxy.run_script("x = 1", env=env, warm=True)
+    started: list[object] = []
+    threads = [
+        threading.Thread(target=lambda: started.append(spawnproxy.run_script("x = 1", env=env, warm=True)))
+        for _ in range(6)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    try:
+        assert len(started) == 6
+
+        def fds(mod: object) -> int:
+            return len(os.listdir(f"/proc/{spawnproxy.daemon_of(mod).pid}/fd"))
+
+        assert [fds(mod) for mod in started] == [fds(alone)] * 6
+    finally:
+        for mod in [alone, *started]:
+            mod.terminate_daemon()

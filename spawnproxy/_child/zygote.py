@@ -128,7 +128,8 @@ def main(fd, lifeline_fd, bundle):
             requests, pending = split(pending + data)
             for request in requests:
                 mine, fds = fds[: len(FORK_FDS)], fds[len(FORK_FDS) :]
-                _fork(sock, request, mine, zygote_fds)
+                # Descriptors of the requests after this one, already received, are not the fork's.
+                _fork(sock, request, mine, zygote_fds + tuple(fds))
 
 
 def _drain(fd):
