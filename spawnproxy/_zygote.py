@@ -291,7 +291,12 @@ class WarmProcess(ChildProcess):
         mine = [parent_sock.detach(), life_write, death_write, out_read, err_read]
         theirs = [child_sock.detach(), life_read, death_read, out_write, err_write]
         # The fork's bundle travels with the request (the zygote has the module sources).
-        request = {"env": child_env, "cwd": os.getcwd(), "bundle": {"sys_path": list(sys.path) if own else None}}
+        request = {
+            "env": child_env,
+            "cwd": os.getcwd(),
+            "cpus": sorted(os.sched_getaffinity(0)),  # as a cold child inherits them now
+            "bundle": {"sys_path": list(sys.path) if own else None},
+        }
         try:
             for attempt in (1, 2):
                 zygote = zygote_for(exe, _bootstrap.safe_environment(child_env), timeout)

@@ -230,3 +230,18 @@ def test_a_warm_child_holds_no_other_childs_descriptors() -> None:
     finally:
         for mod in [alone, *started]:
             mod.terminate_daemon()
+
+
+def test_a_warm_child_gets_the_cpus_the_parent_has_now() -> None:
+    """A warm child runs on the CPUs the parent may use when it starts it, as a cold child would."""
+    spawnproxy.run_script("x = 1", warm=True).terminate_daemon()  # the zygote exists before the change
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(before)})
+    try:
+        mod = spawnproxy.run_script("import os\ncpus = sorted(os.sched_getaffinity(0))", warm=True)
+    finally:
+        os.sched_setaffinity(0, before)
+    try:
+        assert mod.cpus == [min(before)]
+    finally:
+        mod.terminate_daemon()

@@ -11,7 +11,7 @@ thread: a `select` loop over its socket to the parent, its lifeline and the
 wakeup pipe of SIGCHLD.  On the socket, frames of `HEADER` (length) and a
 pickle travel each way:
 
-- parent -> zygote: a FORK request, a dict (`env`, `cwd`, and the `bundle`
+- parent -> zygote: a FORK request, a dict (`env`, `cwd`, `cpus`, and the `bundle`
   a cold child reads first, without the module sources), with the new
   child's descriptors attached (SCM_RIGHTS, in the order of `FORK_FDS`);
 - zygote -> parent: (`FORKED`, pid) or (`FAILED`, reason) answering it, and
@@ -19,8 +19,9 @@ pickle travel each way:
   `subprocess` gives it: negative for a signal).  `REPORT_*` name the items.
 
 The fork drops the zygote's descriptors and signal handling, starts its own
-session, takes its stdout and stderr pipes, environment and working
-directory and runs `lifetime.main` with the request's bundle.
+session, takes its stdout and stderr pipes, environment, working directory
+and CPU affinity (what a cold child would inherit from the parent at that
+moment) and runs `lifetime.main` with the request's bundle.
 The zygote ends when its lifeline or its socket closes (the parent ended it,
 or died); its deathline ends it even when no thread of it can run.  A fork
 outlives its zygote: it has a lifeline and deathline of its own.
@@ -207,6 +208,8 @@ def _become_child(request, fds, zygote_fds):
         os.environ.clear()
         os.environ.update(request["env"])
     os.chdir(request["cwd"])
+    if sorted(os.sched_getaffinity(0)) != request["cpus"]:
+        os.sched_setaffinity(0, request["cpus"])
     sys.argv[1:] = [str(fds["channel"]), str(fds["lifeline"])]
     # `random` re-seeds itself in a fork (an at-fork hook, 3.7+); the hash seed cannot change.
     bundle = request["bundle"]
