@@ -181,12 +181,25 @@ def _left(deadline: float | None) -> float | None:
 
 _zygotes: dict[tuple[str, tuple[tuple[str, str], ...]], Zygote] = {}
 _registry = threading.Lock()
+_fork_hook = False  # registered with the first zygote
+
+
+def _forget_after_fork() -> None:
+    # A forked process shares its parent's zygote sockets: it must start zygotes of its own.
+    global _registry
+    _zygotes.clear()
+    _registry = threading.Lock()  # another thread may have held it at the fork
 
 
 def zygote_for(executable: str, env: Mapping[str, str], start_timeout: float | None) -> Zygote:
     """The running zygote of `executable` with `env` (started, or started again, if needed)."""
+    global _fork_hook
     key = (os.path.abspath(executable), tuple(sorted(env.items())))
     with _registry:
+        if not _fork_hook:
+            # At the first zygote, not at import: importing spawnproxy has no side effects.
+            os.register_at_fork(after_in_child=_forget_after_fork)
+            _fork_hook = True
         zygote = _zygotes.get(key)
         if zygote is not None and (zygote.poll() is not None or zygote._gone):
             log.debug("zygote %d has ended: starting another", zygote.pid)

@@ -245,3 +245,29 @@ def test_a_warm_child_gets_the_cpus_the_parent_has_now() -> None:
         assert mod.cpus == [min(before)]
     finally:
         mod.terminate_daemon()
+
+
+def test_a_forked_parent_starts_a_zygote_of_its_own() -> None:
+    """A process forked from a parent with a zygote gets warm children from a zygote of its own; the parent's serves on."""
+    first = spawnproxy.run_script("import os\ndef parent():\n    return os.getppid()", warm=True)
+    zygote = _zygote_of(first)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the forked process: report its warm child's zygote, and leave at once
+        try:
+            mod = spawnproxy.run_script("import os\ndef parent():\n    return os.getppid()", warm=True)
+            os.write(write, str(mod.parent()).encode())
+            mod.terminate_daemon()
+        finally:
+            os._exit(0)
+    os.close(write)
+    try:
+        with os.fdopen(read) as answer:
+            theirs = int(answer.read() or 0)
+        os.waitpid(pid, 0)
+        assert theirs not in (0, zygote)
+        again = spawnproxy.run_script("import os\ndef parent():\n    return os.getppid()", warm=True)
+        assert again.parent() == zygote == first.parent()
+        again.terminate_daemon()
+    finally:
+        first.terminate_daemon()
