@@ -304,8 +304,8 @@ class WarmProcess(ChildProcess):
         mine = [parent_sock.detach(), life_write, death_write, out_read, err_read]
         theirs = [child_sock.detach(), life_read, death_read, out_write, err_write]
         # The fork's bundle travels with the request (the zygote has the module sources).
+        # No environment: the zygote's key is the child's environment, which its forks inherit.
         request = {
-            "env": child_env,
             "cwd": os.getcwd(),
             "cpus": sorted(os.sched_getaffinity(0)),  # as a cold child inherits them now
             "bundle": {"sys_path": list(sys.path) if own else None},

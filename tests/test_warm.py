@@ -133,19 +133,24 @@ def test_the_zygote_and_its_children_end_with_the_parent() -> None:
 
 def test_each_warm_child_has_the_environment_and_directory_asked_for(tmp_path, monkeypatch) -> None:
     """env is the child's whole environment, and its working directory the parent's current one, as for a cold child."""
-    one = spawnproxy.run_script(
-        "import os\nvalue = os.environ.get('SPAWNPROXY_T')", env={"SPAWNPROXY_T": "1"}, warm=True
-    )
-    two = spawnproxy.run_script(
-        "import os\nvalue = os.environ.get('SPAWNPROXY_T')", env={"SPAWNPROXY_T": "2"}, warm=True
-    )
+    script = "import os\nenviron = dict(os.environ)"
+    one = spawnproxy.run_script(script, env={"SPAWNPROXY_T": "1"}, warm=True)
+    two = spawnproxy.run_script(script, env={"SPAWNPROXY_T": "2"}, warm=True)
+    monkeypatch.setenv("SPAWNPROXY_T", "3")
     monkeypatch.chdir(tmp_path)
-    here = spawnproxy.run_script("import os\nwhere = os.getcwd()", warm=True)
+    here = spawnproxy.run_script("import os\nwhere = os.getcwd()\nenviron = dict(os.environ)", warm=True)
+    cold = spawnproxy.run_script(script)
+    cold_one = spawnproxy.run_script(script, env={"SPAWNPROXY_T": "1"})
     try:
-        assert (one.value, two.value) == ("1", "2")
+        # As a cold child's: the interpreter may add to it as it starts (LC_CTYPE, PEP 538).
+        assert spawnproxy.obtain(one.environ) == spawnproxy.obtain(cold_one.environ)
+        assert one.environ["SPAWNPROXY_T"] == "1"
+        assert two.environ["SPAWNPROXY_T"] == "2"
         assert here.where == str(tmp_path)
+        assert spawnproxy.obtain(here.environ) == spawnproxy.obtain(cold.environ)
+        assert here.environ["SPAWNPROXY_T"] == "3"
     finally:
-        for mod in (one, two, here):
+        for mod in (one, two, here, cold, cold_one):
             mod.terminate_daemon()
 
 

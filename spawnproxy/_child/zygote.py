@@ -11,16 +11,18 @@ thread: a `select` loop over its socket to the parent, its lifeline and the
 wakeup pipe of SIGCHLD.  On the socket, frames of `HEADER` (length) and a
 pickle travel each way:
 
-- parent -> zygote: a FORK request, a dict (`env`, `cwd`, `cpus`, and the `bundle`
+- parent -> zygote: a FORK request, a dict (`cwd`, `cpus`, and the `bundle`
   a cold child reads first, without the module sources), with the new
   child's descriptors attached (SCM_RIGHTS, in the order of `FORK_FDS`);
+  no environment: a zygote serves one environment (the parent starts one
+  per environment), which its forks inherit;
 - zygote -> parent: (`FORKED`, pid) or (`FAILED`, reason) answering it, and
   (`EXITED`, pid, code) when a fork has ended and been reaped (`code` as
   `subprocess` gives it: negative for a signal).  `REPORT_*` name the items.
 
 The fork drops the zygote's descriptors and signal handling, starts its own
-session, takes its stdout and stderr pipes, environment, working directory
-and CPU affinity (what a cold child would inherit from the parent at that
+session, takes its stdout and stderr pipes, working directory and CPU
+affinity (what a cold child would inherit from the parent at that
 moment) and runs `lifetime.main` with the request's bundle.
 The zygote ends when its lifeline or its socket closes (the parent ended it,
 or died); its deathline ends it even when no thread of it can run.  A fork
@@ -204,9 +206,6 @@ def _become_child(request, fds, zygote_fds):
     import gc
 
     gc.enable()
-    if os.environ != request["env"]:
-        os.environ.clear()
-        os.environ.update(request["env"])
     os.chdir(request["cwd"])
     if sorted(os.sched_getaffinity(0)) != request["cpus"]:
         os.sched_setaffinity(0, request["cpus"])
