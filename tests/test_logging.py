@@ -64,10 +64,10 @@ def _logs(mod: Any) -> list[str]:
     return spawnproxy.daemon_of(mod).logs  # type: ignore[no-any-return]
 
 
-def test_a_record_keeps_its_level_name_time_and_message(collect: tuple[logging.Logger, Collect]) -> None:
+def test_a_record_keeps_its_level_name_time_and_message(collect: tuple[logging.Logger, Collect], warm: bool) -> None:
     """A child's warning arrives as a WARNING LogRecord under <logger>.<name>, with its time, pid and message."""
     logger, handler = collect
-    mod = _child(logger)
+    mod = _child(logger, warm=warm)
     try:
         before = time.time()
         mod.warn("request %s took %d ms", "GET /", 12)
@@ -230,10 +230,10 @@ def test_a_record_from_a_background_thread_arrives_while_no_call_runs(
         mod.terminate_daemon()
 
 
-def test_the_last_records_before_the_child_dies_arrive(collect: tuple[logging.Logger, Collect]) -> None:
+def test_the_last_records_before_the_child_dies_arrive(collect: tuple[logging.Logger, Collect], warm: bool) -> None:
     """A record logged just before os._exit arrives, and the DaemonDiedError quotes it."""
     logger, handler = collect
-    mod = _child(logger)
+    mod = _child(logger, warm=warm)
     with pytest.raises(spawnproxy.DaemonDiedError, match="WARNING backend: last words"):
         mod.warn_and_exit("last words", 3)
     assert wait_until(lambda: handler.named("last words") is not None, 5)
