@@ -66,7 +66,10 @@ def _pin(pids: list[int]) -> None:
     cpu = min(os.sched_getaffinity(0))
     for pid in pids:
         for tid in os.listdir(f"/proc/{pid}/task"):
-            os.sched_setaffinity(int(tid), {cpu})
+            try:
+                os.sched_setaffinity(int(tid), {cpu})
+            except ProcessLookupError:
+                pass  # a thread that ended since the listing (the forked manager's start-up threads)
 
 
 def _counters(pid: int) -> tuple[int, int]:
