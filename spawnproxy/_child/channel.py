@@ -18,6 +18,7 @@ from .fdpassing import SEND_FLAGS, FdPassing, advance
 from .protocol import BIG_FRAME, TAG_BUFFERS, TAG_MEMFD
 
 _HEADER = struct.Struct("!i")
+_HEADER_TAG = struct.Struct("!ic")  # a frame's length and tag: one pack, one concatenation less
 _SMALL_FRAME = 64 * 1024
 _LONG_HEADER = struct.Struct("!iQ")
 # Small enough that the buffer is reused, never an mmap per read.
@@ -84,6 +85,7 @@ class Channel(FdPassing):
         self._buf = bytearray()
         self._chunk = bytearray(_READ_CHUNK)
         self._chunk_view = memoryview(self._chunk)
+        self._chunks = [self._chunk]  # what every read reads into: no list to make per read
         self._pending = []  # the unwritten rest of an interrupted frame
         # A memfd received with a large frame, whose pages are already allocated: once its
         # mapping is gone it carries the next large frame sent, in either direction, so
@@ -150,7 +152,7 @@ class Channel(FdPassing):
         size = len(payload) + 1
         if size < _SMALL_FRAME:
             # One buffer, one system call: cheaper than scatter-gather when small.
-            data = _HEADER.pack(size) + tag + payload
+            data = _HEADER_TAG.pack(size, tag) + payload
             try:
                 written = self._send(data, _SEND)
             except BlockingIOError:
@@ -285,7 +287,7 @@ class Channel(FdPassing):
                 self._cpu_countdown -= 1
                 if self._cpus > 1 or self._cpu_countdown < 0:
                     started = self._spin()
-            n, ancillary, _, _ = self._recvmsg_into([self._chunk], _ANCILLARY)
+            n, ancillary, _, _ = self._recvmsg_into(self._chunks, _ANCILLARY)
             if started is not None:
                 self._woken(started)
             if ancillary:
@@ -374,7 +376,7 @@ class Channel(FdPassing):
             self._hot = True
 
     def _fill(self) -> None:
-        self._take(*self._recvmsg_into([self._chunk], _ANCILLARY)[:2])
+        self._take(*self._recvmsg_into(self._chunks, _ANCILLARY)[:2])
 
     def _take(self, n, ancillary):
         """Buffer `n` bytes just read into the chunk, and the descriptors that came with them."""
