@@ -28,8 +28,6 @@ _DONTWAIT = socket.MSG_DONTWAIT
 # Every send: never block, and never SIGPIPE (a reader that has gone is an EPIPE, not the
 # end of a process that restored SIGPIPE's default action).  No extra cost: the same call.
 _SEND = SEND_FLAGS
-# Each one-byte tag as bytes, found by its value: no bytes object to make per frame.
-_TAGS = tuple(bytes((value,)) for value in range(256))
 # How long a wait for input watches for it on the CPU before it sleeps (see Channel._spin),
 # and how many waits go by between two looks at how many CPUs this thread may use.
 _SPIN = 50e-6
@@ -295,12 +293,10 @@ class Channel(FdPassing):
             if not n:
                 raise ChannelClosed("the other end closed the channel")
             chunk = self._chunk_view
-            if n >= 5:
-                (size,) = _HEADER.unpack_from(chunk)
-                if size > 0 and n == 4 + size:
-                    tag = _TAGS[chunk[4]]
-                    if tag != TAG_MEMFD:
-                        return tag, memoryview(bytes(chunk[5:n]))
+            # Read whatever n is: n == 4 + size > 4 holds only once the whole header is fresh.
+            size, tag = _HEADER_TAG.unpack_from(chunk)
+            if n == 4 + size and size > 0 and tag != TAG_MEMFD:
+                return tag, memoryview(bytes(chunk[5:n]))
             buf += chunk[:n]
         while len(buf) < 4:
             self._fill()

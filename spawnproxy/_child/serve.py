@@ -44,6 +44,8 @@ from .protocol import (
 )
 from .table import ObjectTable
 
+_loads = pickle.loads  # bound once: every request is loaded with it
+
 
 class Child:
     """Serve the parent's requests on one channel; call the parent's objects.
@@ -210,7 +212,7 @@ class Child:
                 raise ChannelClosed("the parent has gone") from None
             try:
                 if tag == TAG_PICKLE:  # most requests: the codec's first case, inline
-                    return pickle.loads(payload)
+                    return _loads(payload)
                 return self.codec.loads(tag, payload)
             except ChannelClosed:
                 raise
