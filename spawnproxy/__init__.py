@@ -8,6 +8,9 @@ Example:
     >>> mod.terminate_daemon()
 """
 
+import sys as _sys
+from typing import Any as _Any
+
 from ._aio import aio
 from ._api import by_ref, run_module, run_object, run_script
 from ._client import connect
@@ -63,3 +66,26 @@ __all__ = [
     "serve",
     "slurm",
 ]
+
+
+def load_ipython_extension(ipython: _Any) -> None:
+    """`%load_ext spawnproxy`: completion, `??`, `help()` and rich display of proxies in IPython.
+
+    `import spawnproxy` inside IPython does it already; see the guide "In IPython and Jupyter".
+    """
+    from ._ipython import load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: _Any) -> None:
+    """`%unload_ext spawnproxy`: IPython's own completion, `??`, `help()` and display again."""
+    from ._ipython import unload
+
+    unload(ipython)
+
+
+if "IPython" in _sys.modules:  # inside a running IPython (never imported here otherwise)
+    from ._ipython import load_into_running_shell
+
+    load_into_running_shell()

@@ -4,7 +4,7 @@ The child needs nothing installed: `python -c BOOTSTRAP <fd> <lifeline fd>`
 (or `0 stdio` for a child reached through ssh) reads one frame holding the
 sources of the child-side modules (`spawnproxy/_child/`), loads them as the
 package `_spawnproxy_child` and runs its entry point (`lifetime.main`, or
-`stdio.main_stdio`).  The modules in `ON_DEMAND` come along but are run only
+`stdio.main_stdio`, or `zygote.main` when the bundle says `zygote`).  The modules in `ON_DEMAND` come along but are run only
 when needed (`package.load(name)` runs `name` with the modules it needs).
 The program is written so that even Python 2 can parse it and report a
 clear error.
@@ -43,6 +43,7 @@ CHILD_MODULES = (
     "codec",
     "parent",
     "outbox",
+    "records",
     "ops",
     "serve",
     "lifetime",
@@ -52,13 +53,19 @@ CHILD_MODULES = (
     "addresses",
     "listener",
     "network",
+    "forwarder",
+    "zygote",
 )
 # Shipped, but compiled and run only when needed: an entry point, and the modules it needs
 # in load order.  The network side runs in a child told to listen (`ops.op_listen`), the
-# stdio entry in one reached through ssh; the other children skip that work.
+# stdio entry in one reached through ssh, the forwarder in one whose code imports logging
+# (`records.watch_logging`), the zygote's in a zygote (see `_zygote`); the other children
+# skip that work.
 ON_DEMAND = {
     "network": ("transports", "handshake", "addresses", "listener", "network"),
     "stdio": ("transports", "stdio"),
+    "forwarder": ("forwarder",),
+    "zygote": ("zygote",),
 }
 CHILD_PACKAGE = "_spawnproxy_child"
 MIN_CHILD_VERSION = (3, 8)
@@ -124,6 +131,8 @@ for name in bundle.pop("start"):
     load(name)
 if sys.argv[2] == "stdio":
     load("stdio").main_stdio()
+elif bundle.get("zygote"):
+    load("zygote").main(fd, int(sys.argv[2]), bundle)
 else:
     package.lifetime.main(fd, int(sys.argv[2]), bundle)
 """ % {

@@ -26,6 +26,7 @@ from ._process import STEP, ChildProcess, reap_later
 from ._proxy import ObjectProxy, handle_of, make_proxy
 from ._serialize_errors import rebuild_exception
 from ._session import Session
+from ._zygote import WarmProcess
 
 __all__ = ["DaemonProxy", "daemon_of"]
 
@@ -40,7 +41,9 @@ class DaemonProxy:
     `python_exe` is the child's interpreter (a CPython 3.8+ executable or a
     virtual environment; default: the parent's own).  `logger`, when given,
     receives the child's stdout at INFO and stderr at WARNING instead of the
-    parent's streams.  Options: `call_timeout` (seconds, None = no limit),
+    parent's streams; the child's `logging` records keep their levels, under
+    `<logger name>.<child logger name>` (without a logger, `spawnproxy.child.`;
+    see the guide "Output and logging").  Options: `call_timeout` (seconds, None = no limit),
     `start_timeout` (seconds, default 60), `env` (the child's environment),
     `cwd` (its working directory, a path where it runs, checked there),
     `logs_maxlen` (lines kept in `.logs`),
@@ -48,7 +51,9 @@ class DaemonProxy:
     `launcher` (a command prefix the child's interpreter runs under, such as
     `["docker", "exec", "-i", "box"]`, talking over its stdin and stdout;
     `python_exe` then names the interpreter as the launcher sees it, default
-    `python3`; see the guide "Launchers").
+    `python3`; see the guide "Launchers"), `warm` (True: fork the child from a
+    zygote of its interpreter, ready in a few milliseconds; default False; not
+    with a launcher or ssh; see the guide "Warm start").
 
     Used as a context manager, it terminates the child on exit.
 
@@ -163,8 +168,9 @@ class DaemonProxy:
 
     @property
     def logs(self) -> list[str]:
-        """The last lines the child wrote to stdout and stderr, most recent last (bounded)."""
-        return list(self._process.output.lines)
+        """The last lines the child wrote to stdout and stderr and its log records, most recent
+        last (bounded); each entry's `.stream` says which: "stdout", "stderr" or "logging"."""
+        return self._process.output.entries()
 
     def is_alive(self) -> bool:
         """Whether the child process is still running."""
@@ -191,8 +197,11 @@ class DaemonProxy:
 
 
 def start_process(python_exe: str | os.PathLike[str] | None, opts: Options, logger: logging.Logger | None) -> Peer:
-    """Start the child these options ask for: behind ssh, behind a launcher, or a local child of ours."""
+    """Start the child these options ask for: behind ssh, behind a launcher, or a local child of ours (warm or cold)."""
     launcher = opts.launcher
+    if opts.warm and (launcher is not None or _ssh.is_ssh_url(python_exe)):
+        what = "launcher" if launcher is not None else f"python_exe={python_exe!r}"
+        raise ValueError(f"warm=True cannot be combined with {what}: a zygote runs only on this machine")
     if launcher is not None:
         assert isinstance(launcher, list)  # Options checked it, a callable called
         if _ssh.is_ssh_url(python_exe):
@@ -216,7 +225,7 @@ def start_process(python_exe: str | os.PathLike[str] | None, opts: Options, logg
             start_timeout=opts.start_timeout,
             ssh_options=opts.ssh_options,
         )
-    return ChildProcess(
+    return (WarmProcess if opts.warm else ChildProcess)(
         python_exe, env=opts.env, logger=logger, logs_maxlen=opts.logs_maxlen, start_timeout=opts.start_timeout
     )
 

@@ -134,7 +134,7 @@ class Remote:
         if how == protocol.SAME:
             return make_proxy(self)
         if how == protocol.BASE:
-            return make_proxy(self._sp_base or self)
+            return make_proxy(self if self._sp_base is None else self._sp_base)
         raise SerializationError(f"unexpected reply kind {how!r} to {what}")
 
     def _sp_path(self, name: str, is_callable: bool) -> ObjectProxy:
@@ -150,7 +150,7 @@ class Remote:
             self._sp_ref,
             None,
             None,
-            self._sp_base or self,
+            self if self._sp_base is None else self._sp_base,  # not `or`: a handle's truth is remote
             f"{self._sp_label}.{name}",
             is_callable,
         )
@@ -217,7 +217,8 @@ class Remote:
         return self._sp_request("dir", (), f"dir({self._sp_label})")  # type: ignore[no-any-return]
 
     def _sp_doc(self) -> Any:
-        return self.__getattr__("__doc__")
+        # Not through __getattr__, which reaches a root's attributes by path: a docstring is a str.
+        return self._sp_request("getattr", ("__doc__",), Label(("reading {}.__doc__", self._sp_label)))
 
     @property
     def __signature__(self) -> Any:

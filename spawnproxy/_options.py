@@ -38,6 +38,8 @@ class Options:
     # A command prefix, or a callable of the worker's index returning one: after
     # from_kwargs, always the checked prefix (a list of str) or None.
     launcher: Sequence[str] | Callable[[int], Sequence[str]] | None = None
+    # Fork the child from a zygote of its interpreter (see _zygote); None: the caller's default.
+    warm: bool | None = None
 
     @classmethod
     def from_kwargs(cls, options: dict[str, Any]) -> Options:
@@ -60,6 +62,8 @@ class Options:
             raise TypeError("ssh_options must be a list of str (arguments of the ssh command)")
         if not isinstance(made.logs_maxlen, int) or made.logs_maxlen < 1:
             raise ValueError(f"logs_maxlen must be a positive int, not {made.logs_maxlen!r}")
+        if made.warm is not None and not isinstance(made.warm, bool):
+            raise TypeError(f"warm must be True or False, not {made.warm!r}")
         if made.launcher is not None:
             made = dataclasses.replace(made, launcher=check_launcher(made.launcher))
         return made

@@ -4,7 +4,7 @@ The public side: checking what is asked, the tasks put on the queue, `map`'s
 chunks and its bounded read-ahead.  The worker threads that run the tasks,
 and why they are threads, are `_workers`'.
 
-Interface layer: uses `_workers`, `_daemon`, `_definitions` and `_options`
+Interface layer: uses `_workers`, `_daemon`, `_definitions`, `_options` and `_ssh`
 (the options are checked once, before any child starts).
 """
 
@@ -23,6 +23,7 @@ from typing import Any
 from ._daemon import DaemonProxy
 from ._definitions import ModuleDefinition
 from ._options import Options, check_launcher, check_logger
+from ._ssh import is_ssh_url
 from ._workers import AHEAD, Task, Workers, watch
 
 __all__ = ["Pool"]
@@ -36,7 +37,9 @@ class Pool(concurrent.futures.Executor):
     process may use) start together; `python_exe`, `logger` and the options
     are those of `run_script`, given to each.  `launcher`, a command prefix or
     a callable of the worker's index (0 to max_workers - 1) that returns one
-    (None: that child runs here), is passed to each child.
+    (None: that child runs here), is passed to each child.  The children are
+    warm (`warm=True`, forked from a zygote of their interpreter: see the guide
+    "Warm start") unless a launcher or ssh runs them, or `warm=False` is given.
 
     `submit(fn, *args, **kwargs)` takes a callable (sent as arguments are) or
     the dotted name of one in each child's root; a task runs in whichever
@@ -74,6 +77,13 @@ class Pool(concurrent.futures.Executor):
         Options.from_kwargs(dict(options))  # a bad option fails here, before any child starts
         if launcher is not None and not callable(launcher):
             check_launcher(launcher)
+        remote = launcher is not None or is_ssh_url(python_exe)
+        if options.get("warm") is None:
+            # Many children, often short-lived: a zygote pays for itself from the second one.
+            options["warm"] = not remote
+        elif options["warm"] and remote:
+            what = "launcher" if launcher is not None else f"python_exe={python_exe!r}"
+            raise ValueError(f"warm=True cannot be combined with {what}: a zygote runs only on this machine")
         check_logger(logger)
         if definition is None:
             definition = ModuleDefinition("builtins")

@@ -69,6 +69,8 @@ class ChildProcess:
     """A running child interpreter: its process, channel, lifeline and output."""
 
     lanes = True  # a local socket pair: a session may open lanes (see _lanes)
+    # Ended at exit after the other children (a zygote: it reports its forks' exit codes).
+    ends_last = False
 
     def __init__(
         self,
@@ -165,11 +167,17 @@ class ChildProcess:
         """The error to raise when the child did not say hello (the child has been ended)."""
         return error
 
-    def _handshake(self, own: bool, timeout: float | None) -> dict[str, Any]:
+    def _bundle(self, own: bool) -> dict[str, Any] | None:
+        """The first frame the child reads (a subclass may send more, or none: its child has it)."""
         bundle = _bootstrap.bundle(own, list(sys.path) if own else None)
         bundle["deathline"] = self._deathline_in_child
+        return bundle
+
+    def _handshake(self, own: bool, timeout: float | None) -> dict[str, Any]:
+        bundle = self._bundle(own)
         try:
-            self.channel.send(protocol.TAG_PICKLE, _serialize.dumps(bundle))
+            if bundle is not None:
+                self.channel.send(protocol.TAG_PICKLE, _serialize.dumps(bundle))
         except OSError:
             pass  # the child is already gone: the wait below says why
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -353,7 +361,8 @@ def _end_all() -> None:
     with _reaper_lock:
         children = list(_live) + _to_reap
         _to_reap.clear()
-    shutdown_all(children)
+    shutdown_all([child for child in children if not getattr(child, "ends_last", False)])
+    shutdown_all([child for child in children if getattr(child, "ends_last", False)])
 
 
 def shutdown_all(peers: Sequence[Peer], timeout: float = GRACE) -> None:

@@ -19,6 +19,7 @@ it.
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING, Any
 
 import wrapt
@@ -81,6 +82,8 @@ INPLACE = [
 
 
 _object_getattribute = object.__getattribute__
+# This thread's last remote attribute read that raised AttributeError: (id of the proxy, name, error).
+_missed = threading.local()
 _proxy_getattribute = wrapt.BaseObjectProxy.__getattribute__
 
 
@@ -138,11 +141,22 @@ class ObjectProxy(wrapt.BaseObjectProxy):  # type: ignore[misc,type-arg]
                 cached = handle._sp_cache.get(name)
                 if cached is not None and handle._sp_session.failure is None:
                     return cached
+                if not name.startswith("_self_"):  # wrapt keeps those on the proxy itself
+                    try:
+                        return getattr(handle, name)
+                    except AttributeError as error:
+                        # Python calls __getattr__ next, and wrapt's own lookup would call it
+                        # first: either would ask the child again.  It raises this one instead.
+                        _missed.last = (id(self), name, error)  # not self: it would outlive its use
+                        raise
         return _proxy_getattribute(self, name)
 
     def __getattr__(self, name: str) -> Any:
         if name == "__wrapped__":  # asked by wrapt's pure-Python proxy before it is set
             raise ValueError("wrapper has not been initialised")
+        missed = _missed.__dict__.pop("last", None)
+        if missed is not None and missed[0] == id(self) and missed[1] == name:
+            raise missed[2]
         return getattr(self.__wrapped__, name)
 
     @property  # type: ignore[misc]

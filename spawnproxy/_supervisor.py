@@ -21,6 +21,7 @@ from . import _serialize
 from ._addresses import format_address
 from ._child import protocol
 from ._errors import SpawnProxyError
+from ._output import CHILD_LOGGERS
 from ._server import serve
 from ._statefile import RotatingLog, open_log, write_private
 
@@ -52,6 +53,8 @@ def supervise() -> None:
     os.dup2(null, 0)
     os.close(null)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # The daemon's records (see _output) land in the log down to the daemon's own levels.
+    logging.getLogger(CHILD_LOGGERS).setLevel(logging.DEBUG)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

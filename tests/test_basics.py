@@ -216,3 +216,61 @@ def test_a_call_is_one_round_trip() -> None:
     finally:
         del session.channel.send
         mod.terminate_daemon()
+
+
+def test_a_path_from_a_path_asks_nothing_of_the_base(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading `mod.obj.method` sends one request: the base of the path is not asked its truth (`bool`)."""
+    from spawnproxy import _session
+
+    mod = spawnproxy.run_script("class Obj:\n    def method(self):\n        return 1\nobj = Obj()")
+    try:
+        obj = mod.obj  # the root's attribute: reached by path, no request
+        sent: list[str] = []
+        request = _session.Session.request
+
+        def counted(self: object, op: str, operands: tuple[object, ...], *args: object) -> object:
+            sent.append(op if op != "op" else f"op {operands[1]}")
+            return request(self, op, operands, *args)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(_session.Session, "request", counted)
+        assert obj.method() == 1
+        assert sent == ["getattr"]
+    finally:
+        mod.terminate_daemon()
+
+
+def test_a_roots_docstring_is_a_string() -> None:
+    """`mod.__doc__` of a root is the remote docstring itself, a str (so inspect.getdoc and `mod?` show it)."""
+    import inspect
+
+    mod = spawnproxy.run_script('"""The script\'s docstring."""\nx = 1')
+    try:
+        assert type(mod.__doc__) is str
+        assert inspect.getdoc(mod) == "The script's docstring."
+    finally:
+        mod.terminate_daemon()
+
+
+def test_a_missing_attribute_is_asked_for_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`hasattr(p, "missing")` sends the child one request, and the AttributeError is the child's."""
+    from spawnproxy import _session
+
+    mod = spawnproxy.run_script("class Obj:\n    pass\nobj = Obj()")
+    try:
+        obj = mod.obj
+        sent: list[str] = []
+        request = _session.Session.request
+
+        def counted(self: object, op: str, *args: object) -> object:
+            sent.append(op)
+            return request(self, op, *args)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(_session.Session, "request", counted)
+        assert not hasattr(obj, "missing")
+        assert sent == ["getattr"]
+        with pytest.raises(AttributeError, match="'Obj' object has no attribute 'missing'"):
+            obj.missing  # noqa: B018
+        assert getattr(obj, "missing", None) is None
+        assert sent == ["getattr"] * 3
+    finally:
+        mod.terminate_daemon()

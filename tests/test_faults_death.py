@@ -36,9 +36,9 @@ def _kill_later(pid: int, delay: float, sig: int = signal.SIGKILL) -> list[float
     return sent
 
 
-def test_sigkill_from_outside_mid_call() -> None:
+def test_sigkill_from_outside_mid_call(warm: bool) -> None:
     """A child SIGKILLed during a call: the call raises DaemonDiedError within 1 s, naming signal, call and stderr."""
-    mod = spawnproxy.run_module(TARGET)
+    mod = spawnproxy.run_module(TARGET, warm=warm)
     daemon = spawnproxy.daemon_of(mod)
     sent = _kill_later(daemon.pid, 0.3)
     with pytest.raises(spawnproxy.DaemonDiedError) as info:
@@ -55,10 +55,10 @@ def test_sigkill_from_outside_mid_call() -> None:
 
 
 @pytest.mark.parametrize("how", sorted(DEATHS))
-def test_child_ending_itself_mid_call(how: str) -> None:
+def test_child_ending_itself_mid_call(how: str, warm: bool) -> None:
     """os._exit(n), a segfault and sys.exit() in a method: DaemonDiedError within 1 s, with code and stderr."""
     die, code, text = DEATHS[how]
-    mod = spawnproxy.run_module(TARGET)
+    mod = spawnproxy.run_module(TARGET, warm=warm)
     started = time.monotonic()
     with pytest.raises(spawnproxy.DaemonDiedError, match=text) as info:
         die(mod)
@@ -71,9 +71,9 @@ def test_child_ending_itself_mid_call(how: str) -> None:
         assert "Segmentation fault" in str(info.value) and "in segfault" in str(info.value)
 
 
-def test_every_other_proxy_fails_at_once() -> None:
+def test_every_other_proxy_fails_at_once(warm: bool) -> None:
     """After the death, root, nested and result proxies all raise the same DaemonDiedError at once."""
-    mod = spawnproxy.run_module(TARGET)
+    mod = spawnproxy.run_module(TARGET, warm=warm)
     handle = mod.make_handle(3)  # a result that came back as a proxy
     nested = mod.ping  # a first-level attribute
     daemon = spawnproxy.daemon_of(mod)
@@ -91,9 +91,9 @@ def test_every_other_proxy_fails_at_once() -> None:
         hasattr(mod, "anything")
 
 
-def test_all_waiting_threads_wake_on_death() -> None:
+def test_all_waiting_threads_wake_on_death(warm: bool) -> None:
     """Threads queued behind a call on a child that is killed all wake with DaemonDiedError within 1 s."""
-    mod = spawnproxy.run_module(TARGET)
+    mod = spawnproxy.run_module(TARGET, warm=warm)
     handle = mod.make_handle(1)
     woke: dict[int, tuple[float, BaseException | None]] = {}
 
@@ -121,9 +121,9 @@ def test_all_waiting_threads_wake_on_death() -> None:
         assert when - sent[0] < DEATH_NOTICE
 
 
-def test_death_between_calls_is_reported_on_next_call() -> None:
+def test_death_between_calls_is_reported_on_next_call(warm: bool) -> None:
     """A child killed while idle: the next call raises DaemonDiedError naming the signal, within 1 s."""
-    mod = spawnproxy.run_module(TARGET)
+    mod = spawnproxy.run_module(TARGET, warm=warm)
     daemon = spawnproxy.daemon_of(mod)
     assert mod.ping(1) == 1
     os.kill(daemon.pid, signal.SIGKILL)
@@ -134,17 +134,17 @@ def test_death_between_calls_is_reported_on_next_call() -> None:
     assert time.monotonic() - started < DEATH_NOTICE
 
 
-def test_sys_exit_zero_in_a_method_is_still_a_death() -> None:
+def test_sys_exit_zero_in_a_method_is_still_a_death(warm: bool) -> None:
     """sys.exit(0) inside a method ends the child: the call raises DaemonDiedError with exit code 0."""
-    mod = spawnproxy.run_module(TARGET)
+    mod = spawnproxy.run_module(TARGET, warm=warm)
     with pytest.raises(spawnproxy.DaemonDiedError, match="exit code 0") as info:
         mod.exit_from_method(0)
     assert info.value.exitcode == 0
 
 
-def test_terminate_after_death_is_quiet() -> None:
+def test_terminate_after_death_is_quiet(warm: bool) -> None:
     """terminate_daemon() on a child that already died returns at once and does not raise."""
-    mod = spawnproxy.run_module(TARGET)
+    mod = spawnproxy.run_module(TARGET, warm=warm)
     with pytest.raises(spawnproxy.DaemonDiedError):
         mod.die(3, "bye")
     started = time.monotonic()

@@ -19,9 +19,9 @@ INTERRUPT_NOTICE = 1.0
 EXIT_AFTER_ABANDON = 3.0
 
 
-def test_first_sigint_interrupts_the_remote_call(parents) -> None:
+def test_first_sigint_interrupts_the_remote_call(parents, warm: bool) -> None:
     """One SIGINT: the remote call raises KeyboardInterrupt raised in the child; the child stays usable."""
-    parent = Parent("sigint_once")
+    parent = Parent("sigint_once", warm=warm)
     parents.append(parent)
     time.sleep(0.5)  # the parent is inside mod.nap(30)
     parent.signal(signal.SIGINT)
@@ -34,9 +34,9 @@ def test_first_sigint_interrupts_the_remote_call(parents) -> None:
     assert gone(parent.children[0], 2)  # ended with its parent
 
 
-def test_second_sigint_abandons_the_call(parents) -> None:
+def test_second_sigint_abandons_the_call(parents, warm: bool) -> None:
     """A call that ignores the forwarded SIGINT is abandoned by a second one; the parent does not hang."""
-    parent = Parent("sigint_twice")
+    parent = Parent("sigint_twice", warm=warm)
     parents.append(parent)
     time.sleep(0.5)
     parent.signal(signal.SIGINT)
@@ -52,9 +52,9 @@ def test_second_sigint_abandons_the_call(parents) -> None:
 
 
 @pytest.mark.parametrize("where", ["idle", "call"])
-def test_sigint_to_the_parents_group_spares_the_child(parents, where: str) -> None:
+def test_sigint_to_the_parents_group_spares_the_child(parents, where: str, warm: bool) -> None:
     """Ctrl-C at the terminal (SIGINT to the parent's process group) never reaches the child directly."""
-    parent = Parent("group_sigint", where)
+    parent = Parent("group_sigint", where, warm=warm)
     parents.append(parent)
     time.sleep(0.5)
     os.killpg(os.getpgid(parent.pid), signal.SIGINT)
@@ -65,9 +65,9 @@ def test_sigint_to_the_parents_group_spares_the_child(parents, where: str) -> No
     assert found["NEXT_CALL"] == "usable"
 
 
-def test_child_runs_in_its_own_session() -> None:
+def test_child_runs_in_its_own_session(warm: bool) -> None:
     """The child is in a session and process group of its own, apart from the parent's terminal."""
-    mod = spawnproxy.run_module(TARGET)
+    mod = spawnproxy.run_module(TARGET, warm=warm)
     try:
         pid = spawnproxy.daemon_of(mod).pid
         assert os.getsid(pid) == pid != os.getsid(0)
@@ -76,9 +76,9 @@ def test_child_runs_in_its_own_session() -> None:
         mod.terminate_daemon()
 
 
-def test_forwarded_sigint_between_calls_does_not_kill_the_child() -> None:
+def test_forwarded_sigint_between_calls_does_not_kill_the_child(warm: bool) -> None:
     """A SIGINT that reaches an idle child (the race of a Ctrl-C with the end of a call) is harmless."""
-    mod = spawnproxy.run_module(TARGET)
+    mod = spawnproxy.run_module(TARGET, warm=warm)
     try:
         daemon = spawnproxy.daemon_of(mod)
         assert mod.ping(1) == 1
@@ -90,9 +90,9 @@ def test_forwarded_sigint_between_calls_does_not_kill_the_child() -> None:
         mod.terminate_daemon(timeout=0.2)
 
 
-def test_sigint_while_sending_keeps_the_channel_whole(parents) -> None:
+def test_sigint_while_sending_keeps_the_channel_whole(parents, warm: bool) -> None:
     """Ctrl-C during a blocked send interrupts that call only: the next call gets its answer."""
-    parent = Parent("sigint_during_send")
+    parent = Parent("sigint_during_send", warm=warm)
     parents.append(parent)
     time.sleep(0.3)  # the parent is blocked writing 512 KiB to a child busy for 2 s
     parent.signal(signal.SIGINT)

@@ -30,25 +30,25 @@ def _kill_and_time(parent: Parent) -> dict[int, float | None]:
     return took
 
 
-def test_killed_parent_takes_idle_busy_and_deaf_children_along(parents) -> None:
-    """Parent SIGKILLed: an idle child, and one deaf to SIGTERM and SIGINT blocked in sleep, end within 2 s."""
-    parent = Parent("killed_while", "sleep")
+def test_killed_parent_takes_idle_busy_and_deaf_children_along(parents, warm: bool) -> None:
+    """Parent SIGKILLed: an idle child, and one deaf to SIGTERM and SIGINT blocked in sleep (and the zygote), end within 2 s."""
+    parent = Parent("killed_while", "sleep", warm=warm)
     parents.append(parent)
     took = _kill_and_time(parent)
     assert None not in took.values(), f"children outlived their parent by more than {PARENT_DEATH} s: {took}"
 
 
-def test_killed_parent_takes_a_child_stuck_in_c_along(parents) -> None:
+def test_killed_parent_takes_a_child_stuck_in_c_along(parents, warm: bool) -> None:
     """Parent SIGKILLed while its child is blocked in a C call holding the GIL: the child ends within 2 s."""
-    parent = Parent("killed_while", "hold_gil")
+    parent = Parent("killed_while", "hold_gil", warm=warm)
     parents.append(parent)
     took = _kill_and_time(parent)
     assert None not in took.values(), f"children outlived their parent by more than {PARENT_DEATH} s: {took}"
 
 
-def test_normal_exit_ends_every_child_without_zombies(parents) -> None:
+def test_normal_exit_ends_every_child_without_zombies(parents, warm: bool) -> None:
     """A parent exiting with children referenced, busy, deaf to SIGTERM or stuck in C, leaves nothing behind."""
-    parent = Parent("exit_with_children")
+    parent = Parent("exit_with_children", warm=warm)
     parents.append(parent)
     found = parent.results(timeout=30)
     assert found["exitcode"] == "0", parent.stderr

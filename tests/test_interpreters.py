@@ -15,11 +15,12 @@ from tests.conftest import child_interpreters
 pytestmark = pytest.mark.timeout(120)
 
 
-def test_child_of_each_version(child_python: str) -> None:
+def test_child_of_each_version(child_python: str, warm: bool) -> None:
     """A child of each installed version runs a script, a module and an object."""
     mod = spawnproxy.run_script(
         "evaluate = eval\nimport sys\nversion = tuple(sys.version_info[:2])\ndef add(a, b):\n    return a + b",
         python_exe=child_python,
+        warm=warm,
     )
     try:
         daemon = spawnproxy.daemon_of(mod)
@@ -33,9 +34,11 @@ def test_child_of_each_version(child_python: str) -> None:
         mod.terminate_daemon()
 
 
-def test_remote_exception_from_each_version(child_python: str) -> None:
+def test_remote_exception_from_each_version(child_python: str, warm: bool) -> None:
     """Exceptions and their remote frames come back from every child version."""
-    mod = spawnproxy.run_script("evaluate = eval\ndef f():\n    raise KeyError('k')", python_exe=child_python)
+    mod = spawnproxy.run_script(
+        "evaluate = eval\ndef f():\n    raise KeyError('k')", python_exe=child_python, warm=warm
+    )
     try:
         with pytest.raises(KeyError):
             mod.f()
@@ -45,9 +48,9 @@ def test_remote_exception_from_each_version(child_python: str) -> None:
         mod.terminate_daemon()
 
 
-def test_lambda_to_other_version_says_why(child_python: str) -> None:
+def test_lambda_to_other_version_says_why(child_python: str, warm: bool) -> None:
     """A lambda goes through dill to a child of the same version, and fails clearly otherwise."""
-    mod = spawnproxy.run_script("def apply(f, x):\n    return f(x)", python_exe=child_python)
+    mod = spawnproxy.run_script("def apply(f, x):\n    return f(x)", python_exe=child_python, warm=warm)
     try:
         version = spawnproxy.daemon_of(mod).python_version[:2]
         if version == sys.version_info[:2]:
@@ -78,10 +81,12 @@ def _make_venv(path: str, python: str) -> str:
     return exe
 
 
-def test_venv_keeps_its_own_environment(tmp_path) -> None:
+def test_venv_keeps_its_own_environment(tmp_path, warm: bool) -> None:
     """A package only in the child's venv imports there; the parent's site-packages do not shadow it."""
     exe = _make_venv(str(tmp_path / "env"), sys.executable)
-    mod = spawnproxy.run_script("evaluate = eval\nimport only_in_venv, tblib, sys\nprefix = sys.prefix", python_exe=exe)
+    mod = spawnproxy.run_script(
+        "evaluate = eval\nimport only_in_venv, tblib, sys\nprefix = sys.prefix", python_exe=exe, warm=warm
+    )
     try:
         assert mod.only_in_venv.WHERE == "venv"
         assert mod.tblib.WHERE == "venv copy"
@@ -104,24 +109,24 @@ def test_venv_given_as_a_directory(tmp_path) -> None:
         mod.terminate_daemon()
 
 
-def test_default_child_sees_parent_sys_path(tmp_path, monkeypatch) -> None:
+def test_default_child_sees_parent_sys_path(tmp_path, monkeypatch, warm: bool) -> None:
     """With the parent's own interpreter, modules importable in the parent are importable in the child."""
     (tmp_path / "parent_only_mod.py").write_text("VALUE = 7\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    mod = spawnproxy.run_module("parent_only_mod")
+    mod = spawnproxy.run_module("parent_only_mod", warm=warm)
     try:
         assert mod.VALUE == 7
     finally:
         mod.terminate_daemon()
 
 
-def test_other_executable_does_not_see_parent_sys_path(tmp_path, monkeypatch) -> None:
+def test_other_executable_does_not_see_parent_sys_path(tmp_path, monkeypatch, warm: bool) -> None:
     """Another executable (a venv of the same Python included) keeps its own sys.path."""
     (tmp_path / "parent_only_mod2.py").write_text("VALUE = 7\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     exe = _make_venv(str(tmp_path / "env"), sys.executable)
     with pytest.raises(spawnproxy.DaemonStartError, match="parent_only_mod2"):
-        spawnproxy.run_module("parent_only_mod2", python_exe=exe, cwd=str(tmp_path / "env"))
+        spawnproxy.run_module("parent_only_mod2", python_exe=exe, cwd=str(tmp_path / "env"), warm=warm)
 
 
 def test_interpreters_found() -> None:

@@ -83,11 +83,14 @@ LAYERS: list[tuple[str, set[str]]] = [
             "_slurm",
         },
     ),
-    ("processes", {"_process", "_launch", "_ssh"}),
+    ("processes", {"_process", "_launch", "_ssh", "_zygote"}),
     ("session", {"_callbacks", "_router", "_receiver", "_flush", "_session"}),
     ("proxies", {"_proxy", "_streams", "_handle", "_daemon"}),
     ("network", {"_client", "_server", "_detach", "_supervisor"}),
-    ("interface", {"__init__", "__main__", "_api", "_aio", "_values", "_cli", "_cli_args", "_pool", "_workers"}),
+    (
+        "interface",
+        {"__init__", "__main__", "_api", "_aio", "_values", "_cli", "_cli_args", "_pool", "_workers", "_ipython"},
+    ),
 ]
 
 # ==== Reading the modules ==========================================================================

@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 import spawnproxy
+from spawnproxy._zygote import zygote_pids
 from tests.conftest import _running, run_python
 
 pytestmark = pytest.mark.timeout(60)
@@ -27,9 +28,9 @@ def _gone(pid: int, within: float) -> bool:
     return False
 
 
-def test_gc_of_last_proxy_ends_the_child() -> None:
+def test_gc_of_last_proxy_ends_the_child(warm: bool) -> None:
     """When no proxy is referenced any more, the child ends and is reaped."""
-    mod = spawnproxy.run_script("x = [1]")
+    mod = spawnproxy.run_script("x = [1]", warm=warm)
     nested = mod.x
     pid = spawnproxy.daemon_of(mod).pid
     del mod
@@ -41,9 +42,9 @@ def test_gc_of_last_proxy_ends_the_child() -> None:
     assert _gone(pid, 5)
 
 
-def test_terminate_daemon_from_nested_proxy_is_idempotent() -> None:
+def test_terminate_daemon_from_nested_proxy_is_idempotent(warm: bool) -> None:
     """terminate_daemon() works from any proxy, twice, and later use raises DaemonTerminatedError."""
-    mod = spawnproxy.run_script("x = 1\ndef f():\n    return 2")
+    mod = spawnproxy.run_script("x = 1\ndef f():\n    return 2", warm=warm)
     pid = spawnproxy.daemon_of(mod).pid
     f = mod.f
     mod.x.terminate_daemon()
@@ -53,20 +54,20 @@ def test_terminate_daemon_from_nested_proxy_is_idempotent() -> None:
         f()
 
 
-def test_context_manager_terminates() -> None:
+def test_context_manager_terminates(warm: bool) -> None:
     """The DaemonProxy context manager ends the child on exit, also on error."""
-    with pytest.raises(RuntimeError), spawnproxy.DaemonProxy(spawnproxy.ScriptDefinition("x = 1")) as daemon:
+    with pytest.raises(RuntimeError), spawnproxy.DaemonProxy(spawnproxy.ScriptDefinition("x = 1"), warm=warm) as daemon:
         pid = daemon.pid
         raise RuntimeError("inside")
     assert _gone(pid, 1)
     assert not daemon.is_alive()
 
 
-def test_interpreter_exit_ends_children() -> None:
+def test_interpreter_exit_ends_children(warm: bool) -> None:
     """A parent that exits with children still referenced leaves none behind."""
     result = run_python(
         "import spawnproxy\n"
-        "mods = [spawnproxy.run_script('import time') for _ in range(3)]\n"
+        f"mods = [spawnproxy.run_script('import time', warm={warm}) for _ in range(3)]\n"
         "print(' '.join(str(spawnproxy.daemon_of(m).pid) for m in mods), flush=True)\n"
     )
     assert result.returncode == 0, result.stderr
@@ -78,12 +79,12 @@ def test_interpreter_exit_ends_children() -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("busy", ["time.sleep(1000)", "while True: pass"])
-def test_parent_killed_child_ends_within_2s(busy: str) -> None:
+def test_parent_killed_child_ends_within_2s(busy: str, warm: bool) -> None:
     """A parent killed with SIGKILL takes its child down within 2 s, even a busy one."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     code = (
         "import spawnproxy, threading, sys\n"
-        f"mod = spawnproxy.run_script('import time\\ndef busy():\\n    {busy}')\n"
+        f"mod = spawnproxy.run_script('import time\\ndef busy():\\n    {busy}', warm={warm})\n"
         "print(spawnproxy.daemon_of(mod).pid, flush=True)\n"
         "mod.busy()\n"
     )
@@ -106,32 +107,39 @@ def test_parent_killed_child_ends_within_2s(busy: str) -> None:
             parent.stdout.close()
 
 
-def test_no_zombie_or_fd_leak() -> None:
+def test_no_zombie_or_fd_leak(warm: bool) -> None:
     """Starting and ending children leaves no zombie and no open file descriptor behind."""
 
     def fds() -> int:
         return len(os.listdir("/proc/self/fd"))
 
-    warm = spawnproxy.run_script("x = 1")
-    warm.terminate_daemon()
+    def children() -> list[int]:
+        return [p.pid for p in psutil.Process().children(recursive=True) if p.pid not in zygote_pids()]
+
+    first = spawnproxy.run_script("x = 1", warm=warm)  # a zygote, if warm, starts here and lives on
+    first.terminate_daemon()
     before = fds()
     for i in range(5):
-        mod = spawnproxy.run_script("x = 1")
+        mod = spawnproxy.run_script("x = 1", warm=warm)
         assert mod.x == 1
         if i % 2:
             mod.terminate_daemon()
         del mod
         gc.collect()
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and (fds() > before or psutil.Process().children()):
+    while time.monotonic() < deadline and (fds() > before or children()):
         time.sleep(0.05)
     assert fds() <= before
-    assert not [p.pid for p in psutil.Process().children() if not _running(p.pid) and psutil.pid_exists(p.pid)]
+    assert not [
+        p.pid for p in psutil.Process().children(recursive=True) if not _running(p.pid) and psutil.pid_exists(p.pid)
+    ]
 
 
-def test_child_death_mid_call_raises_died_error() -> None:
+def test_child_death_mid_call_raises_died_error(warm: bool) -> None:
     """A child that dies during a call makes it raise DaemonDiedError at once, with the exit code."""
-    mod = spawnproxy.run_script("import os, sys\ndef die():\n    sys.stderr.write('about to die\\n')\n    os._exit(7)")
+    mod = spawnproxy.run_script(
+        "import os, sys\ndef die():\n    sys.stderr.write('about to die\\n')\n    os._exit(7)", warm=warm
+    )
     start = time.monotonic()
     with pytest.raises(spawnproxy.DaemonDiedError, match="exit code 7") as info:
         mod.die()
@@ -142,8 +150,8 @@ def test_child_death_mid_call_raises_died_error() -> None:
         mod.die()
 
 
-def test_child_killed_by_signal_is_named() -> None:
+def test_child_killed_by_signal_is_named(warm: bool) -> None:
     """A child killed by SIGKILL during a call: DaemonDiedError names the signal."""
-    mod = spawnproxy.run_script("import os, signal\ndef die():\n    os.kill(os.getpid(), signal.SIGKILL)")
+    mod = spawnproxy.run_script("import os, signal\ndef die():\n    os.kill(os.getpid(), signal.SIGKILL)", warm=warm)
     with pytest.raises(spawnproxy.DaemonDiedError, match="SIGKILL"):
         mod.die()

@@ -21,11 +21,12 @@ def _env_without_unbuffered() -> dict[str, str]:
     return env
 
 
-def test_lines_arrive_as_written_without_pythonunbuffered(capfd: pytest.CaptureFixture[str]) -> None:
+def test_lines_arrive_as_written_without_pythonunbuffered(capfd: pytest.CaptureFixture[str], warm: bool) -> None:
     """A line printed by the child reaches the parent's stdout while the child keeps running."""
     mod = spawnproxy.run_script(
         "import sys\ndef say(x):\n    print(x)\ndef warn(x):\n    sys.stderr.write(x + '\\n')",
         env=_env_without_unbuffered(),
+        warm=warm,
     )
     try:
         mod.say("first line")
@@ -45,12 +46,15 @@ def test_lines_arrive_as_written_without_pythonunbuffered(capfd: pytest.CaptureF
         mod.terminate_daemon()
 
 
-def test_logger_gets_stdout_at_info_and_stderr_at_warning(caplog: pytest.LogCaptureFixture) -> None:
+def test_logger_gets_stdout_at_info_and_stderr_at_warning(caplog: pytest.LogCaptureFixture, warm: bool) -> None:
     """With a logger, stdout lines are INFO records and stderr lines WARNING records."""
     logger = logging.getLogger("test-child-output")
     caplog.set_level(logging.INFO, logger="test-child-output")
     mod = spawnproxy.run_script(
-        "import sys\nprint('to out')\nsys.stderr.write('to err\\n')", logger=logger, env=_env_without_unbuffered()
+        "import sys\nprint('to out')\nsys.stderr.write('to err\\n')",
+        logger=logger,
+        env=_env_without_unbuffered(),
+        warm=warm,
     )
     try:
         deadline = time.monotonic() + 2
@@ -63,7 +67,7 @@ def test_logger_gets_stdout_at_info_and_stderr_at_warning(caplog: pytest.LogCapt
         mod.terminate_daemon()
 
 
-def test_logs_keep_the_last_lines_bounded() -> None:
+def test_logs_keep_the_last_lines_bounded(warm: bool) -> None:
     """DaemonProxy.logs keeps the most recent lines, no more than logs_maxlen."""
     logger = logging.getLogger("test-quiet")
     logger.propagate = False
@@ -71,6 +75,7 @@ def test_logs_keep_the_last_lines_bounded() -> None:
         spawnproxy.ScriptDefinition("def spam(n):\n    for i in range(n):\n        print('line', i)"),
         logger=logger,
         logs_maxlen=50,
+        warm=warm,
     ) as daemon:
         daemon.proxy.spam(500)
         deadline = time.monotonic() + 3
@@ -80,12 +85,14 @@ def test_logs_keep_the_last_lines_bounded() -> None:
         assert len(daemon.logs) == 50
 
 
-def test_a_child_writing_a_lot_never_blocks() -> None:
+def test_a_child_writing_a_lot_never_blocks(warm: bool) -> None:
     """A child writing megabytes without newlines keeps answering."""
     logger = logging.getLogger("test-flood")
     logger.propagate = False
     mod = spawnproxy.run_script(
-        "import sys\ndef flood(n):\n    sys.stdout.write('x' * n)\n    sys.stdout.flush()\n    return n", logger=logger
+        "import sys\ndef flood(n):\n    sys.stdout.write('x' * n)\n    sys.stdout.flush()\n    return n",
+        logger=logger,
+        warm=warm,
     )
     try:
         for _ in range(5):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shlex
@@ -166,6 +167,34 @@ def test_another_python_version_on_the_host(sshd: Sshd, version: str) -> None:
         assert mod.add(1, 2) == 3
     finally:
         mod.terminate_daemon()
+
+
+def test_log_records_keep_their_level_through_ssh(sshd: Sshd) -> None:
+    """A remote child's logging records arrive as records, with their level, name and exception text."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("tests.ssh.records")
+    logger.propagate = False
+    logger.addHandler(handler)
+    script = "import logging\ndef fail():\n    try:\n        1 / 0\n    except ZeroDivisionError:\n"
+    script += "        logging.getLogger('remote').exception('remote failure')\n"
+    mod = spawnproxy.run_script(
+        script, python_exe=sshd.url(os.path.realpath(os.sys.executable)), ssh_options=sshd.options, logger=logger
+    )
+    try:
+        mod.fail()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not any("remote failure" in r.getMessage() for r in records):
+            time.sleep(0.02)
+        found = [r for r in records if "remote failure" in r.getMessage()]  # ssh may warn of its own
+        assert [(r.name, r.levelno, r.getMessage()) for r in found] == [
+            ("tests.ssh.records.remote", logging.ERROR, "remote failure")
+        ]
+        assert "ZeroDivisionError" in (found[0].exc_text or "")
+    finally:
+        mod.terminate_daemon()
+        logger.removeHandler(handler)
 
 
 def test_remote_child_ends_when_the_connection_drops_even_while_busy(remote: Any) -> None:

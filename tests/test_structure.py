@@ -1,10 +1,14 @@
-"""The package's shape: public names, docstrings with examples, a stdlib-only child side."""
+"""The package's shape: public names, docstrings with examples, a stdlib-only child side, its metadata."""
 
 from __future__ import annotations
 
+import ast
+import configparser
 import inspect
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import spawnproxy
 from spawnproxy import _bootstrap
@@ -71,3 +75,57 @@ def test_child_side_needs_only_the_standard_library() -> None:
     out = subprocess.run([sys.executable, "-I", "-"], input=code, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _setup_cfg() -> configparser.ConfigParser:
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg", encoding="utf-8")
+    return config
+
+
+def _parent_pythons() -> list[str]:
+    """noxfile.py's PARENT_PYTHONS, read without importing nox."""
+    tree = ast.parse((ROOT / "noxfile.py").read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "PARENT_PYTHONS" for t in node.targets):
+            return list(ast.literal_eval(node.value))
+    raise AssertionError("noxfile.py defines no PARENT_PYTHONS")
+
+
+def test_classifiers_and_python_requires_match_the_supported_parents() -> None:
+    """The version classifiers are exactly noxfile's PARENT_PYTHONS, python_requires starts at the first."""
+    metadata, options = _setup_cfg()["metadata"], _setup_cfg()["options"]
+    classifiers = [c.strip() for c in metadata["classifiers"].splitlines() if c.strip()]
+    versions = [
+        c.rsplit(" :: ", 1)[1] for c in classifiers if re.fullmatch(r"Programming Language :: Python :: 3\.\d+", c)
+    ]
+    parents = _parent_pythons()
+    assert versions == parents
+    assert options["python_requires"].strip() == ">=" + parents[0]
+    assert "Typing :: Typed" in classifiers and (ROOT / "spawnproxy" / "py.typed").is_file()
+
+
+def test_description_and_readme_name_the_oldest_child() -> None:
+    """The one-line description and the README say which CPython a child can be (MIN_CHILD_VERSION up)."""
+    oldest = "CPython %d.%d" % _bootstrap.MIN_CHILD_VERSION
+    assert f"{oldest}+ as the child" in _setup_cfg()["metadata"]["description"]
+    assert oldest in (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def test_changelog_has_an_entry_for_the_version() -> None:
+    """docs/changelog.md (the changelog the sdist ships) has a section for the package's version."""
+    changelog = (ROOT / "docs" / "changelog.md").read_text(encoding="utf-8")
+    heading = re.compile(r"^## %s(\s|$)" % re.escape(spawnproxy.__version__), re.MULTILINE)
+    assert heading.search(changelog), f"docs/changelog.md has no '## {spawnproxy.__version__}' section"
+
+
+def test_license_is_the_mit_license_the_metadata_names() -> None:
+    """LICENSE holds the MIT license of the spawnproxy developers, and setup.cfg names it and its SPDX id."""
+    metadata = _setup_cfg()["metadata"]
+    text = (ROOT / "LICENSE").read_text(encoding="utf-8")
+    assert text.startswith("MIT License") and "The spawnproxy developers" in text
+    assert metadata["license_expression"].strip() == "MIT"
+    assert metadata["license_files"].split() == ["LICENSE"]

@@ -18,10 +18,11 @@ The modules, in load order (each imports only modules above it; see
   holds), `loader` (the root object from a definition), `heads` and `codec`
   (encoding replies, decoding requests, frames that fail to load);
 - serving: `parent` (the parent's objects and errors), `outbox` (where
-  frames go: the channel or a lane), `ops` (the operations, `OPS`), `serve`
-  (the `Child` and its loop), `lifetime` (a child process's entry point and
-  watchdogs);
+  frames go: the channel or a lane), `records` (the child's log records on
+  its stderr), `ops` (the operations, `OPS`), `serve` (the `Child` and its
+  loop), `lifetime` (a child process's entry point and watchdogs);
 - run only when needed: `transports` (TLS, pipes, TCP) and `stdio` (a child
   reached through ssh); `handshake`, `addresses`, `listener` and `network`
-  (a served daemon and its clients).
+  (a served daemon and its clients); `forwarder` (the child's `logging`,
+  once its code imports it).
 """

@@ -16,6 +16,7 @@ import threading
 from .channel import Channel
 from .ops import OPS
 from .outbox import after_fork
+from .records import watch_logging
 from .serve import Child
 
 
@@ -49,6 +50,7 @@ def start_process():
             stream.reconfigure(line_buffering=True)
         except (AttributeError, ValueError):
             pass
+    watch_logging()  # the child's logging records reach the parent as records
 
 
 def _watch_parent(lifeline_fd):
@@ -73,7 +75,7 @@ def _forward_sigint_to_calls(child):
     signal.signal(signal.SIGINT, on_sigint)
 
 
-def _arm_deathline(fd):
+def arm_deathline(fd):
     """Have the kernel SIGKILL this process when the parent is gone, even if no thread here can run.
 
     The lifeline thread needs the GIL, which a call stuck in C may hold for ever.
@@ -98,7 +100,7 @@ def main(fd, lifeline_fd, bundle):
     os.set_inheritable(fd, False)
     os.set_inheritable(lifeline_fd, False)
     if bundle.get("deathline") is not None:
-        _arm_deathline(bundle["deathline"])
+        arm_deathline(bundle["deathline"])
     threading.Thread(target=_watch_parent, args=(lifeline_fd,), name="spawnproxy-lifeline", daemon=True).start()
     try:
         import faulthandler

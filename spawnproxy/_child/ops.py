@@ -97,6 +97,61 @@ def op_signature(child, target):
     return protocol.VALUE, encode_signature(obj)
 
 
+# -- what IPython and pydoc ask of an object (see the parent's `_ipython`): each one round trip
+
+
+def op_source(child, target):
+    """(type, file, source) of the target: its type's dotted name, the file and source `inspect`
+    finds here, each None where it finds none.
+
+    An object that has none of its own is described by its class, as IPython's
+    `??` does for a local instance.
+    """
+    import inspect
+
+    _, obj = child.resolve(target)
+
+    def found(how):
+        for what in (obj, type(obj)):
+            try:
+                return how(what)
+            except TypeError:  # not a module, class, function...: try its class
+                continue
+            except OSError:  # no source file
+                return None
+        return None
+
+    kind = "%s.%s" % (type(obj).__module__, type(obj).__qualname__)
+    return protocol.VALUE, (kind, found(inspect.getabsfile), found(inspect.getsource))
+
+
+def op_help(child, target, title):
+    """What `help()` of the target would print here: pydoc's plain text (no terminal bold)."""
+    import pydoc
+
+    _, obj = child.resolve(target)
+    return protocol.VALUE, pydoc.render_doc(obj, title, renderer=pydoc.plaintext)
+
+
+def op_hooks(child, target, canary, names):
+    """Which of `names` the target has as callables (IPython's `_repr_html_`, ...), in one round trip.
+
+    None, as IPython decides for a local object, for a class and for an object
+    that answers `canary`, an attribute no object has: it claims every name.
+    """
+    _, obj = child.resolve(target)
+
+    def get(name):
+        try:
+            return getattr(obj, name, None)
+        except Exception:  # a broken attribute is no hook, as for IPython locally
+            return None
+
+    if isinstance(obj, type) or get(canary) is not None:
+        return protocol.VALUE, []
+    return protocol.VALUE, [name for name in names if callable(get(name))]
+
+
 def op_chdir(child, path):
     """Make `path` the working directory, before the definition loads: a path of this machine."""
     os.chdir(path)
@@ -220,6 +275,9 @@ OPS = {
     "op": op_operator,
     "dir": op_dir,
     "signature": op_signature,
+    "source": op_source,
+    "help": op_help,
+    "hooks": op_hooks,
     "chdir": op_chdir,
     "load": op_load,
     "batch": op_batch,

@@ -18,6 +18,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TARGET = "tests.targets.faulty"
+# Set by Parent(..., warm=True): the scenario starts its children warm (forked from a zygote).
+WARM = os.environ.get("SPAWNPROXY_TEST_WARM") == "1"
 
 
 def gone(pid: int, within: float) -> bool:
@@ -39,8 +41,9 @@ def gone(pid: int, within: float) -> bool:
 class Parent:
     """A parent interpreter running one scenario in a session of its own."""
 
-    def __init__(self, scenario: str, *args: str) -> None:
+    def __init__(self, scenario: str, *args: str, warm: bool = False) -> None:
         env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        env["SPAWNPROXY_TEST_WARM"] = "1" if warm else "0"
         self._stderr_file = tempfile.TemporaryFile("w+")  # noqa: SIM115  closed by close()
         self.popen = subprocess.Popen(
             [sys.executable, "-m", "tests.targets.parents", scenario, *args],
@@ -57,7 +60,7 @@ class Parent:
         if not line or line[0] != "READY":
             self.close()
             raise AssertionError(f"scenario {scenario} did not start: {line!r}\n{self.stderr}")
-        self.children = [int(pid) for pid in line[1:]]
+        self.children = [int(pid) for pid in line[1:]]  # and the zygotes, when warm
 
     def signal(self, sig: int) -> None:
         os.kill(self.pid, sig)
@@ -105,15 +108,17 @@ def _say(key: str, value: object) -> None:
 
 def _ready(*proxies: object) -> None:
     import spawnproxy
+    from spawnproxy._zygote import zygote_pids
 
-    _say("READY", " ".join(str(spawnproxy.daemon_of(p).pid) for p in proxies))
+    pids = [spawnproxy.daemon_of(p).pid for p in proxies] + zygote_pids()
+    _say("READY", " ".join(map(str, pids)))
 
 
 def sigint_once() -> None:
     """A long remote call; the test sends one SIGINT."""
     import spawnproxy
 
-    mod = spawnproxy.run_module(TARGET)
+    mod = spawnproxy.run_module(TARGET, warm=WARM)
     _ready(mod)
     started = time.monotonic()
     try:
@@ -132,7 +137,7 @@ def sigint_twice() -> None:
     """A remote call that ignores SIGINT; the test sends two."""
     import spawnproxy
 
-    mod = spawnproxy.run_module(TARGET)
+    mod = spawnproxy.run_module(TARGET, warm=WARM)
     _ready(mod)
     started = time.monotonic()
     try:
@@ -147,7 +152,7 @@ def group_sigint(where: str) -> None:
     """The parent idles locally ("idle") or waits on a remote call ("call"); the test signals its group."""
     import spawnproxy
 
-    mod = spawnproxy.run_module(TARGET)
+    mod = spawnproxy.run_module(TARGET, warm=WARM)
     if where == "idle":
         mod.sigint_default()  # the child would die of any SIGINT that reached it
     _ready(mod)
@@ -166,7 +171,7 @@ def sigint_during_send() -> None:
     """Ctrl-C while a large argument is still being written to a busy child."""
     import spawnproxy
 
-    mod = spawnproxy.run_module(TARGET)
+    mod = spawnproxy.run_module(TARGET, warm=WARM)
     try:
         with spawnproxy.call_timeout(0.1):
             mod.nap(2)
@@ -188,9 +193,9 @@ def killed_while(what: str) -> None:
     """Children busy in various ways; the test kills this parent with SIGKILL."""
     import spawnproxy
 
-    busy = spawnproxy.run_module(TARGET)
-    idle = spawnproxy.run_module(TARGET)
-    deaf = spawnproxy.run_module(TARGET)
+    busy = spawnproxy.run_module(TARGET, warm=WARM)
+    idle = spawnproxy.run_module(TARGET, warm=WARM)
+    deaf = spawnproxy.run_module(TARGET, warm=WARM)
     deaf.ignore_sigterm()
     deaf.sigint_default()
     call = {"hold_gil": lambda: busy.hold_gil(1000), "sleep": lambda: deaf.nap(1000)}[what]
@@ -205,13 +210,14 @@ def exit_with_children() -> None:
     import spawnproxy
 
     def check_reaped() -> None:  # registered before spawnproxy's own handler: runs after it
-        zombies = [p.pid for p in psutil.Process().children() if p.status() == psutil.STATUS_ZOMBIE]
+        children = psutil.Process().children(recursive=True)  # warm children are a zygote's
+        zombies = [p.pid for p in children if p.status() == psutil.STATUS_ZOMBIE]
         _say("ZOMBIES", len(zombies))
-        _say("LEFT", len(psutil.Process().children()))
+        _say("LEFT", len(children))
         _say("EXIT_DONE", time.monotonic())
 
     atexit.register(check_reaped)
-    mods = [spawnproxy.run_module(TARGET) for _ in range(4)]
+    mods = [spawnproxy.run_module(TARGET, warm=WARM) for _ in range(4)]
     mods[2].ignore_sigterm()
     mods[3].ignore_sigterm()
     threading.Thread(target=mods[1].nap, args=(1000,), daemon=True).start()
