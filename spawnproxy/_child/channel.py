@@ -29,9 +29,11 @@ _DONTWAIT = socket.MSG_DONTWAIT
 # end of a process that restored SIGPIPE's default action).  No extra cost: the same call.
 _SEND = SEND_FLAGS
 # How long a wait for input watches for it on the CPU before it sleeps (see Channel._spin),
-# and how many waits go by between two looks at how many CPUs this thread may use.
+# how many waits go by between two looks at how many CPUs this thread may use, and one wait
+# in how many watches while spinning seems not to pay.
 _SPIN = 50e-6
 _CPU_RECHECK = 64
+_PROBE = 16
 # Between two looks, a spin lets whatever else could run on this CPU go first: a third
 # thread (another caller, a worker) must not wait for a spin to end.
 _yield = getattr(os, "sched_yield", lambda: None)
@@ -93,6 +95,7 @@ class Channel(FdPassing):
         self._out_poller = None
         self._spins = False
         self._hot = False  # the last wait ended soon enough that the next one spins
+        self._cold = 0  # waits that slept without a spin since the last probe (see _spin)
         self._cpus = 1
         self._cpu_countdown = 0
         self._poller = select.poll()
@@ -344,8 +347,9 @@ class Channel(FdPassing):
         trip (a wake-up on another CPU that idles, dearer still on a virtual
         machine), and in a run of calls the other end answers within
         microseconds.  So a wait first polls for up to _SPIN seconds, as long
-        as the waits before it ended that soon, and never on one CPU (the
-        other end could not run meanwhile).  Returns the time a wait that will
+        as the waits before it ended that soon (and one wait in _PROBE when
+        they did not), and never on one CPU (the other end could not run
+        meanwhile).  Returns the time a wait that will
         sleep starts, for `_woken` to judge; None when input came during the
         spin or spinning does not pay.
         """
@@ -357,13 +361,19 @@ class Channel(FdPassing):
             return None
         now = time.monotonic()
         if not self._hot:
-            return now
+            # Cold, one wait in _PROBE watches anyway: when both ends sleep, each is woken
+            # from sleep, every wait outlasts _SPIN and none would ever judge a spin worth it.
+            self._cold += 1
+            if self._cold < _PROBE:
+                return now
+            self._cold = 0
         poll, end = self._poller.poll, now + _SPIN
         while not poll(0):
             _yield()
             if time.monotonic() > end:
                 self._hot = False  # the other end is busy or idle: sleep from now on
                 return None
+        self._hot = True
         return None
 
     def _woken(self, started: float) -> None:
