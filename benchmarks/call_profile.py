@@ -66,7 +66,10 @@ def _pin(pids: list[int]) -> None:
     cpu = min(os.sched_getaffinity(0))
     for pid in pids:
         for tid in os.listdir(f"/proc/{pid}/task"):
-            os.sched_setaffinity(int(tid), {cpu})
+            try:
+                os.sched_setaffinity(int(tid), {cpu})
+            except ProcessLookupError:
+                pass  # a thread that ended since the listing (the forked manager's start-up threads)
 
 
 def _counters(pid: int) -> tuple[int, int]:
@@ -124,15 +127,23 @@ def instructions(kind: str) -> list[float] | None:
             )
             if done.returncode:
                 raise RuntimeError(f"valgrind run of {kind} failed:\n{done.stderr[-2000:]}")
-            files = sorted(glob.glob(prefix + ".*"), key=lambda name: int(name.rsplit(".", 1)[1]))
+            client = int(done.stdout.split()[-1])  # the run prints its pid (a forked server has its command)
             counts = []
-            for name in files:
+            for name in glob.glob(prefix + ".*"):
+                pid = int(name.rsplit(".", 1)[1])
                 with open(name) as data:
-                    counts.append(next(int(line.split()[1]) for line in data if line.startswith("summary:")))
-            totals.append(counts)
+                    lines = list(data)
+                cmd = next((line for line in lines if line.startswith("cmd:")), "")
+                counts.append((pid != client, cmd, pid, _summary(lines)))
+            # The client first, then by command: the same order in both runs (pids may wrap).
+            totals.append([count for *_, count in sorted(counts)])
     # The client is the first process; its server, the other one that works per call.
     per_call = [(after - before) / 2000 for before, after in zip(totals[0], totals[1], strict=True)]
     return [per_call[0], max(per_call[1:])]
+
+
+def _summary(lines: list[str]) -> int:
+    return next(int(line.split()[1]) for line in lines if line.startswith("summary:"))
 
 
 def _valgrind_run(kind: str, calls: int) -> None:
@@ -142,6 +153,7 @@ def _valgrind_run(kind: str, calls: int) -> None:
     for i in range(calls):
         add(i, 1)
     end()
+    print(os.getpid())
 
 
 def main(argv: list[str] | None = None) -> int:

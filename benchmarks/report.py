@@ -33,8 +33,9 @@ p99) of single calls timed with `time.perf_counter_ns` after a warm-up. Bandwidt
 bytes that travel there and back (2 {X} size) over the median round trip, in MB/s (10⁶ bytes/s).
 Thread and reference cases report calls (or references) per second; their median and p99 are
 per call. **{X} raw** divides each figure by the same case's figure for the raw Pipe echo (a
-spawned child sending each pickled message straight back: the transport's physical limit), so
-below 1.0 is better for times and above 1.0 is better for rates. *n/a* marks a case the peer
+spawned child sending each pickled message straight back on a `multiprocessing.Pipe`), so
+below 1.0 is better for times and above 1.0 is better for rates. The socket-pair echo, where it
+ran, is the transport's floor: a fresh interpreter writing each frame back unread. *n/a* marks a case the peer
 cannot do by design, *failed* one that raised, hung or gave a wrong answer; the reasons are
 listed under the details.
 """

@@ -1,6 +1,6 @@
 """Benchmark spawnproxy against its peers and the raw Pipe echo, in one run on one machine.
 
-Usage: ``python benchmarks/run.py [--quick] [--out DIR] [--only PEER,...] [--pin one-cpu|none]``.
+Usage: ``python benchmarks/run.py [--quick] [--out DIR] [--only PEER,...] [--cases CASE,...] [--pin one-cpu|none]``.
 
 Each peer runs in a worker process of its own (``worker.py``), which starts the peer's servers
 fresh. A case that hangs past its time limit is killed with its worker (and the worker's
@@ -172,6 +172,11 @@ def main(argv: list[str] | None = None) -> int:
         "pool_futures, the pools' baseline, with any pool)",
     )
     parser.add_argument(
+        "--cases",
+        help="comma-separated cases of the peer table (e.g. noop,echo_1KiB,echo_1MiB; default: all); "
+        "with it, no pool runs unless --only names one",
+    )
+    parser.add_argument(
         "--pin",
         choices=["one-cpu", "none"],
         default="one-cpu",
@@ -183,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.peers import BASELINE, PEERS
 
     names, pool_names = list(PEERS), list(pools.POOLS)
+    wanted: set[str] = set()
     if args.only:
         wanted = {name.strip() for name in args.only.split(",") if name.strip()}
         unknown = wanted - set(PEERS) - set(pools.POOLS)
@@ -195,6 +201,15 @@ def main(argv: list[str] | None = None) -> int:
             if name in wanted or (name == pools.POOL_BASELINE and wanted & set(pools.POOLS))
         ]
 
+    case_names = list(cases.CASES)
+    if args.cases:
+        case_names = [name.strip() for name in args.cases.split(",") if name.strip()]
+        unknown = set(case_names) - set(cases.CASES)
+        if unknown:
+            parser.error(f"unknown cases {sorted(unknown)}; choose from {', '.join(cases.CASES)}")
+        if not set(pool_names) & wanted:
+            pool_names = []
+
     started = time.monotonic()
     info = machine.machine_info()
     print(f"machine: {info['cpu']}, {info['logical_cores']} cores, Python {info['python']}", flush=True)
@@ -203,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     peers: dict[str, Any] = {}
     for name in names:
         print(f"{PEERS[name][1]}:", flush=True)
-        result = run_peer(name, cases.CASES, args.quick, args.pin, sys.stdout)
+        result = run_peer(name, case_names, args.quick, args.pin, sys.stdout)
         peers[name] = {"label": PEERS[name][1], **result}
         if peers[name]["status"] == "missing":
             print(f"  missing: {peers[name]['error']}", flush=True)
@@ -224,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         "python_floor": floor,
         "baseline": BASELINE,
         "pinned_cases": sorted(pinning.PINNED_CASES) if args.pin == "one-cpu" and pinning.available() else [],
-        "cases": cases.CASES,
+        "cases": case_names,
         "peers": peers,
         "pool_cases": pools.CASES,
         "pools": pool_results,

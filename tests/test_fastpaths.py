@@ -163,6 +163,40 @@ def test_session_call_sends_the_frame_request_sends(
         assert fast_encodes == [fast_frame], f"{name}: Session.call did not take the general path"
 
 
+@pytest.mark.parametrize("exports", [False, True], ids=["nothing of ours in the child", "an object of ours held there"])
+def test_session_call_exchanges_inline_only_while_the_child_holds_nothing_of_ours(
+    remote: Any, monkeypatch: pytest.MonkeyPatch, exports: bool
+) -> None:
+    """Session.call sends and waits itself, with request's frame and answer, unless the child holds an object of ours."""
+    session = spawnproxy.daemon_of(remote)._session
+    echo = remote.echo
+    assert echo() == 0  # this thread holds a lane
+    owner, target = type(echo)._spawnproxy_ref_(echo)
+    held = session.export(_LOCAL, False)[1] if exports else None
+    assert bool(session.exports.objects) == exports
+    exchanges: list[int] = []
+    real = session._lane_exchange
+    monkeypatch.setattr(session, "_lane_exchange", lambda *a: exchanges.append(a[1]) or real(*a))
+    sent = _frames(session, monkeypatch)
+    try:
+        session._ids = itertools.count(500)
+        fast_reply = session.call(target, (1, "é", b"x"), {"k": None}, "the fast path", lambda: [])
+        fast_frame = sent[-1]
+        fast_exchanges = list(exchanges)
+        session._ids = itertools.count(500)
+        general_reply = session.request("call", (target, (1, "é", b"x"), {"k": None}), "the general path")
+        general_frame = sent[-1]
+    finally:
+        monkeypatch.undo()
+        if held is not None:
+            session.unexport([held])
+        session._ids = itertools.count(600)
+    assert fast_frame == general_frame
+    assert fast_reply == general_reply and fast_reply[3] == 4
+    lane_rid = 500 << protocol.LANE_BITS | session.local.lane.number
+    assert fast_exchanges == ([lane_rid] if exports else []), "Session.call took the wrong exchange"
+
+
 # -- the child side: op_call against resolve, calling, result -----------------------------------
 
 

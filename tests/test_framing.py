@@ -200,6 +200,26 @@ def test_a_big_frame_arrives_intact(channels: tuple[Channel, Channel]) -> None:
         del received
 
 
+@pytest.mark.skipif(not hasattr(os, "memfd_create"), reason="no memfd on this platform")
+def test_large_frames_of_changing_sizes_reuse_one_memfd_and_arrive_intact(
+    channels: tuple[Channel, Channel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Large frames back and forth, each larger or smaller than the last, travel in one reused memfd, byte for byte."""
+    one, other = channels
+    made = []
+    real = os.memfd_create
+    monkeypatch.setattr(os, "memfd_create", lambda *args: made.append(real(*args)) or made[-1])
+    big = protocol.BIG_FRAME
+    for i, size in enumerate((2 * big, big + 64, 3 * big + 5, big, 2 * big + 7, big + 1)):
+        sender, receiver = (one, other) if i % 2 == 0 else (other, one)
+        payload = bytes([i]) * size
+        sender.send(protocol.TAG_PICKLE, payload)
+        tag, received = receiver.recv()
+        assert tag == protocol.TAG_PICKLE and bytes(received) == payload, f"frame {i} of {size} bytes"
+        del received  # its mapping goes: the memfd carries the next frame, the other way
+    assert len(made) == 1
+
+
 def test_a_memfd_frame_without_its_descriptor_is_channel_closed(pair: tuple[Channel, socket.socket]) -> None:
     """A b"M" frame that comes without a descriptor ends the channel (ChannelClosed), nothing is mapped."""
     channel, theirs = pair

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -161,3 +162,21 @@ def test_spinning_keeps_death_and_timeouts() -> None:
     finally:
         with contextlib.suppress(spawnproxy.SpawnProxyError):
             mod.terminate_daemon()
+
+
+def test_a_wait_that_always_sleeps_still_watches_now_and_then() -> None:
+    # Both ends of a run of calls can fall asleep for good: woken from sleep on each side, every
+    # wait outlasts the spin, so no wait ever judges that spinning would pay. A wait among a few
+    # watches anyway (here the input is there already), and a watch that sees it arms the spin.
+    mine, theirs = socket.socketpair()
+    lane = channel.Channel(mine)
+    try:
+        theirs.send(b"x")
+        lane._cpus, lane._cpu_countdown, lane._hot = 2, 10**6, False
+        started = [lane._spin() for _ in range(64)]
+        assert None in started, "no cold wait watched for its input"
+        assert lane._hot
+        assert all(isinstance(s, float) for s in started[: started.index(None)])
+    finally:
+        lane.close()
+        theirs.close()

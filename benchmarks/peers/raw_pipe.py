@@ -34,8 +34,10 @@ def _echo(conn: Connection) -> None:
 class RawHandle:
     """The parent's end of the echo Pipe."""
 
+    start_method = "spawn"  # the child is a fresh interpreter, as spawnproxy's is
+
     def __init__(self) -> None:
-        ctx = multiprocessing.get_context("spawn")
+        ctx = multiprocessing.get_context(self.start_method)
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(target=_echo, args=(child,), daemon=True)
         self._proc.start()

@@ -18,6 +18,7 @@ from .fdpassing import SEND_FLAGS, FdPassing, advance
 from .protocol import BIG_FRAME, TAG_BUFFERS, TAG_MEMFD
 
 _HEADER = struct.Struct("!i")
+_HEADER_TAG = struct.Struct("!ic")  # a frame's length and tag: one pack, one concatenation less
 _SMALL_FRAME = 64 * 1024
 _LONG_HEADER = struct.Struct("!iQ")
 # Small enough that the buffer is reused, never an mmap per read.
@@ -27,12 +28,12 @@ _DONTWAIT = socket.MSG_DONTWAIT
 # Every send: never block, and never SIGPIPE (a reader that has gone is an EPIPE, not the
 # end of a process that restored SIGPIPE's default action).  No extra cost: the same call.
 _SEND = SEND_FLAGS
-# Each one-byte tag as bytes, found by its value: no bytes object to make per frame.
-_TAGS = tuple(bytes((value,)) for value in range(256))
 # How long a wait for input watches for it on the CPU before it sleeps (see Channel._spin),
-# and how many waits go by between two looks at how many CPUs this thread may use.
+# how many waits go by between two looks at how many CPUs this thread may use, and one wait
+# in how many watches while spinning seems not to pay.
 _SPIN = 50e-6
 _CPU_RECHECK = 64
+_PROBE = 16
 # Between two looks, a spin lets whatever else could run on this CPU go first: a third
 # thread (another caller, a worker) must not wait for a spin to end.
 _yield = getattr(os, "sched_yield", lambda: None)
@@ -84,6 +85,7 @@ class Channel(FdPassing):
         self._buf = bytearray()
         self._chunk = bytearray(_READ_CHUNK)
         self._chunk_view = memoryview(self._chunk)
+        self._chunks = [self._chunk]  # what every read reads into: no list to make per read
         self._pending = []  # the unwritten rest of an interrupted frame
         # A memfd received with a large frame, whose pages are already allocated: once its
         # mapping is gone it carries the next large frame sent, in either direction, so
@@ -93,6 +95,7 @@ class Channel(FdPassing):
         self._out_poller = None
         self._spins = False
         self._hot = False  # the last wait ended soon enough that the next one spins
+        self._cold = 0  # waits that slept without a spin since the last probe (see _spin)
         self._cpus = 1
         self._cpu_countdown = 0
         self._poller = select.poll()
@@ -150,7 +153,7 @@ class Channel(FdPassing):
         size = len(payload) + 1
         if size < _SMALL_FRAME:
             # One buffer, one system call: cheaper than scatter-gather when small.
-            data = _HEADER.pack(size) + tag + payload
+            data = _HEADER_TAG.pack(size, tag) + payload
             try:
                 written = self._send(data, _SEND)
             except BlockingIOError:
@@ -285,7 +288,7 @@ class Channel(FdPassing):
                 self._cpu_countdown -= 1
                 if self._cpus > 1 or self._cpu_countdown < 0:
                     started = self._spin()
-            n, ancillary, _, _ = self._recvmsg_into([self._chunk], _ANCILLARY)
+            n, ancillary, _, _ = self._recvmsg_into(self._chunks, _ANCILLARY)
             if started is not None:
                 self._woken(started)
             if ancillary:
@@ -293,12 +296,10 @@ class Channel(FdPassing):
             if not n:
                 raise ChannelClosed("the other end closed the channel")
             chunk = self._chunk_view
-            if n >= 5:
-                (size,) = _HEADER.unpack_from(chunk)
-                if size > 0 and n == 4 + size:
-                    tag = _TAGS[chunk[4]]
-                    if tag != TAG_MEMFD:
-                        return tag, memoryview(bytes(chunk[5:n]))
+            # Read whatever n is: n == 4 + size > 4 holds only once the whole header is fresh.
+            size, tag = _HEADER_TAG.unpack_from(chunk)
+            if n == 4 + size and size > 0 and tag != TAG_MEMFD:
+                return tag, memoryview(bytes(chunk[5:n]))
             buf += chunk[:n]
         while len(buf) < 4:
             self._fill()
@@ -346,8 +347,9 @@ class Channel(FdPassing):
         trip (a wake-up on another CPU that idles, dearer still on a virtual
         machine), and in a run of calls the other end answers within
         microseconds.  So a wait first polls for up to _SPIN seconds, as long
-        as the waits before it ended that soon, and never on one CPU (the
-        other end could not run meanwhile).  Returns the time a wait that will
+        as the waits before it ended that soon (and one wait in _PROBE when
+        they did not), and never on one CPU (the other end could not run
+        meanwhile).  Returns the time a wait that will
         sleep starts, for `_woken` to judge; None when input came during the
         spin or spinning does not pay.
         """
@@ -359,13 +361,19 @@ class Channel(FdPassing):
             return None
         now = time.monotonic()
         if not self._hot:
-            return now
+            # Cold, one wait in _PROBE watches anyway: when both ends sleep, each is woken
+            # from sleep, every wait outlasts _SPIN and none would ever judge a spin worth it.
+            self._cold += 1
+            if self._cold < _PROBE:
+                return now
+            self._cold = 0
         poll, end = self._poller.poll, now + _SPIN
         while not poll(0):
             _yield()
             if time.monotonic() > end:
                 self._hot = False  # the other end is busy or idle: sleep from now on
                 return None
+        self._hot = True
         return None
 
     def _woken(self, started: float) -> None:
@@ -374,7 +382,7 @@ class Channel(FdPassing):
             self._hot = True
 
     def _fill(self) -> None:
-        self._take(*self._recvmsg_into([self._chunk], _ANCILLARY)[:2])
+        self._take(*self._recvmsg_into(self._chunks, _ANCILLARY)[:2])
 
     def _take(self, n, ancillary):
         """Buffer `n` bytes just read into the chunk, and the descriptors that came with them."""

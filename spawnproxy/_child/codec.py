@@ -16,6 +16,8 @@ from .buffers import OutOfBand, ViewOf, buffer_taker, out_of_band, split_buffers
 from .heads import unloadable_answer
 
 PROTOCOL = 5
+# Names read on every reply, bound here: a module attribute costs a lookup each time.
+_BIG_FRAME, _TAG_PICKLE, _REPLY, _VALUE = protocol.BIG_FRAME, protocol.TAG_PICKLE, protocol.REPLY, protocol.VALUE
 _PLAIN = frozenset([int, float, str, bool, type(None), bytes, complex])
 # Results that always stay in the child: calling or reading them must run there.
 _BY_REFERENCE = (
@@ -164,8 +166,8 @@ class Codec:
     def reply_by_value(self, rid, value):
         """Return (tag, pickle, out-of-band buffers) of a reply carrying `value`, or None (see by_value)."""
         kind = type(value)
-        if kind in _PLAIN and (kind is not bytes or len(value) < protocol.BIG_FRAME):
-            return protocol.TAG_PICKLE, pickle.dumps((protocol.REPLY, rid, protocol.VALUE, value), PROTOCOL), None
+        if kind in _PLAIN and (kind is not bytes or len(value) < _BIG_FRAME):
+            return _TAG_PICKLE, pickle.dumps((_REPLY, rid, _VALUE, value), PROTOCOL), None
         if isinstance(value, _BY_REFERENCE):
             self.refused = None
             return None

@@ -28,14 +28,14 @@ class FdPassing:
 
     def _send_memfd(self, tag, parts, deadline, on_blocked):
         parts = [tag] + parts
-        total = sum(len(part) for part in parts)
         try:
-            memfd, size = self._spare.pop()
+            memfd = self._spare.pop()[0]
         except IndexError:
-            memfd, size = os.memfd_create("spawnproxy-frame", os.MFD_CLOEXEC), 0
+            memfd = os.memfd_create("spawnproxy-frame", os.MFD_CLOEXEC)
         try:
-            if size < total:
-                os.ftruncate(memfd, total)
+            # No ftruncate: writing extends the file as needed, and the receiver maps only the
+            # frame's size, not a longer tail left by an earlier frame (the size a receiver
+            # notes of a spare is its last frame's, so a resize here cost a call per frame).
             done = 0
             while parts:
                 written = os.pwritev(memfd, parts[:512], done)

@@ -67,9 +67,9 @@ def op_call(child, target, args, kwargs):
     if type(target) is int:
         base = obj = child.table.get(target)
     else:
-        oid, *path = target
-        base = obj = child.table.get(oid)
-        for name in path:
+        # Indexes, not `oid, *path = target`: that builds a list for every call.
+        base = obj = child.table.get(target[0])
+        for name in target[1:]:
             obj = getattr(obj, name)
     value = obj(*args, **kwargs)
     if value is obj:

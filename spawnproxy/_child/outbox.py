@@ -24,6 +24,7 @@ from .channel import ChannelClosed, LaneClosed
 # What a send to the main channel fails with once the parent has gone.
 _PARENT_GONE = (errno.EBADF, errno.EPIPE, errno.ECONNRESET)
 RELEASE_PERIOD = 0.25
+_LANE_MASK = protocol.LANE_MASK
 # The outboxes of the children that serve in this process (one, or one per client of a
 # served daemon): the releaser and `after_fork` go through them.
 _outboxes = WeakSet()
@@ -64,8 +65,10 @@ class Outbox:
         channel = main = self.channel
         lane = 0
         if rid is not None and rid > 0:
-            lane = rid & protocol.LANE_MASK
-        with self.lock:
+            lane = rid & _LANE_MASK
+        lock = self.lock
+        lock.acquire()  # (not `with`: every frame comes here)
+        try:
             if lane:
                 channel = self._lanes.get(lane)
                 if channel is None:
@@ -81,6 +84,7 @@ class Outbox:
                     batch = None
                 if tag is not None:
                     channel.send(tag, data, None, self._read_ahead, buffers)
+                return
             except ChannelClosed:
                 if channel is main:
                     raise
@@ -89,14 +93,14 @@ class Outbox:
                     if err.errno in _PARENT_GONE:
                         raise ChannelClosed("the parent has gone") from None
                     raise
-            else:
-                return
             # Only a lane gets here: its thread closed it.  The releases go with a later frame.
             if batch:
                 self.releases.extendleft(reversed(batch))
             if self._lanes.get(lane) is channel:
                 del self._lanes[lane]
             channel.close()
+        finally:
+            lock.release()
         raise LaneClosed("lane %d is closed" % lane)
 
     def try_send(self, tag, data, wait, deadline):

@@ -24,8 +24,27 @@ from .codec import Codec
 from .ops import BATCH, MAYBE
 from .outbox import Outbox, start_releaser
 from .parent import CallableParentRef, ParentFinder, ParentRef, rebuild_parent_exception
-from .protocol import ID, IDS, KIND, LANE_MASK, NESTED, OUTER, REF_OID, RELEASE, REQUEST, TAG_REFS
+from .protocol import (
+    ID,
+    IDS,
+    KIND,
+    LANE_MASK,
+    NESTED,
+    NESTED_OP,
+    NESTED_OPERANDS,
+    OP,
+    OUTER,
+    REF_OID,
+    RELEASE,
+    REQUEST,
+    REQUEST_OPERANDS,
+    TAG_LANE,
+    TAG_PICKLE,
+    TAG_REFS,
+)
 from .table import ObjectTable
+
+_loads = pickle.loads  # bound once: every request is loaded with it
 
 
 class Child:
@@ -113,13 +132,23 @@ class Child:
                             self._send(None, None)
                         msg = self._read()
                     finally:
-                        with self._lock:
-                            self._leader = previous
-                            recv_lock.release()
-                            if self._followers:
-                                self._cond.notify_all()
+                        # (acquire/release, not `with`: this runs for every message)
+                        lock = self._lock
+                        lock.acquire()
+                        self._leader = previous
+                        recv_lock.release()
+                        if self._followers:
+                            self._cond.notify_all()
+                        lock.release()
                     if main and msg[KIND] == REQUEST:
-                        queue.append(msg)  # the common case, routed without a call
+                        if not inside and not queue:
+                            # The common case: nothing is queued before it, so it runs at once
+                            # (what is read after it, by another thread, is queued after it).
+                            queue.append(msg)
+                            msg = None
+                            self._run_next(queue)
+                            continue
+                        queue.append(msg)
                     else:
                         self._route(msg, queue)
                     msg = None
@@ -173,7 +202,7 @@ class Child:
         while True:
             try:
                 tag, payload = channel.recv()
-                if tag == protocol.TAG_LANE:
+                if tag == TAG_LANE:
                     self._lane(payload)
                     continue
             except (ChannelClosed, OSError):
@@ -182,8 +211,8 @@ class Child:
                     self._cond.notify_all()
                 raise ChannelClosed("the parent has gone") from None
             try:
-                if tag == protocol.TAG_PICKLE:  # most requests: the codec's first case, inline
-                    return pickle.loads(payload)
+                if tag == TAG_PICKLE:  # most requests: the codec's first case, inline
+                    return _loads(payload)
                 return self.codec.loads(tag, payload)
             except ChannelClosed:
                 raise
@@ -241,10 +270,12 @@ class Child:
             if self._held:
                 self.outbox.answers_read(ids)
             return
+        # Indexes, not a starred unpacking: that builds a list for every request.
+        rid = msg[ID]
         if kind == NESTED:
-            _, rid, _, op, *operands = msg
+            op, operands = msg[NESTED_OP], msg[NESTED_OPERANDS:]
         else:
-            _, rid, op, *operands = msg
+            op, operands = msg[OP], msg[REQUEST_OPERANDS:]
         msg = None
         if self._held:
             # The caller has read the answer before (it asks only once it has): the parent
