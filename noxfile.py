@@ -210,9 +210,14 @@ def build(session: nox.Session) -> None:
 
 @nox.session(python=_interpreter("3.11"))
 def bench(session: nox.Session) -> None:
-    """Benchmark spawnproxy side by side with its peers, and through srun; writes benchmarks/results/."""
+    """Benchmark spawnproxy side by side with its peers, start-up warm and cold, and through srun; writes benchmarks/results/."""
     session.install("-e", ".", "-r", "benchmarks/requirements.txt")
     session.run("python", "benchmarks/run.py", *session.posargs)
+    # Start-up, warm and cold, beside python -c pass and the fork-based workers, with its plot.
+    reps = ["--reps", "10"] if "--quick" in session.posargs else []
+    session.run(
+        "python", "benchmarks/startup.py", *reps, "--out", "benchmarks/results", "--plot", "docs/assets/warm-start.png"
+    )
     # The srun rows: children as Slurm job steps on a one-node cluster the script starts (as root,
     # with slurm-wlm and munge); where none can start it says why and exits 2, which is no failure.
     quick = ["--quick"] if "--quick" in session.posargs else []

@@ -34,7 +34,8 @@ from ._handle import (
 from ._options import current_timeout
 from ._proxy import ObjectProxy, handle_of
 from ._requests import Label, named_operands
-from ._session import FAILED, UNLOADABLE, Session, unloadable
+from ._serialize_errors import unloadable_result
+from ._session import FAILED, UNLOADABLE, Session
 from ._streams import Batches
 
 __all__ = ["AsyncProxy", "aio"]
@@ -189,7 +190,7 @@ def _settle(session: Session, future: asyncio.Future[tuple[Any, ...]], reply: tu
     elif how == FAILED:
         future.set_exception(payload)
     elif how == UNLOADABLE:
-        future.set_exception(unloadable(what, payload))
+        future.set_exception(unloadable_result(what, payload))
     else:
         future.set_result(reply)
 

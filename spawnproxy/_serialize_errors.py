@@ -10,7 +10,8 @@ load it.  `ParentTraceback` carries the parent's side of such a failure back.
 A frame of the child's that the parent cannot load (a class it lacks) is read
 for its header alone (`message_head`): the request it answers gets the load
 error, and the child's objects it named are released; a request of the child's
-whose operands cannot be loaded is answered with `unloadable_request`.
+whose operands cannot be loaded is answered with `unloadable_request`; a result
+that arrived but cannot be loaded fails its call with `unloadable_result`.
 
 Part of the serialization layer: with `_serialize`, the only parent modules
 that import pickle and tblib.  Uses `_errors`, `_child.protocol`,
@@ -152,6 +153,13 @@ def unloadable_request(exc: BaseException) -> tuple[Any, ...]:
     module, qualname, message, data, text = encode_exception(exc)
     text = f"an argument the child sent cannot be loaded in the parent; the request did not run\n{text}"
     return (module, qualname, message, data, text)
+
+
+def unloadable_result(what: object, error: BaseException) -> SerializationError:
+    """The error of a call whose result arrived but cannot be rebuilt here (`error` says why)."""
+    exc = SerializationError(f"the result of {what} cannot be rebuilt in the parent: {type(error).__name__}: {error}")
+    exc.__cause__ = error
+    return exc
 
 
 def rebuild_exception(encoded: tuple[Any, ...]) -> BaseException:

@@ -10,7 +10,7 @@ What comes back is the receive side's business (`_receiver`: the router, the
 lane wait, leader/follower, the reader thread); serving the child's own
 requests is `_callbacks`'.  A Session is a `Receiver`, whose lane wait is on
 every blocking call's path.  May use: `_receiver` and what it uses, `_lanes`,
-`_flush`, `_options`, `_peer`, `_process` (exit texts), `_serialize`.
+`_flush`, `_options`, `_peer`, `_process` (exit texts), `_serialize`, `_serialize_errors`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from ._child.protocol import (
     TAG_LANE,
     TAG_PICKLE,
 )
-from ._errors import CallTimeoutError, DaemonDiedError, DaemonTerminatedError, SerializationError, SpawnProxyError
+from ._errors import CallTimeoutError, DaemonDiedError, DaemonTerminatedError, SpawnProxyError
 from ._lanes import Lane, Lanes
 from ._options import UNSET, current_timeout, timeouts
 from ._peer import Peer
@@ -45,8 +45,9 @@ from ._process import describe_exit
 from ._receiver import Receiver
 from ._router import UNLOADABLE
 from ._serialize import PROTOCOL, PickleBuffer, plain_dumps
+from ._serialize_errors import unloadable_result
 
-__all__ = ["FAILED", "UNLOADABLE", "Session", "unloadable"]
+__all__ = ["FAILED", "UNLOADABLE", "Session"]
 
 # The kind of a reply that never came: the child ended (never on the wire); payload: the error.
 FAILED = -2
@@ -142,7 +143,7 @@ class Session(Receiver):
             for fd in list(self._retired):
                 self._drain_retired(fd)
         if reply[HOW] == UNLOADABLE:
-            raise unloadable(what, reply[PAYLOAD])
+            raise unloadable_result(what, reply[PAYLOAD])
         if self.exports.objects and self._reader is None:
             self._ensure_reader()
         return reply
@@ -220,7 +221,7 @@ class Session(Receiver):
             for fd in list(self._retired):
                 self._drain_retired(fd)
         if reply[HOW] == UNLOADABLE:
-            raise unloadable(what, reply[PAYLOAD])
+            raise unloadable_result(what, reply[PAYLOAD])
         if self.exports.objects and self._reader is None:
             self._ensure_reader()  # the child kept an object of ours: it may call it while no one reads
         return reply
@@ -302,7 +303,7 @@ class Session(Receiver):
                 kept = keep_on_timeout
                 raise
             if reply[HOW] == UNLOADABLE:
-                raise unloadable(what, reply[PAYLOAD])
+                raise unloadable_result(what, reply[PAYLOAD])
             return reply
         finally:
             if not kept:
@@ -459,10 +460,3 @@ class Session(Receiver):
         if self._lanes is not None:
             self._lanes.close_all()
             self._retired.clear()
-
-
-def unloadable(what: object, error: BaseException) -> SerializationError:
-    """The error of a call whose result arrived but cannot be rebuilt here (`error` says why)."""
-    exc = SerializationError(f"the result of {what} cannot be rebuilt in the parent: {type(error).__name__}: {error}")
-    exc.__cause__ = error
-    return exc
