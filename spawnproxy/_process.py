@@ -89,6 +89,7 @@ class ChildProcess:
         self._deathline: int | None = None
         self._deathline_in_child: int | None = None  # its number in the child (pass_fds)
         self._pidfd: int | None = None
+        self.start_timeout = start_timeout  # bounds `_spawn` too where it waits (a zygote's fork)
         own = self._spawn(python_exe, env, logger)
         _register(self)
         try:

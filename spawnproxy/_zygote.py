@@ -279,23 +279,11 @@ class _Forked:
 class WarmProcess(ChildProcess):
     """A child forked from the zygote of its interpreter: started in a few milliseconds."""
 
-    def __init__(
-        self,
-        python_exe: str | os.PathLike[str] | None,
-        *,
-        env: Mapping[str, str] | None,
-        logger: logging.Logger | None,
-        logs_maxlen: int,
-        start_timeout: float | None,
-    ) -> None:
-        self._start_timeout = start_timeout  # for `_spawn`, which the constructor below runs
-        super().__init__(python_exe, env=env, logger=logger, logs_maxlen=logs_maxlen, start_timeout=start_timeout)
-
     def _spawn(self, python_exe: Any, env: Mapping[str, str] | None, logger: logging.Logger | None) -> bool:
         exe, own = resolve_executable(python_exe)
         self.executable = exe
         child_env = dict(os.environ if env is None else env)
-        timeout = self._start_timeout
+        timeout = self.start_timeout
         parent_sock, child_sock = socket.socketpair()
         life_read, life_write = os.pipe()
         death_read, death_write = os.pipe()

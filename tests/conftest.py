@@ -90,7 +90,7 @@ def warm(request: pytest.FixtureRequest) -> bool:
     return bool(request.param)
 
 
-def _running(pid: int) -> bool:
+def running(pid: int) -> bool:
     """Whether a process exists and is not a zombie (it may vanish while we look)."""
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
@@ -115,7 +115,7 @@ def no_leaked_children():
 
         gc.collect()
         left = _children() - before - set(zygote_pids())
-        left = {pid for pid in left if _running(pid)}
+        left = {pid for pid in left if running(pid)}
         if not left or time.monotonic() > deadline:
             break
         time.sleep(0.05)
@@ -192,6 +192,11 @@ def wait_until(predicate: Callable[[], object], timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.01)
     return bool(predicate())
+
+
+def gone(pid: int, within: float) -> bool:
+    """Whether process `pid` has ended (or is a zombie) within `within` seconds."""
+    return wait_until(lambda: not running(pid), within)
 
 
 @pytest.fixture

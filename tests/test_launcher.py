@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 import spawnproxy
-from tests.conftest import _running, child_interpreters, run_python, wait_until
+from tests.conftest import child_interpreters, gone, run_python, running, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -77,10 +77,6 @@ def launched(request: pytest.FixtureRequest) -> Iterator[Any]:
     mod = spawnproxy.run_script(SCRIPT, python_exe=PYTHON, launcher=TRIVIAL[request.param])
     yield mod
     mod.terminate_daemon()
-
-
-def _gone(pid: int, within: float) -> bool:
-    return wait_until(lambda: not _running(pid), within)
 
 
 def _runs_as(user: str, exe: str) -> bool:
@@ -177,7 +173,7 @@ def test_terminate_ends_the_launcher_and_the_child() -> None:
     child_pid = mod.os.getpid()
     assert child_pid != daemon.pid  # the shell stayed, between us and the interpreter
     assert daemon.terminate() == 0
-    assert _gone(child_pid, 2) and _gone(daemon.pid, 1)
+    assert gone(child_pid, 2) and gone(daemon.pid, 1)
     with pytest.raises(spawnproxy.DaemonTerminatedError):
         mod.add(1, 1)
 
@@ -202,11 +198,11 @@ def test_parent_killed_child_behind_a_launcher_ends_within_2s(name: str) -> None
         try:
             child, launcher = _pids_from(parent)
             time.sleep(0.3)  # the child is now inside busy()
-            assert _running(child)
+            assert running(child)
             os.kill(parent.pid, signal.SIGKILL)
             parent.wait(5)
-            assert _gone(child, 2.0), "the child outlived its killed parent by more than 2 s"
-            assert _gone(launcher, 1.0), "the launcher outlived its child"
+            assert gone(child, 2.0), "the child outlived its killed parent by more than 2 s"
+            assert gone(launcher, 1.0), "the launcher outlived its child"
         finally:
             parent.kill()
 
@@ -442,7 +438,7 @@ def test_a_launcher_dying_mid_call_fails_the_call_at_once() -> None:
     assert not thread.is_alive() and errors and isinstance(errors[0][0], spawnproxy.DaemonDiedError), errors
     assert errors[0][1] - killed < 1.0
     assert re.search("SIGKILL", str(errors[0][0]))
-    assert _gone(child, 2), "the child outlived its launcher's death"  # its pipes' other end is closed
+    assert gone(child, 2), "the child outlived its launcher's death"  # its pipes' other end is closed
     daemon.terminate()
 
 
@@ -456,4 +452,4 @@ def test_a_launcher_in_a_parent_that_exits_leaves_nothing_behind() -> None:
     )
     assert result.returncode == 0, result.stderr
     for pid in map(int, result.stdout.split()):
-        assert _gone(pid, 2), f"child {pid} outlived its parent"
+        assert gone(pid, 2), f"child {pid} outlived its parent"

@@ -14,18 +14,9 @@ import pytest
 
 import spawnproxy
 from spawnproxy._zygote import zygote_pids
-from tests.conftest import _running, run_python
+from tests.conftest import gone, run_python, running
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def _gone(pid: int, within: float) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if not _running(pid):
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_gc_of_last_proxy_ends_the_child(warm: bool) -> None:
@@ -39,7 +30,7 @@ def test_gc_of_last_proxy_ends_the_child(warm: bool) -> None:
     assert nested == [1]
     del nested
     gc.collect()
-    assert _gone(pid, 5)
+    assert gone(pid, 5)
 
 
 def test_terminate_daemon_from_nested_proxy_is_idempotent(warm: bool) -> None:
@@ -49,7 +40,7 @@ def test_terminate_daemon_from_nested_proxy_is_idempotent(warm: bool) -> None:
     f = mod.f
     mod.x.terminate_daemon()
     mod.terminate_daemon()
-    assert _gone(pid, 1)
+    assert gone(pid, 1)
     with pytest.raises(spawnproxy.DaemonTerminatedError, match=f"child {pid} was terminated"):
         f()
 
@@ -59,7 +50,7 @@ def test_context_manager_terminates(warm: bool) -> None:
     with pytest.raises(RuntimeError), spawnproxy.DaemonProxy(spawnproxy.ScriptDefinition("x = 1"), warm=warm) as daemon:
         pid = daemon.pid
         raise RuntimeError("inside")
-    assert _gone(pid, 1)
+    assert gone(pid, 1)
     assert not daemon.is_alive()
 
 
@@ -74,7 +65,7 @@ def test_interpreter_exit_ends_children(warm: bool) -> None:
     pids = [int(p) for p in result.stdout.split()]
     assert len(pids) == 3
     for pid in pids:
-        assert _gone(pid, 2), f"child {pid} outlived its parent"
+        assert gone(pid, 2), f"child {pid} outlived its parent"
 
 
 @pytest.mark.slow
@@ -98,7 +89,7 @@ def test_parent_killed_child_ends_within_2s(busy: str, warm: bool) -> None:
         parent.send_signal(signal.SIGKILL)
         parent.wait(5)
         started = time.monotonic()
-        assert _gone(pid, 2.0), "the child outlived its killed parent by more than 2 s"
+        assert gone(pid, 2.0), "the child outlived its killed parent by more than 2 s"
         assert time.monotonic() - started < 2.0
     finally:
         parent.kill()
@@ -131,7 +122,7 @@ def test_no_zombie_or_fd_leak(warm: bool) -> None:
         time.sleep(0.05)
     assert fds() <= before
     assert not [
-        p.pid for p in psutil.Process().children(recursive=True) if not _running(p.pid) and psutil.pid_exists(p.pid)
+        p.pid for p in psutil.Process().children(recursive=True) if not running(p.pid) and psutil.pid_exists(p.pid)
     ]
 
 

@@ -15,11 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 import spawnproxy
-from tests.conftest import child_interpreters
+from tests.conftest import child_interpreters, gone
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -114,18 +113,6 @@ def fail():
 """
 
 
-def _gone(pid: int, within: float) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_calls_values_and_exceptions(remote: Any) -> None:
     """SPEC §3 through ssh: values, proxies, lambdas, remote exceptions with their type."""
     assert remote.add(2, 3) == 5
@@ -217,7 +204,7 @@ def test_remote_child_ends_when_the_connection_drops_even_while_busy(remote: Any
     os.kill(handle.pid, signal.SIGKILL)  # the local ssh: the connection is gone
     thread.join(5)
     assert errors and isinstance(errors[0], spawnproxy.DaemonDiedError)
-    assert _gone(remote_pid, 3), "the remote child outlived its connection"
+    assert gone(remote_pid, 3), "the remote child outlived its connection"
 
 
 def test_terminate_ends_both_sides(remote: Any) -> None:
@@ -225,7 +212,7 @@ def test_terminate_ends_both_sides(remote: Any) -> None:
     handle = spawnproxy.daemon_of(remote)
     remote_pid = handle._process.hello["pid"]
     assert handle.terminate() == 0
-    assert _gone(remote_pid, 3) and _gone(handle.pid, 1)
+    assert gone(remote_pid, 3) and gone(handle.pid, 1)
     with pytest.raises(spawnproxy.DaemonTerminatedError):
         remote.add(1, 1)
 

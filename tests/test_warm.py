@@ -20,7 +20,7 @@ import pytest
 
 import spawnproxy
 from spawnproxy._zygote import LOST_EXIT, zygote_pids
-from tests.conftest import _running, run_python
+from tests.conftest import gone, run_python
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -28,15 +28,6 @@ pytestmark = pytest.mark.timeout(60)
 def _zygote_of(mod: object) -> int:
     """The pid of the zygote that forked this warm child (its parent process)."""
     return psutil.Process(spawnproxy.daemon_of(mod).pid).ppid()
-
-
-def _gone(pid: int, within: float) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if not _running(pid):
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_a_warm_child_is_forked_by_a_zygote_and_shares_it() -> None:
@@ -81,7 +72,7 @@ def test_a_dead_zygote_is_replaced_and_its_children_run_on() -> None:
     daemon = spawnproxy.daemon_of(mod)
     zygote = _zygote_of(mod)
     os.kill(zygote, signal.SIGKILL)
-    assert _gone(zygote, 5)
+    assert gone(zygote, 5)
     assert mod.x == 1  # the fork has its own lifeline: it outlives its zygote
     again = spawnproxy.run_script("x = 2", warm=True)
     try:
@@ -108,7 +99,7 @@ def test_the_zygote_and_its_children_end_with_the_parent() -> None:
     pids = [int(p) for p in result.stdout.split()]
     assert len(pids) == 3
     for pid in pids:
-        assert _gone(pid, 2), f"process {pid} outlived its parent's exit"
+        assert gone(pid, 2), f"process {pid} outlived its parent's exit"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     parent = subprocess.Popen(
         [sys.executable, "-c", code, "die"],
@@ -123,7 +114,7 @@ def test_the_zygote_and_its_children_end_with_the_parent() -> None:
         parent.wait(10)
         started = time.monotonic()
         for pid in pids:
-            assert _gone(pid, 2.0 - (time.monotonic() - started)), f"process {pid} outlived its killed parent by 2 s"
+            assert gone(pid, 2.0 - (time.monotonic() - started)), f"process {pid} outlived its killed parent by 2 s"
     finally:
         parent.kill()
         parent.wait()

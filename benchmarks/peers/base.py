@@ -136,3 +136,48 @@ def start_server(module: str, *args: str) -> tuple[subprocess.Popen[str], str]:
         code = proc.wait(5)
         raise RuntimeError(f"server {module} exited with code {code} before it was ready")
     return proc, line
+
+
+class EchoHandle:
+    """A handle on an echo child: each operation is one round trip of the message a call would carry.
+
+    ``(name, args)`` goes there and comes back; the answers (``add``'s sum, the value read) are
+    made here from the echoed message, so that the cases can check them. A subclass sends and
+    receives (``_round_trip``) and ends its child (``close``).
+    """
+
+    _value = 0
+
+    def _round_trip(self, msg: Any) -> Any:
+        raise NotImplementedError
+
+    def noop(self) -> None:
+        self._round_trip(("noop", ()))
+
+    def add(self, a: int, b: int) -> Any:
+        _, (x, y) = self._round_trip(("add", (a, b)))
+        return x + y
+
+    def get_value(self) -> Any:
+        self._round_trip(("value", ()))
+        return self._value
+
+    def set_value(self, v: int) -> None:
+        _, (self._value,) = self._round_trip(("value", (v,)))
+
+    def echo(self, x: Any) -> Any:
+        return self._round_trip(("echo", (x,)))[1][0]
+
+    def make_ref(self) -> None:
+        self._round_trip(("make", ()))
+
+    def for_thread(self) -> EchoHandle:
+        return self
+
+    def stream_sum(self, n: int) -> int:
+        raise Unsupported("the raw echo has no generators")
+
+    step_sum = stream_sum
+
+    def gather_adds(self, n: int) -> None:
+        raise Unsupported("the raw echo has no asyncio interface")

@@ -13,7 +13,7 @@ import threading
 from multiprocessing.connection import Connection
 from typing import Any
 
-from benchmarks.peers.base import Unsupported
+from benchmarks.peers.base import EchoHandle
 
 DIST = None
 NOTES = [
@@ -31,7 +31,7 @@ def _echo(conn: Connection) -> None:
         pass
 
 
-class RawHandle:
+class RawHandle(EchoHandle):
     """The parent's end of the echo Pipe."""
 
     start_method = "spawn"  # the child is a fresh interpreter, as spawnproxy's is
@@ -49,37 +49,6 @@ class RawHandle:
         with self._lock:
             self._conn.send(msg)
             return self._conn.recv()
-
-    def noop(self) -> None:
-        self._round_trip(("noop", ()))
-
-    def add(self, a: int, b: int) -> Any:
-        _, (x, y) = self._round_trip(("add", (a, b)))
-        return x + y
-
-    def get_value(self) -> Any:
-        self._round_trip(("value", ()))
-        return self._value
-
-    def set_value(self, v: int) -> None:
-        _, (self._value,) = self._round_trip(("value", (v,)))
-
-    def echo(self, x: Any) -> Any:
-        return self._round_trip(("echo", (x,)))[1][0]
-
-    def make_ref(self) -> None:
-        self._round_trip(("make", ()))
-
-    def for_thread(self) -> RawHandle:
-        return self
-
-    def stream_sum(self, n: int) -> int:
-        raise Unsupported("the raw echo has no generators")
-
-    step_sum = stream_sum
-
-    def gather_adds(self, n: int) -> None:
-        raise Unsupported("the raw echo has no asyncio interface")
 
     def close(self) -> None:
         self._conn.close()

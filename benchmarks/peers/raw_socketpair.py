@@ -21,7 +21,7 @@ import sys
 import threading
 from typing import Any
 
-from benchmarks.peers.base import Unsupported
+from benchmarks.peers.base import EchoHandle
 
 DIST = None
 NOTES = [
@@ -66,7 +66,7 @@ while True:
 """
 
 
-class SocketpairHandle:
+class SocketpairHandle(EchoHandle):
     """The parent's end of the socket pair."""
 
     def __init__(self) -> None:
@@ -115,37 +115,6 @@ class SocketpairHandle:
                     raise EOFError("the echo child has gone")
                 got += n
             return pickle.loads(frame)
-
-    def noop(self) -> None:
-        self._round_trip(("noop", ()))
-
-    def add(self, a: int, b: int) -> Any:
-        _, (x, y) = self._round_trip(("add", (a, b)))
-        return x + y
-
-    def get_value(self) -> Any:
-        self._round_trip(("value", ()))
-        return self._value
-
-    def set_value(self, v: int) -> None:
-        _, (self._value,) = self._round_trip(("value", (v,)))
-
-    def echo(self, x: Any) -> Any:
-        return self._round_trip(("echo", (x,)))[1][0]
-
-    def make_ref(self) -> None:
-        self._round_trip(("make", ()))
-
-    def for_thread(self) -> SocketpairHandle:
-        return self
-
-    def stream_sum(self, n: int) -> int:
-        raise Unsupported("the raw echo has no generators")
-
-    step_sum = stream_sum
-
-    def gather_adds(self, n: int) -> None:
-        raise Unsupported("the raw echo has no asyncio interface")
 
     def close(self) -> None:
         self._sock.close()
