@@ -100,6 +100,11 @@ class ObjectProxy(wrapt.BaseObjectProxy):  # type: ignore[misc,type-arg]
     come back as values or as proxies of their own (see the guide "Values and
     proxies").  Its only own attribute is `terminate_daemon()`.
 
+    Reading this from `help(proxy)`?  Outside IPython, `help()` documents the
+    type of its argument, and a proxy's is this class.  The remote object's own
+    documentation: `help(proxy)` in IPython or Jupyter (see the guide "In IPython
+    and Jupyter"), or `print(proxy.__doc__)` anywhere.
+
     Example:
         >>> import spawnproxy
         >>> mod = spawnproxy.run_script("greeting = 'hello'")
