@@ -51,6 +51,9 @@ log = logging.getLogger("spawnproxy")
 LOST_EXIT = 255
 # How long the zygote may take to report a fork it has reaped (it does so at once on SIGCHLD).
 _REPORT = 2.0
+# Zygotes kept with no child alive: a program that starts warm children with ever new
+# environments (one zygote each) would otherwise keep one process per environment until it exits.
+IDLE_ZYGOTES = 4
 _SEND_FLAGS = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
 
 
@@ -72,6 +75,7 @@ class Zygote(ChildProcess):
         self._replied = 0  # replies read
         self._replies: dict[int, tuple[Any, ...]] = {}  # request number -> its reply
         self._codes: dict[int, int] = {}  # pid -> exit code, as reported
+        self._live: set[int] = set()  # forks whose end has not been reported
         self._reading = False
         self._pending = b""
         self._gone = False
@@ -116,6 +120,11 @@ class Zygote(ChildProcess):
             raise DaemonStartError(f"the zygote {self.pid} could not fork a child: {reply[1]}")
         pid: int = reply[wire.REPORT_PID]
         return pid
+
+    def idle(self) -> bool:
+        """Whether no child of it runs and no request waits: ending it loses nothing."""
+        with self._cond:
+            return not self._live and self._sent == self._replied
 
     def exit_code(self, pid: int, timeout: float) -> int | None:
         """The exit code the zygote reported for `pid`, waiting up to `timeout`; None if it has none."""
@@ -170,7 +179,10 @@ class Zygote(ChildProcess):
         for message in messages:
             if message[wire.REPORT_KIND] == wire.EXITED:
                 self._codes[message[wire.REPORT_PID]] = message[wire.REPORT_CODE]
+                self._live.discard(message[wire.REPORT_PID])
             else:
+                if message[wire.REPORT_KIND] == wire.FORKED:
+                    self._live.add(message[wire.REPORT_PID])
                 self._replies[self._replied] = message
                 self._replied += 1
 
@@ -200,15 +212,26 @@ def zygote_for(executable: str, env: Mapping[str, str], start_timeout: float | N
             # At the first zygote, not at import: importing spawnproxy has no side effects.
             os.register_at_fork(after_in_child=_forget_after_fork)
             _fork_hook = True
-        zygote = _zygotes.get(key)
+        zygote = _zygotes.pop(key, None)  # put back last: the registry is in order of use
         if zygote is not None and (zygote.poll() is not None or zygote._gone):
             log.debug("zygote %d has ended: starting another", zygote.pid)
             zygote.shutdown(0)
             zygote = None
         if zygote is None:
-            zygote = _zygotes[key] = Zygote(executable, env, start_timeout)
+            _end_idle(IDLE_ZYGOTES - 1)
+            zygote = Zygote(executable, env, start_timeout)
             log.debug("zygote %d started for %s", zygote.pid, executable)
+        _zygotes[key] = zygote
         return zygote
+
+
+def _end_idle(keep: int) -> None:
+    """End the zygotes with no child alive but the `keep` used last (the registry's lock is held)."""
+    idle = [key for key, zygote in _zygotes.items() if zygote.idle()]
+    for key in idle[: max(0, len(idle) - keep)]:
+        zygote = _zygotes.pop(key)
+        log.debug("zygote %d ended: no child of it runs, and %d others are idle", zygote.pid, keep)
+        zygote.shutdown()
 
 
 def zygote_pids() -> list[int]:

@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 import spawnproxy
-from spawnproxy._zygote import LOST_EXIT, zygote_pids
+from spawnproxy._zygote import IDLE_ZYGOTES, LOST_EXIT, zygote_pids
 from tests.conftest import gone, run_python
 
 pytestmark = pytest.mark.timeout(60)
@@ -267,3 +267,23 @@ def test_a_forked_parent_starts_a_zygote_of_its_own() -> None:
         again.terminate_daemon()
     finally:
         first.terminate_daemon()
+
+
+def test_idle_zygotes_of_other_environments_are_bounded() -> None:
+    """A warm child per environment keeps at most IDLE_ZYGOTES zygotes with no child alive; one with a child lives on."""
+    before = set(zygote_pids())
+    keep = spawnproxy.run_script("x = 0", warm=True, env=dict(os.environ, SPAWNPROXY_TEST_ENV="keep"))
+    kept_zygote = _zygote_of(keep)
+    try:
+        for i in range(IDLE_ZYGOTES + 4):
+            mod = spawnproxy.run_script("x = 1", warm=True, env=dict(os.environ, SPAWNPROXY_TEST_ENV=str(i)))
+            assert mod.x == 1
+            mod.terminate_daemon()
+        started = set(zygote_pids()) - before
+        assert kept_zygote in started  # its child is alive: its exit code must still be read
+        assert len(started) <= IDLE_ZYGOTES + 1, f"{len(started)} zygotes for {IDLE_ZYGOTES + 5} environments"
+        assert keep.x == 0
+    finally:
+        daemon = spawnproxy.daemon_of(keep)
+        keep.terminate_daemon()
+    assert daemon.exitcode not in (None, LOST_EXIT)
