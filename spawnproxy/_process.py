@@ -316,7 +316,9 @@ def describe_exit(code: int | None) -> str:
 
 _live: weakref.WeakSet[ChildProcess] = weakref.WeakSet()
 _to_reap: list[Peer] = []
-_reaper_lock = threading.Lock()
+# Re-entrant: a collection may run a dropped handle's finalizer (`reap_later`) in a thread that holds
+# it already (inside `_register`'s WeakSet.add, say); a plain lock deadlocks that thread.
+_reaper_lock = threading.RLock()
 _reaper: threading.Thread | None = None
 _atexit_registered = False
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import gc
 import glob
 import os
 import shutil
@@ -112,13 +111,13 @@ def no_leaked_children():
     yield
     deadline = time.monotonic() + CHILD_EXIT
     while True:
+        import gc
+
+        gc.collect()
         left = _children() - before - set(zygote_pids())
         left = {pid for pid in left if running(pid)}
         if not left or time.monotonic() > deadline:
             break
-        # A proxy the test dropped ends its child when collected: a collection only then (one
-        # per test cost the suite minutes).
-        gc.collect()
         time.sleep(0.05)
     for pid in left:
         try:

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import psutil
@@ -146,3 +147,22 @@ def test_child_killed_by_signal_is_named(warm: bool) -> None:
     mod = spawnproxy.run_script("import os, signal\ndef die():\n    os.kill(os.getpid(), signal.SIGKILL)", warm=warm)
     with pytest.raises(spawnproxy.DaemonDiedError, match="SIGKILL"):
         mod.die()
+
+
+def test_a_finalizer_run_while_the_registry_is_locked_does_not_deadlock() -> None:
+    """GC may end a dropped handle inside the registry's own critical section (its WeakSet.add): reap_later must not block."""
+    from spawnproxy import _process
+
+    daemon = spawnproxy.DaemonProxy(spawnproxy.ScriptDefinition("x = 1"))
+    pid = daemon.pid
+    done = threading.Event()
+
+    def finalizer_inside_the_lock() -> None:
+        with _process._reaper_lock:  # as _register holds it when a collection runs a finalizer
+            _process.reap_later(daemon._process)
+        done.set()
+
+    thread = threading.Thread(target=finalizer_inside_the_lock, daemon=True)
+    thread.start()
+    assert done.wait(5), "reap_later blocked on the registry's lock, held by its own thread"
+    assert gone(pid, 5)
